@@ -1,0 +1,792 @@
+//! The configuration: schema, embedded defaults, `${ENV}` expansion, validation, and where the
+//! file is looked for.
+//!
+//! Invariants: a [`Config`] that exists is valid — every size, duration, address and URL was
+//! parsed, every `${VAR}` expanded, every destination name is unique. Unknown keys are errors
+//! (serde's `deny_unknown_fields`), reported with the file, line and column by [`ConfigError`].
+//! Secrets ([`Secret`]) never print: `Debug` and `Serialize` mask them, so `check` and logs can
+//! show a resolved config as is. This module reads files and the environment; it opens no
+//! sockets and touches no spool.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::otlp::Signal;
+
+/// The whole configuration, as resolved from a file or the embedded defaults.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub spool: SpoolConfig,
+    #[serde(
+        rename = "destination",
+        deserialize_with = "unique_destinations",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub destinations: Vec<DestinationConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// OTLP/HTTP listen addresses.
+    pub listen: Listen,
+    /// OTLP/gRPC listen addresses; empty disables gRPC.
+    pub grpc_listen: Listen,
+    /// Largest request body accepted on the wire (compressed or not).
+    pub max_body: ByteSize,
+    /// Largest request body after decompression (the gzip-bomb guard).
+    pub max_decompressed: ByteSize,
+    /// When set, every request must carry `Authorization: Bearer <token>` or `x-api-key: <token>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_token: Option<Secret>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let addrs = |port| {
+            Listen(vec![
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+            ])
+        };
+        ServerConfig {
+            listen: addrs(4318),
+            grpc_listen: addrs(4317),
+            max_body: ByteSize(16 << 20),
+            max_decompressed: ByteSize(64 << 20),
+            auth_token: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    /// Cap on the logical bytes held (record payloads and headers).
+    pub max_bytes: ByteSize,
+    /// Records older than this are expired (counted) whether delivered or not.
+    #[serde(with = "human_duration")]
+    pub max_age: Duration,
+    pub when_full: WhenFull,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            dir: default_spool_dir(),
+            max_bytes: ByteSize(1 << 30),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            when_full: WhenFull::DropOldest,
+        }
+    }
+}
+
+/// What an append does when the spool is at its cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Delete the oldest records (counted as dropped) to make room.
+    DropOldest,
+    /// Refuse the request with 503 and `Retry-After`, so the client's SDK backs off.
+    Reject,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    pub name: DestinationName,
+    #[serde(rename = "type")]
+    pub kind: DestinationKind,
+    #[serde(default = "all_signals", deserialize_with = "signal_list")]
+    pub signals: Vec<Signal>,
+    /// Base URL; `/v1/<signal>` is appended.
+    pub endpoint: Endpoint,
+    /// Extra request headers (`x-api-key`, …). Values are secrets: masked when printed.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    #[serde(default)]
+    pub encoding: Encoding,
+    #[serde(default)]
+    pub compression: Compression,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Per-attempt deadline for one upstream request.
+    #[serde(default = "default_timeout", with = "human_duration")]
+    pub timeout: Duration,
+}
+
+/// A destination's name: it keys the destination's cursors in the spool, so it is restricted to
+/// characters that are safe there and in logs.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct DestinationName(String);
+
+impl DestinationName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DestinationName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for DestinationName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !ok {
+            return Err(de::Error::custom(format!(
+                "invalid destination name {name:?}: use 1-64 characters from a-z, A-Z, 0-9, '-', '_', '.'"
+            )));
+        }
+        Ok(DestinationName(name))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DestinationKind {
+    OtlpHttp,
+}
+
+impl<'de> Deserialize<'de> for DestinationKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "otlp_http" => Ok(DestinationKind::OtlpHttp),
+            other @ ("cloudwatch" | "prometheus_remote_write") => Err(de::Error::custom(format!(
+                "destination type {other:?} is not supported by this version of otlp-spool yet; \
+                 use type = \"otlp_http\""
+            ))),
+            other => Err(de::Error::custom(format!(
+                "unknown destination type {other:?}, expected one of \"otlp_http\", \"cloudwatch\", \
+                 \"prometheus_remote_write\""
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    #[default]
+    Protobuf,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    #[default]
+    Gzip,
+    None,
+}
+
+/// How a destination's worker groups stored records into one upstream request.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Uncompressed payload bytes per request (a single larger record is still sent alone).
+    pub max_bytes: ByteSize,
+    /// Items (spans, data points, log records) per request.
+    pub max_items: u64,
+    /// How long a worker waits for a partial batch to fill before sending it.
+    #[serde(with = "human_duration")]
+    pub linger: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_bytes: ByteSize(4 << 20),
+            max_items: 10_000,
+            linger: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Backoff bounds for retryable failures: exponential from `initial` to `max`, with jitter.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    #[serde(with = "human_duration")]
+    pub initial: Duration,
+    #[serde(with = "human_duration")]
+    pub max: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn all_signals() -> Vec<Signal> {
+    Signal::ALL.to_vec()
+}
+
+fn signal_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Signal>, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    if names.is_empty() {
+        return Err(de::Error::custom(
+            "signals is empty: list at least one of \"traces\", \"metrics\", \"logs\"",
+        ));
+    }
+    let mut signals = Vec::new();
+    for name in names {
+        let signal = Signal::ALL
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| {
+                de::Error::custom(format!(
+                    "unknown signal {name:?}, expected \"traces\", \"metrics\" or \"logs\""
+                ))
+            })?;
+        if !signals.contains(&signal) {
+            signals.push(signal);
+        }
+    }
+    Ok(signals)
+}
+
+impl Serialize for Signal {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+fn unique_destinations<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<DestinationConfig>, D::Error> {
+    let destinations = Vec::<DestinationConfig>::deserialize(d)?;
+    for (i, dest) in destinations.iter().enumerate() {
+        if destinations[..i].iter().any(|d| d.name == dest.name) {
+            return Err(de::Error::custom(format!(
+                "two destinations are named {:?}; each destination needs its own name (it keys \
+                 the destination's place in the spool)",
+                dest.name.as_str()
+            )));
+        }
+    }
+    Ok(destinations)
+}
+
+/// One address or a list of them; `""` or `[]` means none (disabled).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen(pub Vec<SocketAddr>);
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        let list = match OneOrMany::deserialize(d)? {
+            OneOrMany::One(s) if s.is_empty() => Vec::new(),
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        };
+        list.iter()
+            .map(|s| {
+                s.parse::<SocketAddr>().map_err(|_| {
+                    de::Error::custom(format!(
+                        "invalid listen address {s:?}: expected HOST:PORT with a numeric IP, \
+                         such as \"127.0.0.1:4318\" or \"[::1]:4318\""
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(Listen)
+    }
+}
+
+impl Serialize for Listen {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|a| a.to_string()))
+    }
+}
+
+/// An `http://` or `https://` base URL, with `${VAR}`s expanded and no trailing slash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint(String);
+
+impl Endpoint {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL for one signal: the base with `/v1/<signal>` appended.
+    pub fn signal_url(&self, signal: Signal) -> String {
+        format!("{}/v1/{}", self.0, signal.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Endpoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let url = expand_env(&String::deserialize(d)?).map_err(de::Error::custom)?;
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        match rest {
+            Some(host) if !host.is_empty() && !host.starts_with('/') => {
+                Ok(Endpoint(url.trim_end_matches('/').to_string()))
+            }
+            _ => Err(de::Error::custom(format!(
+                "invalid endpoint {url:?}: expected an http:// or https:// URL such as \
+                 \"https://collector.example.com:4318\" (/v1/<signal> is appended)"
+            ))),
+        }
+    }
+}
+
+/// A string that must not be printed: a token, a key, a header value. `${VAR}`s are expanded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = expand_env(&String::deserialize(d)?).map_err(de::Error::custom)?;
+        Ok(Secret(value))
+    }
+}
+
+/// A size: a whole number of bytes, or a string such as `"64MiB"`, `"1GiB"`, `"512KB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(text.len());
+        let (number, unit) = (&text[..split], text[split..].trim());
+        let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1_000,
+            "kib" | "k" => 1 << 10,
+            "mb" => 1_000_000,
+            "mib" | "m" => 1 << 20,
+            "gb" => 1_000_000_000,
+            "gib" | "g" => 1 << 30,
+            "tb" => 1_000_000_000_000,
+            "tib" | "t" => 1 << 40,
+            _ => return Err(format!("invalid size {text:?}: unknown unit {unit:?}; use B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB)")),
+        };
+        let value: f64 = number.parse().map_err(|_| {
+            format!("invalid size {text:?}: expected a number and a unit, such as \"64MiB\"")
+        })?;
+        Ok(ByteSize((value * multiplier as f64) as u64))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(u64, &str); 4] = [
+            (1 << 40, "TiB"),
+            (1 << 30, "GiB"),
+            (1 << 20, "MiB"),
+            (1 << 10, "KiB"),
+        ];
+        for (size, unit) in UNITS {
+            if self.0 >= size && self.0 % size == 0 {
+                return write!(f, "{}{unit}", self.0 / size);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(t) => ByteSize::parse(&t).map_err(de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Durations as humane strings: `"500ms"`, `"5s"`, `"5m"`, `"7d"`.
+mod human_duration {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            de::Error::custom(format!(
+                "invalid duration {text:?} ({e}): expected a number and a unit, such as \"500ms\", \"5s\", \"5m\", \"7d\""
+            ))
+        })
+    }
+
+    pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*value))
+    }
+}
+
+/// Expands every `${VAR}` in `text` from the environment. `HOSTNAME` and `USER`, which shells
+/// set but often do not export (and services do not have), fall back to the system's values.
+pub fn expand_env(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unterminated ${{ in {text:?}: write ${{VAR}}"))?;
+        let var = &after[..end];
+        let value = std::env::var(var).ok().or_else(|| match var {
+            "HOSTNAME" => gethostname::gethostname().into_string().ok(),
+            "USER" => std::env::var("LOGNAME").ok(),
+            _ => None,
+        });
+        match value {
+            Some(v) => out.push_str(&v),
+            None => {
+                return Err(format!(
+                    "environment variable {var} is not set (referenced as ${{{var}}}); set it \
+                     in the agent's environment or write the value in the file"
+                ))
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The spool directory when the config names none: systemd's `StateDirectory` for the system
+/// service, else the platform's per-user state directory.
+fn default_spool_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
+        // systemd may pass several, colon-separated; ours declares one.
+        let first = std::env::split_paths(&dir).next();
+        if let Some(first) = first {
+            return first;
+        }
+    }
+    dirs::state_dir()
+        .or_else(dirs::data_local_dir)
+        .unwrap_or_else(std::env::temp_dir)
+        .join("otlp-spool")
+}
+
+/// Where a configuration came from, for `check` and the startup log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    Defaults,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Defaults => f.write_str("embedded defaults (no config file found)"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}, line {line}, column {column}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("invalid config {source_name}: {key}: {message}")]
+    Rule {
+        source_name: String,
+        key: &'static str,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Finds and loads the configuration: `explicit` (from `--config`), else
+    /// `$OTLP_SPOOL_CONFIG`, else the user config file, else `/etc/otlp-spool/config.toml`,
+    /// else the embedded defaults. An explicitly named file must exist.
+    pub fn resolve(explicit: Option<&Path>) -> Result<(Config, Source), ConfigError> {
+        let named = explicit
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("OTLP_SPOOL_CONFIG").map(PathBuf::from));
+        if let Some(path) = named {
+            return Ok((Config::load(&path)?, Source::File(path)));
+        }
+        for path in search_paths() {
+            if path.is_file() {
+                return Ok((Config::load(&path)?, Source::File(path)));
+            }
+        }
+        Ok((Config::default(), Source::Defaults))
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = Config::parse(&text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|span| line_column(&text, span.start))
+                .unwrap_or((1, 1));
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        config.validate(&path.display().to_string())?;
+        Ok(config)
+    }
+
+    /// Rules that span several keys (one key's parser cannot see them).
+    pub fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+        let rule = |key, message: String| ConfigError::Rule {
+            source_name: source_name.to_string(),
+            key,
+            message,
+        };
+        let mut listens = self
+            .server
+            .listen
+            .0
+            .iter()
+            .chain(&self.server.grpc_listen.0);
+        if let Some(remote) = listens.find(|a| !a.ip().is_loopback()) {
+            if self.server.auth_token.is_none() {
+                return Err(rule(
+                    "server.listen",
+                    format!(
+                        "{remote} is reachable from other machines, which needs \
+                         server.auth_token set so that only clients holding the token can write"
+                    ),
+                ));
+            }
+        }
+        if self.server.listen.0.is_empty() && self.server.grpc_listen.0.is_empty() {
+            return Err(rule(
+                "server.listen",
+                "no listen address: set server.listen or server.grpc_listen".into(),
+            ));
+        }
+        if self.server.max_decompressed < self.server.max_body {
+            return Err(rule(
+                "server.max_decompressed",
+                format!(
+                    "{} is smaller than server.max_body ({}); it must be at least as large",
+                    self.server.max_decompressed, self.server.max_body
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The resolved configuration as TOML, secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the config schema always serializes")
+    }
+}
+
+/// User config path, then the system one. macOS's is `~/Library/Application Support`.
+fn search_paths() -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    if let Some(dir) = dirs::config_dir() {
+        paths.push(dir.join("otlp-spool").join("config.toml"));
+    }
+    // XDG's ~/.config is also honoured on macOS, where many users keep dotfiles.
+    if let Some(home) = dirs::home_dir() {
+        let xdg = home.join(".config").join("otlp-spool").join("config.toml");
+        if !paths.contains(&xdg) {
+            paths.push(xdg);
+        }
+    }
+    paths.push(PathBuf::from("/etc/otlp-spool/config.toml"));
+    paths
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        let e = Config::parse(text).unwrap_err();
+        let (line, _) = line_column(text, e.span().unwrap().start);
+        format!("line {line}: {}", e.message())
+    }
+
+    #[test]
+    fn defaults_listen_on_both_loopbacks() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(
+            c.server.listen.0,
+            vec![
+                "127.0.0.1:4318".parse::<SocketAddr>().unwrap(),
+                "[::1]:4318".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.spool.max_bytes, ByteSize(1 << 30));
+        assert_eq!(c.spool.max_age, Duration::from_secs(7 * 86400));
+        assert!(c.destinations.is_empty());
+    }
+
+    #[test]
+    fn full_destination_parses() {
+        std::env::set_var("OTLP_SPOOL_TEST_KEY", "k3y");
+        let c = Config::parse(
+            r#"
+            [server]
+            listen = "127.0.0.1:9999"
+            grpc_listen = ""
+            [spool]
+            max_bytes = "64MiB"
+            max_age = "2h"
+            when_full = "reject"
+            [[destination]]
+            name = "apigw"
+            type = "otlp_http"
+            endpoint = "http://127.0.0.1:1/prod/"
+            signals = ["metrics", "logs"]
+            headers = { "x-api-key" = "${OTLP_SPOOL_TEST_KEY}" }
+            encoding = "json"
+            compression = "none"
+            batch = { max_bytes = "1MiB", max_items = 10, linger = "10ms" }
+            retry = { initial = "100ms", max = "2s" }
+            timeout = "5s"
+            "#,
+        )
+        .unwrap();
+        assert!(c.server.grpc_listen.0.is_empty());
+        assert_eq!(c.spool.when_full, WhenFull::Reject);
+        let d = &c.destinations[0];
+        assert_eq!(
+            d.endpoint.signal_url(Signal::Logs),
+            "http://127.0.0.1:1/prod/v1/logs"
+        );
+        assert_eq!(d.headers["x-api-key"].expose(), "k3y");
+        assert_eq!(d.signals, vec![Signal::Metrics, Signal::Logs]);
+        assert_eq!(d.batch.linger, Duration::from_millis(10));
+        let shown = c.to_masked_toml();
+        assert!(!shown.contains("k3y"), "{shown}");
+        assert!(shown.contains("\"***\""), "{shown}");
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let e = err("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n");
+        assert!(e.starts_with("line 3"), "{e}");
+        assert!(e.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_say_why() {
+        assert!(err("[spool]\nmax_bytes = \"12 parsecs\"").contains("unknown unit"));
+        assert!(err("[spool]\nmax_age = \"soon\"").contains("invalid duration"));
+        assert!(err("[server]\nlisten = \"localhost:4318\"").contains("numeric IP"));
+        let e = err("[[destination]]\nname = \"a\"\ntype = \"otlp_http\"\nendpoint = \"ftp://x\"");
+        assert!(e.contains("http:// or https://"), "{e}");
+        let e = err("[[destination]]\nname = \"a\"\ntype = \"otlp_http\"\nendpoint = \"http://x\"\nsignals = [\"spans\"]");
+        assert!(e.contains("unknown signal \"spans\""), "{e}");
+        let e = err("[[destination]]\nname = \"a\"\ntype = \"otlp_http\"\nendpoint = \"http://${OTLP_SPOOL_SURELY_UNSET}\"");
+        assert!(e.contains("OTLP_SPOOL_SURELY_UNSET is not set"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_destination_names_are_refused() {
+        let one = "[[destination]]\nname = \"a\"\ntype = \"otlp_http\"\nendpoint = \"http://x\"\n";
+        let e = err(&format!("{one}{one}"));
+        assert!(e.contains("two destinations are named \"a\""), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(ByteSize::parse("64MiB").unwrap(), ByteSize(64 << 20));
+        assert_eq!(ByteSize::parse("1.5 KiB").unwrap(), ByteSize(1536));
+        assert_eq!(ByteSize::parse("10MB").unwrap(), ByteSize(10_000_000));
+        assert_eq!(ByteSize(64 << 20).to_string(), "64MiB");
+        assert_eq!(ByteSize(1000).to_string(), "1000B");
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../config.example.toml");
+        std::env::set_var("OTLP_API_KEY", "example");
+        Config::parse(text).unwrap();
+    }
+}

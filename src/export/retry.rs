@@ -1,0 +1,123 @@
+//! When to try again: jittered exponential backoff (backon) between `retry.initial` and
+//! `retry.max`, stretched to honour an upstream's `Retry-After`.
+//!
+//! Pure timing policy; knows nothing of HTTP beyond parsing a `Retry-After` value.
+
+use std::time::{Duration, SystemTime};
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+
+use crate::config::RetryConfig;
+
+/// The longest `Retry-After` honoured; a larger one is a misconfigured server, not a plan.
+const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    initial: Duration,
+    max: Duration,
+}
+
+impl From<&RetryConfig> for RetryPolicy {
+    fn from(c: &RetryConfig) -> Self {
+        RetryPolicy {
+            initial: c.initial,
+            max: c.max.max(c.initial),
+        }
+    }
+}
+
+/// The delays of one run of consecutive failures; start a new one after a success.
+pub struct Backoff {
+    delays: ExponentialBackoff,
+    max: Duration,
+}
+
+impl RetryPolicy {
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            delays: ExponentialBuilder::default()
+                .with_min_delay(self.initial)
+                .with_max_delay(self.max)
+                .with_factor(2.0)
+                .with_jitter()
+                .without_max_times()
+                .build(),
+            max: self.max,
+        }
+    }
+
+    /// The slow, steady pace for failures only a person can fix (401/403: an expired SSO
+    /// session, a revoked key).
+    pub fn slow(&self) -> Duration {
+        self.max
+    }
+}
+
+impl Backoff {
+    /// The next delay, at least `retry_after` when the upstream asked for one.
+    pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Duration {
+        let backoff = self.delays.next().unwrap_or(self.max);
+        match retry_after {
+            Some(asked) => backoff.max(asked.min(RETRY_AFTER_CAP)),
+            None => backoff,
+        }
+    }
+}
+
+/// Parses a `Retry-After` value: delay-seconds or an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_with_jitter_within_bounds_and_honours_retry_after() {
+        let policy = RetryPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        };
+        let mut b = policy.backoff();
+        let delays: Vec<Duration> = (0..10).map(|_| b.next_delay(None)).collect();
+        assert!(
+            delays[0] >= Duration::from_millis(100) && delays[0] <= Duration::from_millis(200),
+            "{delays:?}"
+        );
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_secs(4)),
+            "{delays:?}"
+        );
+        assert!(delays[6] >= Duration::from_secs(1), "{delays:?}");
+        assert_eq!(
+            b.next_delay(Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            b.next_delay(Some(Duration::from_secs(86400))),
+            RETRY_AFTER_CAP
+        );
+    }
+
+    #[test]
+    fn parses_both_retry_after_forms() {
+        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let d = parse_retry_after(&later).unwrap();
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

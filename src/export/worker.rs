@@ -1,0 +1,232 @@
+//! The export loop of one destination and one signal.
+//!
+//! ```text
+//! loop: read records after the cursor ─▶ (linger if the batch could still grow) ─▶ send
+//!       delivered ─▶ ack (cursor moves, spool may delete)      413 ─▶ split and send halves
+//!       retryable ─▶ back off (jittered, Retry-After)          401/403 ─▶ wait retry.max
+//!       refused   ─▶ dead-letter, then ack
+//! ```
+//!
+//! Each attempt re-reads the batch from the spool, so records expired or evicted while the
+//! worker waited are not sent. With nothing to send the worker sleeps on the spool's durable
+//! sequence (no polling). Owns no data: the spool and the cursor are the state.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::otlp_http::OtlpHttp;
+use super::retry::RetryPolicy;
+use super::Outcome;
+use crate::config::BatchConfig;
+use crate::observe::{now_ms, RetryState, WorkerStats};
+use crate::otlp::{split_in_two, Signal};
+use crate::spool::{Record, Spool};
+
+pub struct Worker {
+    pub destination: String,
+    pub signal: Signal,
+    pub spool: Spool,
+    pub upstream: Arc<OtlpHttp>,
+    pub batch: BatchConfig,
+    pub retry: RetryPolicy,
+    pub stats: Arc<WorkerStats>,
+}
+
+impl Worker {
+    pub async fn run(self, stop: CancellationToken) {
+        tokio::select! {
+            _ = self.run_until_stopped() => {}
+            _ = stop.cancelled() => {}
+        }
+    }
+
+    async fn run_until_stopped(&self) {
+        let mut newest = self.spool.subscribe(self.signal);
+        let mut cursor = self.spool.cursor(&self.destination, self.signal);
+        let mut backoff = self.retry.backoff();
+        let mut failures = 0u64;
+        loop {
+            let batch = match self.spool.read(
+                self.signal,
+                cursor,
+                self.batch.max_bytes.0,
+                self.batch.max_items,
+            ) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.stats.set_last_error(e);
+                    tokio::time::sleep(self.retry.slow()).await;
+                    continue;
+                }
+            };
+            let Some(last) = batch.last().map(|r| r.seq) else {
+                // Nothing to send: sleep until a newer record is durable.
+                if newest.wait_for(|n| *n > cursor).await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let newest_seq = *newest.borrow();
+            if let Some(wait) = self.linger_left(&batch, newest_seq) {
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            if let Err(failure) = self.deliver(&batch).await {
+                failures += 1;
+                let pause = if failure.auth {
+                    self.retry.slow()
+                } else {
+                    backoff.next_delay(failure.retry_after)
+                };
+                self.report_failure(failure, failures, pause);
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+            if failures > 0 {
+                tracing::info!(destination = %self.destination, signal = self.signal.name(), failures, "upstream accepts data again");
+                failures = 0;
+                backoff = self.retry.backoff();
+                self.stats.set_retry(RetryState::Ready);
+            }
+            if let Err(e) = self.spool.ack(&self.destination, self.signal, last) {
+                tracing::error!(destination = %self.destination, signal = self.signal.name(), error = %e, "saving the cursor failed; the batch may be sent again");
+            }
+            cursor = last;
+        }
+    }
+
+    /// How much longer to wait for a partial batch to fill: the oldest record waits `linger` at
+    /// most, and a batch that is full or has more records behind it goes at once.
+    fn linger_left(&self, batch: &[Record], newest: u64) -> Option<Duration> {
+        let items: u64 = batch.iter().map(|r| u64::from(r.header.items)).sum();
+        let bytes: u64 = batch.iter().map(|r| r.payload().len() as u64).sum();
+        let more_behind = batch.last().is_some_and(|r| newest > r.seq);
+        if more_behind || items >= self.batch.max_items || bytes >= self.batch.max_bytes.0 {
+            return None;
+        }
+        let due = batch[0].header.received_ms + self.batch.linger.as_millis() as u64;
+        let now = now_ms();
+        (now < due).then(|| Duration::from_millis(due - now))
+    }
+
+    /// Sends one batch. `Ok` when the cursor may move past it (delivered or dead-lettered).
+    async fn deliver(&self, batch: &[Record]) -> Result<(), Failure> {
+        let payload: Vec<u8> = batch.iter().flat_map(|r| r.payload()).copied().collect();
+        let items: u64 = batch.iter().map(|r| u64::from(r.header.items)).sum();
+        match self.send_splitting(&payload).await {
+            Outcome::Delivered {
+                rejected_items,
+                message,
+            } => {
+                self.stats
+                    .sent_items
+                    .fetch_add(items.saturating_sub(rejected_items), Relaxed);
+                self.stats.sent_requests.fetch_add(1, Relaxed);
+                self.stats.last_success_ms.store(now_ms(), Relaxed);
+                if rejected_items > 0 {
+                    self.stats
+                        .partial_rejected_items
+                        .fetch_add(rejected_items, Relaxed);
+                    tracing::warn!(destination = %self.destination, signal = self.signal.name(), rejected_items, message = %message, "upstream accepted the batch in part");
+                    self.stats.set_last_error(format!(
+                        "partial success: {rejected_items} items rejected: {message}"
+                    ));
+                }
+                Ok(())
+            }
+            Outcome::Refused(error) => {
+                tracing::error!(destination = %self.destination, signal = self.signal.name(), items, error = %error, "upstream refused the data; dead-lettered");
+                self.stats.dead_lettered_items.fetch_add(items, Relaxed);
+                self.stats
+                    .set_last_error(format!("dead-lettered {items} items: {error}"));
+                if let Err(e) =
+                    self.spool
+                        .dead_letter(&self.destination, self.signal, batch, &error)
+                {
+                    tracing::error!(error = %e, "storing the dead letter failed; dropping the batch");
+                }
+                Ok(())
+            }
+            Outcome::Retry { retry_after, error } => Err(Failure {
+                error,
+                retry_after,
+                auth: false,
+            }),
+            Outcome::AuthFailed(error) => Err(Failure {
+                error,
+                retry_after: None,
+                auth: true,
+            }),
+            Outcome::TooLarge(error) => unreachable!("send_splitting resolves 413: {error}"),
+        }
+    }
+
+    /// Sends `payload`, halving it at resource boundaries on every 413 until the pieces fit; a
+    /// single resource that is still too large is refused (dead-lettered).
+    async fn send_splitting(&self, payload: &[u8]) -> Outcome {
+        self.stats.attempts.fetch_add(1, Relaxed);
+        let outcome = self.upstream.send(self.signal, payload).await;
+        let Outcome::TooLarge(error) = outcome else {
+            if !matches!(outcome, Outcome::Delivered { .. }) {
+                self.stats.failed_attempts.fetch_add(1, Relaxed);
+            }
+            return outcome;
+        };
+        self.stats.failed_attempts.fetch_add(1, Relaxed);
+        let Some((first, second)) = split_in_two(payload) else {
+            return Outcome::Refused(format!(
+                "{error} (a single resource's data, which cannot be split further)"
+            ));
+        };
+        tracing::info!(destination = %self.destination, bytes = payload.len(), "upstream said 413; splitting the batch in two");
+        let mut rejected = 0;
+        let mut messages = Vec::new();
+        for half in [first, second] {
+            match Box::pin(self.send_splitting(half)).await {
+                Outcome::Delivered {
+                    rejected_items,
+                    message,
+                } => {
+                    rejected += rejected_items;
+                    if !message.is_empty() {
+                        messages.push(message);
+                    }
+                }
+                // A half failed: the whole batch is retried (the first half may arrive twice).
+                other => return other,
+            }
+        }
+        Outcome::Delivered {
+            rejected_items: rejected,
+            message: messages.join("; "),
+        }
+    }
+
+    fn report_failure(&self, failure: Failure, failures: u64, pause: Duration) {
+        tracing::warn!(destination = %self.destination, signal = self.signal.name(), error = %failure.error, retry_in = ?pause, failures, "upstream attempt failed; data kept");
+        let next_attempt_ms = now_ms() + pause.as_millis() as u64;
+        self.stats.set_last_error(failure.error);
+        self.stats.set_retry(if failure.auth {
+            RetryState::AuthFailed {
+                consecutive_failures: failures,
+                next_attempt_ms,
+            }
+        } else {
+            RetryState::Backoff {
+                consecutive_failures: failures,
+                next_attempt_ms,
+            }
+        });
+    }
+}
+
+/// A batch that must be tried again.
+struct Failure {
+    error: String,
+    retry_after: Option<Duration>,
+    /// 401/403: wait the slow pace, not the backoff.
+    auth: bool,
+}

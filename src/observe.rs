@@ -1,0 +1,378 @@
+//! Counters and the two views of them: `/status` (JSON, also behind `otlp-spool status`) and
+//! `/metrics` (Prometheus text).
+//!
+//! The receiver and the export workers bump counters here; the spool keeps its own usage and
+//! drop counts, which are read at render time. Nothing here changes data or decides anything:
+//! it only counts and renders. Counters are plain atomics so the hot paths never wait.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use crate::otlp::Signal;
+use crate::spool::Spool;
+
+/// How a request reached the agent.
+#[derive(Debug, Clone, Copy)]
+pub enum Transport {
+    Http,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy)]
+pub enum Refusal {
+    /// Malformed body, bad content type or encoding, wrong path or method.
+    Invalid,
+    /// Over `max_body` / `max_decompressed`, or larger than the spool.
+    TooLarge,
+    Unauthorized,
+    /// Spool full under `when_full = "reject"`.
+    Full,
+    /// The spool could not store it (disk failure).
+    Storage,
+}
+
+#[derive(Default)]
+struct SignalCounters {
+    http_requests: AtomicU64,
+    items: AtomicU64,
+    bytes: AtomicU64,
+}
+
+#[derive(Default)]
+struct RefusalCounters {
+    invalid: AtomicU64,
+    too_large: AtomicU64,
+    unauthorized: AtomicU64,
+    full: AtomicU64,
+    storage: AtomicU64,
+}
+
+/// What one export worker (one destination, one signal) is doing now.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryState {
+    /// Nothing to send, or sending.
+    #[default]
+    Ready,
+    /// Waiting out a backoff after a retryable failure.
+    Backoff {
+        consecutive_failures: u64,
+        next_attempt_ms: u64,
+    },
+    /// The upstream refused the credentials (401/403): retrying slowly, data kept.
+    AuthFailed {
+        consecutive_failures: u64,
+        next_attempt_ms: u64,
+    },
+}
+
+/// Counters of one export worker.
+#[derive(Default)]
+pub struct WorkerStats {
+    pub sent_items: AtomicU64,
+    pub sent_requests: AtomicU64,
+    pub attempts: AtomicU64,
+    pub failed_attempts: AtomicU64,
+    pub partial_rejected_items: AtomicU64,
+    pub dead_lettered_items: AtomicU64,
+    pub last_success_ms: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    retry: Mutex<RetryState>,
+}
+
+impl WorkerStats {
+    pub fn set_last_error(&self, error: String) {
+        *self.last_error.lock().expect("stats lock") = Some(error);
+    }
+
+    pub fn set_retry(&self, state: RetryState) {
+        *self.retry.lock().expect("stats lock") = state;
+    }
+}
+
+pub struct DestinationStats {
+    pub name: String,
+    pub kind: &'static str,
+    pub endpoint: String,
+    pub workers: Vec<(Signal, Arc<WorkerStats>)>,
+}
+
+/// Everything the agent counts.
+pub struct Stats {
+    started: Instant,
+    received: [SignalCounters; 3],
+    refused: RefusalCounters,
+    destinations: Vec<DestinationStats>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Stats {
+    pub fn new(destinations: Vec<DestinationStats>) -> Stats {
+        Stats {
+            started: Instant::now(),
+            received: Default::default(),
+            refused: Default::default(),
+            destinations,
+        }
+    }
+
+    pub fn received(&self, signal: Signal, transport: Transport, items: u64, bytes: u64) {
+        let c = &self.received[signal.index()];
+        match transport {
+            Transport::Http => c.http_requests.fetch_add(1, Relaxed),
+        };
+        c.items.fetch_add(items, Relaxed);
+        c.bytes.fetch_add(bytes, Relaxed);
+    }
+
+    pub fn refused(&self, why: Refusal) {
+        let r = &self.refused;
+        match why {
+            Refusal::Invalid => &r.invalid,
+            Refusal::TooLarge => &r.too_large,
+            Refusal::Unauthorized => &r.unauthorized,
+            Refusal::Full => &r.full,
+            Refusal::Storage => &r.storage,
+        }
+        .fetch_add(1, Relaxed);
+    }
+
+    /// The `/status` document.
+    pub fn status(&self, spool: &Spool) -> Value {
+        let now = now_ms();
+        let usage = spool.usage();
+        let received: serde_json::Map<String, Value> = Signal::ALL
+            .iter()
+            .map(|s| {
+                let c = &self.received[s.index()];
+                (
+                    s.name().to_string(),
+                    json!({
+                        "http_requests": c.http_requests.load(Relaxed),
+                        "items": c.items.load(Relaxed),
+                        "bytes": c.bytes.load(Relaxed),
+                    }),
+                )
+            })
+            .collect();
+        let destinations: Vec<Value> = self
+            .destinations
+            .iter()
+            .map(|d| {
+                let signals: serde_json::Map<String, Value> = d
+                    .workers
+                    .iter()
+                    .map(|(signal, w)| {
+                        let pending = spool.pending(&d.name, *signal);
+                        let last_success = w.last_success_ms.load(Relaxed);
+                        (
+                            signal.name().to_string(),
+                            json!({
+                                "pending_records": pending.records,
+                                "pending_bytes": pending.bytes,
+                                "oldest_pending_age_seconds": pending.oldest_ms.map(|t| now.saturating_sub(t) as f64 / 1000.0),
+                                "sent_items": w.sent_items.load(Relaxed),
+                                "sent_requests": w.sent_requests.load(Relaxed),
+                                "attempts": w.attempts.load(Relaxed),
+                                "failed_attempts": w.failed_attempts.load(Relaxed),
+                                "partial_rejected_items": w.partial_rejected_items.load(Relaxed),
+                                "dead_lettered_items": w.dead_lettered_items.load(Relaxed),
+                                "last_success_ms": (last_success > 0).then_some(last_success),
+                                "last_error": *w.last_error.lock().expect("stats lock"),
+                                "retry": *w.retry.lock().expect("stats lock"),
+                            }),
+                        )
+                    })
+                    .collect();
+                json!({
+                    "name": d.name,
+                    "type": d.kind,
+                    "endpoint": d.endpoint,
+                    "signals": signals,
+                })
+            })
+            .collect();
+        let r = &self.refused;
+        let mut status = json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "spool": {
+                "dir": spool.dir(),
+                "records": usage.records,
+                "bytes": usage.bytes,
+                "disk_bytes": usage.disk_bytes,
+                "max_bytes": usage.max_bytes,
+                "disk_cap": usage.disk_cap,
+                "dead_letter_records": usage.dead_letter_records,
+                "dead_letter_bytes": usage.dead_letter_bytes,
+                "healthy": spool.healthy(),
+            },
+            "received": received,
+            "refused_requests": {
+                "invalid": r.invalid.load(Relaxed),
+                "too_large": r.too_large.load(Relaxed),
+                "unauthorized": r.unauthorized.load(Relaxed),
+                "full": r.full.load(Relaxed),
+                "storage": r.storage.load(Relaxed),
+            },
+            "dropped": usage.dropped,
+            "destinations": destinations,
+        });
+        if self.destinations.is_empty() {
+            status["holding"] = json!(
+                "no destination is configured: holding received data in the spool (bounded by \
+                 spool.max_bytes and spool.max_age) until one is added"
+            );
+        }
+        status
+    }
+
+    /// The same numbers as `/status`, in Prometheus text exposition format.
+    pub fn prometheus(&self, spool: &Spool) -> String {
+        let status = self.status(spool);
+        let mut out = String::new();
+        let mut metric = |name: &str, help: &str, kind: &str, samples: Vec<(String, f64)>| {
+            let _ = writeln!(
+                out,
+                "# HELP otlp_spool_{name} {help}\n# TYPE otlp_spool_{name} {kind}"
+            );
+            for (labels, value) in samples {
+                let _ = writeln!(out, "otlp_spool_{name}{labels} {value}");
+            }
+        };
+        let num = |v: &Value| v.as_f64().unwrap_or(0.0);
+        let spool_s = &status["spool"];
+        metric(
+            "uptime_seconds",
+            "Seconds since the agent started.",
+            "gauge",
+            vec![(String::new(), num(&status["uptime_seconds"]))],
+        );
+        for (key, help) in [
+            ("records", "Records held in the spool."),
+            ("bytes", "Logical bytes held in the spool."),
+            ("disk_bytes", "Bytes the spool's files take on disk."),
+            ("max_bytes", "The spool's logical byte cap."),
+            ("dead_letter_records", "Records in the dead-letter tree."),
+        ] {
+            metric(
+                &format!("spool_{key}"),
+                help,
+                "gauge",
+                vec![(String::new(), num(&spool_s[key]))],
+            );
+        }
+        for (key, help) in [
+            ("items", "Items (spans, data points, log records) accepted."),
+            ("http_requests", "OTLP/HTTP requests accepted."),
+            (
+                "bytes",
+                "Request payload bytes accepted (canonical protobuf).",
+            ),
+        ] {
+            let samples = Signal::ALL
+                .iter()
+                .map(|s| {
+                    (
+                        format!("{{signal=\"{}\"}}", s.name()),
+                        num(&status["received"][s.name()][key]),
+                    )
+                })
+                .collect();
+            metric(&format!("received_{key}_total"), help, "counter", samples);
+        }
+        let refused = status["refused_requests"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        metric(
+            "refused_requests_total",
+            "Requests refused, by reason.",
+            "counter",
+            refused
+                .iter()
+                .map(|(k, v)| (format!("{{reason=\"{k}\"}}"), num(v)))
+                .collect(),
+        );
+        let dropped = status["dropped"].as_object().cloned().unwrap_or_default();
+        metric(
+            "dropped_total",
+            "Records and items that left the spool undelivered, by reason and unit.",
+            "counter",
+            dropped
+                .iter()
+                .map(|(k, v)| {
+                    let (reason, unit) = k.rsplit_once('_').unwrap_or((k, ""));
+                    (format!("{{reason=\"{reason}\",unit=\"{unit}\"}}"), num(v))
+                })
+                .collect(),
+        );
+        for (key, kind, help) in [
+            (
+                "pending_records",
+                "gauge",
+                "Records a destination has yet to send.",
+            ),
+            (
+                "pending_bytes",
+                "gauge",
+                "Bytes a destination has yet to send.",
+            ),
+            (
+                "oldest_pending_age_seconds",
+                "gauge",
+                "Age in seconds of the oldest record a destination has yet to send.",
+            ),
+            ("sent_items", "counter", "Items a destination acknowledged."),
+            (
+                "sent_requests",
+                "counter",
+                "Requests a destination acknowledged.",
+            ),
+            ("attempts", "counter", "Upstream requests attempted."),
+            (
+                "failed_attempts",
+                "counter",
+                "Upstream requests that failed.",
+            ),
+            (
+                "partial_rejected_items",
+                "counter",
+                "Items an upstream rejected in a partial success.",
+            ),
+            (
+                "dead_lettered_items",
+                "counter",
+                "Items an upstream refused as malformed (dead-lettered).",
+            ),
+        ] {
+            let mut samples = Vec::new();
+            for d in status["destinations"].as_array().into_iter().flatten() {
+                for (signal, w) in d["signals"].as_object().into_iter().flatten() {
+                    let labels = format!(
+                        "{{destination=\"{}\",signal=\"{signal}\"}}",
+                        d["name"].as_str().unwrap_or("")
+                    );
+                    samples.push((labels, num(&w[key])));
+                }
+            }
+            let name = if kind == "counter" {
+                format!("destination_{key}_total")
+            } else {
+                format!("destination_{key}")
+            };
+            metric(&name, help, kind, samples);
+        }
+        out
+    }
+}

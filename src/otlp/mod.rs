@@ -1,0 +1,168 @@
+//! OTLP payloads as the rest of the agent sees them: the three signals, validation and item
+//! counting of canonical protobuf, and the OTLP/JSON transcoding in [`json`].
+//!
+//! Everything stored in the spool is canonical OTLP protobuf (`Export*ServiceRequest`).
+
+pub mod json;
+
+pub use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+pub use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+pub use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+/// One of the three OTLP signals. Each has its own spool tree, route and export worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Signal {
+    Traces,
+    Metrics,
+    Logs,
+}
+
+impl Signal {
+    pub const ALL: [Signal; 3] = [Signal::Traces, Signal::Metrics, Signal::Logs];
+
+    /// A dense index (0, 1, 2) for per-signal arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The name used in config (`signals = [...]`), URLs (`/v1/<name>`) and spool trees.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Metrics => "metrics",
+            Signal::Logs => "logs",
+        }
+    }
+}
+
+/// A request that is not valid OTLP protobuf for its signal.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid OTLP protobuf {kind}: {source}")]
+pub struct ProtobufError {
+    kind: &'static str,
+    source: prost::DecodeError,
+}
+
+/// The three `Export*ServiceRequest` messages, as one kind: which signal, how many items.
+pub trait ExportRequest: prost::Message + Default {
+    const SIGNAL: Signal;
+    /// Spans, metric data points, or log records.
+    fn items(&self) -> u64;
+}
+
+impl ExportRequest for ExportTraceServiceRequest {
+    const SIGNAL: Signal = Signal::Traces;
+    fn items(&self) -> u64 {
+        let spans = self.resource_spans.iter().flat_map(|r| &r.scope_spans);
+        spans.map(|s| s.spans.len() as u64).sum()
+    }
+}
+
+impl ExportRequest for ExportMetricsServiceRequest {
+    const SIGNAL: Signal = Signal::Metrics;
+    fn items(&self) -> u64 {
+        use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+        let metrics = self.resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics);
+        metrics
+            .map(|m| match &m.data {
+                Some(Data::Gauge(g)) => g.data_points.len(),
+                Some(Data::Sum(s)) => s.data_points.len(),
+                Some(Data::Histogram(h)) => h.data_points.len(),
+                Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+                Some(Data::Summary(s)) => s.data_points.len(),
+                None => 0,
+            } as u64)
+            .sum()
+    }
+}
+
+impl ExportRequest for ExportLogsServiceRequest {
+    const SIGNAL: Signal = Signal::Logs;
+    fn items(&self) -> u64 {
+        let logs = self.resource_logs.iter().flat_map(|r| &r.scope_logs);
+        logs.map(|s| s.log_records.len() as u64).sum()
+    }
+}
+
+/// Decodes `payload` as the signal's `Export*ServiceRequest` (validation) and counts its items.
+pub fn count_items(signal: Signal, payload: &[u8]) -> Result<u64, ProtobufError> {
+    fn count<R: ExportRequest>(payload: &[u8], kind: &'static str) -> Result<u64, ProtobufError> {
+        R::decode(payload)
+            .map(|r| r.items())
+            .map_err(|source| ProtobufError { kind, source })
+    }
+    match signal {
+        Signal::Traces => count::<ExportTraceServiceRequest>(payload, "ExportTraceServiceRequest"),
+        Signal::Metrics => count::<ExportMetricsServiceRequest>(payload, "ExportMetricsServiceRequest"),
+        Signal::Logs => count::<ExportLogsServiceRequest>(payload, "ExportLogsServiceRequest"),
+    }
+}
+
+/// Splits an `Export*ServiceRequest` into two smaller valid ones at a resource boundary, without
+/// decoding: the message is a sequence of field-1 entries (one per resource), so any cut between
+/// entries yields two valid requests. `None` when there is only one entry (or the bytes are not
+/// a well-formed sequence of length-delimited fields).
+pub fn split_in_two(payload: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut bounds = Vec::new();
+    let mut rest = payload;
+    while !rest.is_empty() {
+        let key = prost::encoding::decode_varint(&mut rest).ok()?;
+        if key & 7 != 2 {
+            return None; // only length-delimited fields are expected at the top level
+        }
+        let len = prost::encoding::decode_varint(&mut rest).ok()? as usize;
+        if len > rest.len() {
+            return None;
+        }
+        rest = &rest[len..];
+        bounds.push(payload.len() - rest.len());
+    }
+    if bounds.len() < 2 {
+        return None;
+    }
+    let cut = bounds[bounds.len() / 2 - 1];
+    Some(payload.split_at(cut))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message;
+
+    fn request(resources: usize, spans_each: usize) -> Vec<u8> {
+        let span = Span {
+            name: "s".into(),
+            ..Default::default()
+        };
+        ExportTraceServiceRequest {
+            resource_spans: (0..resources)
+                .map(|_| ResourceSpans {
+                    scope_spans: vec![ScopeSpans {
+                        spans: vec![span.clone(); spans_each],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })
+                .collect(),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn counts_and_rejects() {
+        assert_eq!(count_items(Signal::Traces, &request(3, 2)).unwrap(), 6);
+        assert_eq!(count_items(Signal::Traces, b"").unwrap(), 0);
+        let e = count_items(Signal::Traces, b"\x0a\x05ab").unwrap_err();
+        assert!(e.to_string().contains("ExportTraceServiceRequest"), "{e}");
+    }
+
+    #[test]
+    fn split_keeps_every_item() {
+        let payload = request(5, 3);
+        let (a, b) = split_in_two(&payload).unwrap();
+        assert_eq!(count_items(Signal::Traces, a).unwrap(), 6);
+        assert_eq!(count_items(Signal::Traces, b).unwrap(), 9);
+        assert!(split_in_two(&request(1, 9)).is_none());
+    }
+}

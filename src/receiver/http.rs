@@ -1,0 +1,305 @@
+//! OTLP/HTTP on `server.listen`: `POST /v1/{traces,metrics,logs}`, and `GET /healthz`,
+//! `/status`, `/metrics`.
+//!
+//! Responses follow the OTLP/HTTP spec: 200 with an empty `Export*ServiceResponse` in the
+//! request's format, errors with a `google.rpc.Status` body in that format, 503 with
+//! `Retry-After` when the spool cannot take the data. The body is read under `max_body` before
+//! anything is decoded. This file owns the HTTP framing only; decoding is [`super::decode`],
+//! storing is [`super::Ingest`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderMap, HeaderValue, ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::decode::{self, Format};
+use super::{Ingest, Rejection, RETRY_AFTER_SECS};
+use crate::observe::{Refusal, Transport};
+use crate::otlp::Signal;
+
+/// How long a client may take to send its request headers (slow-loris guard).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long in-flight requests get to finish at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct HttpReceiver {
+    pub ingest: Ingest,
+    pub max_body: u64,
+    pub max_decompressed: u64,
+    pub auth_token: Option<String>,
+}
+
+/// `google.rpc.Status`, the body of OTLP error responses.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+type Reply = Response<Full<Bytes>>;
+
+impl HttpReceiver {
+    /// Serves `listener` until `stop` is cancelled, then lets in-flight requests finish.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = stop.cancelled() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let receiver = Arc::clone(&self);
+            let service = hyper::service::service_fn(move |req| {
+                let receiver = Arc::clone(&receiver);
+                async move { Ok::<_, Infallible>(receiver.handle(req, peer).await) }
+            });
+            let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+                }
+            });
+        }
+        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "some HTTP requests were still in flight at shutdown; their clients will retry"
+            );
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Reply {
+        let path = req.uri().path();
+        let signal = Signal::ALL
+            .into_iter()
+            .find(|s| path.strip_prefix("/v1/") == Some(s.name()));
+        let allowed = match (signal, path) {
+            (Some(_), _) => "POST",
+            (None, "/healthz" | "/status" | "/metrics") => "GET, HEAD",
+            _ => {
+                let msg = format!(
+                    "no such path {path:?}: OTLP/HTTP paths are /v1/traces, /v1/metrics, /v1/logs"
+                );
+                return self.refuse(Format::Json, Rejection::new(404, Refusal::Invalid, msg));
+            }
+        };
+        let method_ok = match signal {
+            Some(_) => req.method() == Method::POST,
+            None => req.method() == Method::GET || req.method() == Method::HEAD,
+        };
+        if !method_ok {
+            let msg = format!(
+                "method {} is not allowed on {path}; use {allowed}",
+                req.method()
+            );
+            let mut reply = self.refuse(Format::Json, Rejection::new(405, Refusal::Invalid, msg));
+            reply
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allowed));
+            return reply;
+        }
+        if path == "/healthz" {
+            return if self.ingest.spool.healthy() {
+                text(StatusCode::OK, "text/plain", "ok\n".into())
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "spool flush failing\n".into(),
+                )
+            };
+        }
+        if !self.authorized(req.headers()) {
+            tracing::debug!(%peer, path, "refused a request without a valid token");
+            let msg = "missing or wrong token: send \"Authorization: Bearer <server.auth_token>\" or \"x-api-key: <server.auth_token>\"";
+            return self.refuse(
+                Format::Json,
+                Rejection::new(401, Refusal::Unauthorized, msg),
+            );
+        }
+        match signal {
+            Some(signal) => match self.export(signal, req).await {
+                Ok(format) => {
+                    // An empty Export*ServiceResponse: zero bytes in protobuf, `{}` in JSON.
+                    let body = if format == Format::Json { "{}" } else { "" };
+                    text(StatusCode::OK, format.content_type(), body.into())
+                }
+                Err((format, rejection)) => self.refuse(format, rejection),
+            },
+            None if path == "/status" => {
+                let body =
+                    serde_json::to_string_pretty(&self.ingest.stats.status(&self.ingest.spool))
+                        .expect("json");
+                text(StatusCode::OK, "application/json", body)
+            }
+            None => text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                self.ingest.stats.prometheus(&self.ingest.spool),
+            ),
+        }
+    }
+
+    async fn export(
+        &self,
+        signal: Signal,
+        req: Request<Incoming>,
+    ) -> Result<Format, (Format, Rejection)> {
+        let headers = req.headers();
+        let content_type = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let format = Format::from_content_type(content_type).map_err(|r| (Format::Json, r))?;
+        let fail = |r| (format, r);
+        let too_large = || {
+            fail(Rejection::new(
+                413,
+                Refusal::TooLarge,
+                format!(
+                    "request body is larger than {} bytes (server.max_body)",
+                    self.max_body
+                ),
+            ))
+        };
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_body) {
+            return Err(too_large());
+        }
+        let encoding = headers
+            .get(CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("(not ASCII)").to_string());
+        let body = Limited::new(req.into_body(), self.max_body as usize)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    too_large()
+                } else {
+                    fail(Rejection::new(
+                        400,
+                        Refusal::Invalid,
+                        format!("reading the request body failed: {e}"),
+                    ))
+                }
+            })?
+            .to_bytes();
+        let decoded = decode::decode(
+            signal,
+            format,
+            encoding.as_deref(),
+            body.to_vec(),
+            self.max_decompressed,
+        )
+        .map_err(fail)?;
+        self.ingest
+            .accept(signal, Transport::Http, &decoded.payload, decoded.items)
+            .await
+            .map_err(fail)?;
+        Ok(format)
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.auth_token else {
+            return true;
+        };
+        let offered = headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| {
+                headers
+                    .get(hyper::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| {
+                        v.strip_prefix("Bearer ")
+                            .or_else(|| v.strip_prefix("bearer "))
+                    })
+            });
+        offered
+            .is_some_and(|o| subtle::ConstantTimeEq::ct_eq(o.as_bytes(), token.as_bytes()).into())
+    }
+
+    /// Counts a refusal and renders it as an OTLP error response.
+    fn refuse(&self, format: Format, rejection: Rejection) -> Reply {
+        let rejection = self.ingest.refuse(rejection);
+        let status = StatusCode::from_u16(rejection.status).unwrap_or(StatusCode::BAD_REQUEST);
+        if status.is_server_error() {
+            tracing::warn!(status = rejection.status, message = %rejection.message, "refused a request");
+        } else {
+            tracing::debug!(status = rejection.status, message = %rejection.message, "refused a request");
+        }
+        let rpc = RpcStatus {
+            code: grpc_code(rejection.status),
+            message: rejection.message,
+        };
+        let mut reply = match format {
+            Format::Protobuf => Response::new(Full::new(Bytes::from(rpc.encode_to_vec()))),
+            Format::Json => Response::new(Full::new(Bytes::from(
+                serde_json::json!({ "code": rpc.code, "message": rpc.message }).to_string(),
+            ))),
+        };
+        *reply.status_mut() = status;
+        reply.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(format.content_type()),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            reply
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        reply
+    }
+}
+
+/// The gRPC status code an HTTP status stands for in `google.rpc.Status`.
+fn grpc_code(http_status: u16) -> i32 {
+    match http_status {
+        400 | 415 => 3, // INVALID_ARGUMENT
+        401 => 16,      // UNAUTHENTICATED
+        404 => 5,       // NOT_FOUND
+        405 => 12,      // UNIMPLEMENTED
+        413 => 8,       // RESOURCE_EXHAUSTED
+        503 => 14,      // UNAVAILABLE
+        _ => 2,         // UNKNOWN
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Reply {
+    let mut reply = Response::new(Full::new(Bytes::from(body)));
+    *reply.status_mut() = status;
+    reply
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    reply
+}
