@@ -1,7 +1,7 @@
 //! otlp-spool: a store-and-forward OpenTelemetry agent.
 //!
 //! ```text
-//! client ─HTTP─▶ receiver ─append+fsync─▶ spool (sled) ◀─read/ack─ export worker ─▶ upstream
+//! client ─HTTP/gRPC─▶ receiver ─append+fsync─▶ spool (sled) ◀─read/ack─ export worker ─▶ upstream
 //! ```
 //!
 //! [`Agent::start`] wires the three stages from a [`config::Config`]: it opens the spool, binds
@@ -27,6 +27,7 @@ use config::{Config, DestinationKind};
 use export::otlp_http::OtlpHttp;
 use export::worker::Worker;
 use observe::{DestinationStats, Stats, WorkerStats};
+use receiver::grpc::GrpcReceiver;
 use receiver::http::HttpReceiver;
 use receiver::Ingest;
 use spool::{Limits, Spool};
@@ -49,6 +50,7 @@ pub enum StartError {
 /// nothing acknowledged is lost).
 pub struct Agent {
     http_addrs: Vec<SocketAddr>,
+    grpc_addrs: Vec<SocketAddr>,
     spool: Spool,
     stats: Arc<Stats>,
     stop: CancellationToken,
@@ -108,39 +110,50 @@ impl Agent {
             });
         }
 
-        let listeners = bind_all(&config.server.listen.0).await?;
-        let http_addrs: Vec<SocketAddr> = listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect();
-        let receiver = Arc::new(HttpReceiver {
-            ingest: Ingest {
-                spool: spool.clone(),
-                stats: Arc::clone(&stats),
-            },
+        let http_listeners = bind_all(&config.server.listen.0).await?;
+        let grpc_listeners = bind_all(&config.server.grpc_listen.0).await?;
+        let local = |ls: &[TcpListener]| {
+            ls.iter()
+                .filter_map(|l| l.local_addr().ok())
+                .collect::<Vec<_>>()
+        };
+        let (http_addrs, grpc_addrs) = (local(&http_listeners), local(&grpc_listeners));
+        let ingest = Ingest {
+            spool: spool.clone(),
+            stats: Arc::clone(&stats),
+        };
+        let auth_token = config
+            .server
+            .auth_token
+            .as_ref()
+            .map(|t| t.expose().to_string());
+        let http = Arc::new(HttpReceiver {
+            ingest: ingest.clone(),
             max_body: config.server.max_body.0,
             max_decompressed: config.server.max_decompressed.0,
-            auth_token: config
-                .server
-                .auth_token
-                .as_ref()
-                .map(|t| t.expose().to_string()),
+            auth_token: auth_token.clone(),
+        });
+        let grpc = Arc::new(GrpcReceiver {
+            ingest,
+            max_decompressed: config.server.max_decompressed.0,
+            auth_token,
         });
         let mut servers = JoinSet::new();
-        for listener in listeners {
-            servers.spawn(Arc::clone(&receiver).serve(listener, stop.clone()));
+        for listener in http_listeners {
+            servers.spawn(Arc::clone(&http).serve(listener, stop.clone()));
         }
-        if !config.server.grpc_listen.0.is_empty() {
-            tracing::warn!("OTLP/gRPC is not implemented in this version; server.grpc_listen is ignored (use OTLP/HTTP on server.listen)");
+        for listener in grpc_listeners {
+            servers.spawn(Arc::clone(&grpc).serve(listener, stop.clone()));
         }
         if config.destinations.is_empty() {
             tracing::warn!(
                 "no destination is configured: holding received data in the spool (bounded by spool.max_bytes and spool.max_age) until one is added"
             );
         }
-        tracing::info!(listen = ?http_addrs, spool = %spool.dir().display(), destinations = config.destinations.len(), "otlp-spool is running");
+        tracing::info!(listen = ?http_addrs, grpc_listen = ?grpc_addrs, spool = %spool.dir().display(), destinations = config.destinations.len(), "otlp-spool is running");
         Ok(Agent {
             http_addrs,
+            grpc_addrs,
             spool,
             stats,
             stop,
@@ -152,6 +165,11 @@ impl Agent {
     /// The bound OTLP/HTTP addresses (with real ports when the config said port 0).
     pub fn http_addrs(&self) -> &[SocketAddr] {
         &self.http_addrs
+    }
+
+    /// The bound OTLP/gRPC addresses (empty when gRPC is disabled).
+    pub fn grpc_addrs(&self) -> &[SocketAddr] {
+        &self.grpc_addrs
     }
 
     pub fn spool(&self) -> &Spool {

@@ -19,6 +19,7 @@ use crate::spool::Spool;
 #[derive(Debug, Clone, Copy)]
 pub enum Transport {
     Http,
+    Grpc,
 }
 
 /// Why a request was refused.
@@ -38,6 +39,7 @@ pub enum Refusal {
 #[derive(Default)]
 struct SignalCounters {
     http_requests: AtomicU64,
+    grpc_requests: AtomicU64,
     items: AtomicU64,
     bytes: AtomicU64,
 }
@@ -130,6 +132,7 @@ impl Stats {
         let c = &self.received[signal.index()];
         match transport {
             Transport::Http => c.http_requests.fetch_add(1, Relaxed),
+            Transport::Grpc => c.grpc_requests.fetch_add(1, Relaxed),
         };
         c.items.fetch_add(items, Relaxed);
         c.bytes.fetch_add(bytes, Relaxed);
@@ -159,6 +162,7 @@ impl Stats {
                     s.name().to_string(),
                     json!({
                         "http_requests": c.http_requests.load(Relaxed),
+                        "grpc_requests": c.grpc_requests.load(Relaxed),
                         "items": c.items.load(Relaxed),
                         "bytes": c.bytes.load(Relaxed),
                     }),
@@ -275,6 +279,7 @@ impl Stats {
         for (key, help) in [
             ("items", "Items (spans, data points, log records) accepted."),
             ("http_requests", "OTLP/HTTP requests accepted."),
+            ("grpc_requests", "OTLP/gRPC requests accepted."),
             (
                 "bytes",
                 "Request payload bytes accepted (canonical protobuf).",

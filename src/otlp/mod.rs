@@ -62,7 +62,11 @@ impl ExportRequest for ExportMetricsServiceRequest {
     const SIGNAL: Signal = Signal::Metrics;
     fn items(&self) -> u64 {
         use opentelemetry_proto::tonic::metrics::v1::metric::Data;
-        let metrics = self.resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics);
+        let metrics = self
+            .resource_metrics
+            .iter()
+            .flat_map(|r| &r.scope_metrics)
+            .flat_map(|s| &s.metrics);
         metrics
             .map(|m| match &m.data {
                 Some(Data::Gauge(g)) => g.data_points.len(),
@@ -93,7 +97,9 @@ pub fn count_items(signal: Signal, payload: &[u8]) -> Result<u64, ProtobufError>
     }
     match signal {
         Signal::Traces => count::<ExportTraceServiceRequest>(payload, "ExportTraceServiceRequest"),
-        Signal::Metrics => count::<ExportMetricsServiceRequest>(payload, "ExportMetricsServiceRequest"),
+        Signal::Metrics => {
+            count::<ExportMetricsServiceRequest>(payload, "ExportMetricsServiceRequest")
+        }
         Signal::Logs => count::<ExportLogsServiceRequest>(payload, "ExportLogsServiceRequest"),
     }
 }

@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::decode::{self, Format};
-use super::{Ingest, Rejection, RETRY_AFTER_SECS};
+use super::{token_matches, Ingest, Rejection, RETRY_AFTER_SECS, TOKEN_HINT};
 use crate::observe::{Refusal, Transport};
 use crate::otlp::Signal;
 
@@ -139,10 +139,9 @@ impl HttpReceiver {
         }
         if !self.authorized(req.headers()) {
             tracing::debug!(%peer, path, "refused a request without a valid token");
-            let msg = "missing or wrong token: send \"Authorization: Bearer <server.auth_token>\" or \"x-api-key: <server.auth_token>\"";
             return self.refuse(
                 Format::Json,
-                Rejection::new(401, Refusal::Unauthorized, msg),
+                Rejection::new(401, Refusal::Unauthorized, TOKEN_HINT),
             );
         }
         match signal {
@@ -230,23 +229,12 @@ impl HttpReceiver {
     }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {
-        let Some(token) = &self.auth_token else {
-            return true;
-        };
-        let offered = headers
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| {
-                headers
-                    .get(hyper::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| {
-                        v.strip_prefix("Bearer ")
-                            .or_else(|| v.strip_prefix("bearer "))
-                    })
-            });
-        offered
-            .is_some_and(|o| subtle::ConstantTimeEq::ct_eq(o.as_bytes(), token.as_bytes()).into())
+        let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+        token_matches(
+            self.auth_token.as_deref(),
+            header("x-api-key"),
+            header("authorization"),
+        )
     }
 
     /// Counts a refusal and renders it as an OTLP error response.

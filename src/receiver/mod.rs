@@ -6,6 +6,7 @@
 //! nothing of destinations.
 
 pub mod decode;
+pub mod grpc;
 pub mod http;
 
 use std::sync::Arc;
@@ -33,6 +34,26 @@ impl Rejection {
             message: message.into(),
         }
     }
+}
+
+/// What a client without the right token is told.
+pub const TOKEN_HINT: &str = "missing or wrong token: send \"Authorization: Bearer <server.auth_token>\" or \"x-api-key: <server.auth_token>\"";
+
+/// Whether a request's `x-api-key` or `Authorization: Bearer` value is the configured token
+/// (always, when none is configured). Compared in constant time.
+pub fn token_matches(
+    token: Option<&str>,
+    x_api_key: Option<&str>,
+    authorization: Option<&str>,
+) -> bool {
+    let Some(token) = token else { return true };
+    let bearer = authorization.and_then(|v| {
+        v.strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+    });
+    x_api_key.or(bearer).is_some_and(|offered| {
+        subtle::ConstantTimeEq::ct_eq(offered.as_bytes(), token.as_bytes()).into()
+    })
 }
 
 /// The transport-independent tail of every request: count it and store it durably.

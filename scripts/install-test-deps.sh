@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# Install the real OpenTelemetry SDK clients that otlp-spool's tests drive
+# (tests/clients/python/emit.py, tests/clients/js/emit.mjs) into the repo:
+#
+#   Python: venv at .cache/venv from tests/clients/python/requirements.txt (exact pins)
+#   JS:     `npm ci` in tests/clients/js (package.json + package-lock.json, exact pins)
+#           -> tests/clients/js/node_modules (gitignored)
+#
+# Nothing is installed globally. Idempotent: a stamp (hash of the pin file +
+# interpreter version) lets a warm run finish in well under a second.
+# Writes .cache/test-env.sh (source it) and prints the same exports at the end.
+#
+# usage: scripts/install-test-deps.sh [--force] [--check] [--quiet]
+#   --force  reinstall even if the stamps match
+#   --check  install nothing; exit 0 if everything is installed and current, else 1
+#   --quiet  print only the final exports (and errors)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="$ROOT/.cache"
+VENV="$CACHE/venv"
+PY_REQ="$ROOT/tests/clients/python/requirements.txt"
+JS_DIR="$ROOT/tests/clients/js"
+ENV_FILE="$CACHE/test-env.sh"
+
+FORCE=0 CHECK=0 QUIET=0
+for arg in "$@"; do
+  case "$arg" in
+    --force) FORCE=1 ;;
+    --check) CHECK=1 ;;
+    --quiet) QUIET=1 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "install-test-deps: unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+log() { [ "$QUIET" = 1 ] || echo "install-test-deps: $*" >&2; }
+fail() { echo "install-test-deps: FAILED: $*" >&2; exit 1; }
+
+sha() { sha256sum "$@" | sha256sum | cut -c1-64; }
+
+# --- tools ------------------------------------------------------------------
+PYTHON_BIN="${OTLP_SPOOL_PYTHON:-python3}"
+command -v "$PYTHON_BIN" >/dev/null 2>&1 || fail "python3 not found (needed for the Python test client)"
+command -v node >/dev/null 2>&1 || fail "node not found (needed for the JS test client; Node >= 20.6)"
+command -v npm >/dev/null 2>&1 || fail "npm not found (needed for the JS test client)"
+NODE_BIN="$(command -v node)"
+node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=6)?0:1)' \
+  || fail "node $(node --version) is too old: the pinned @opentelemetry 2.12.0/0.223.0 packages need Node >= 20.6"
+PY_ID="$("$PYTHON_BIN" -c 'import sys,os; print(sys.version.split()[0], os.path.realpath(sys.executable))')"
+NODE_ID="$(node --version)"
+
+mkdir -p "$CACHE"
+
+# Serialize concurrent runs (e.g. several test binaries calling this at once).
+if [ "$CHECK" = 0 ] && command -v flock >/dev/null 2>&1; then
+  exec 9>"$CACHE/install-test-deps.lock"
+  flock 9
+fi
+
+# --- Python -----------------------------------------------------------------
+PY_STAMP_WANT="$(sha "$PY_REQ") $PY_ID"
+PY_STAMP_FILE="$VENV/.otlp-spool-stamp"
+py_ok() {
+  [ -x "$VENV/bin/python" ] && [ -f "$PY_STAMP_FILE" ] &&
+    [ "$(cat "$PY_STAMP_FILE")" = "$PY_STAMP_WANT" ]
+}
+py_imports() {
+  "$VENV/bin/python" - <<'EOF'
+import importlib, sys
+mods = [
+    "opentelemetry.sdk.trace", "opentelemetry.sdk.metrics", "opentelemetry.sdk._logs",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+    "opentelemetry.exporter.otlp.json.http.trace_exporter",
+    "opentelemetry.proto.collector.trace.v1.trace_service_pb2",
+    "grpc", "botocore.auth",
+]
+bad = []
+for m in mods:
+    try:
+        importlib.import_module(m)
+    except Exception as e:  # noqa: BLE001
+        bad.append(f"{m}: {type(e).__name__}: {e}")
+if bad:
+    print("\n".join(bad), file=sys.stderr)
+    sys.exit(1)
+EOF
+}
+
+install_python() {
+  log "Python: creating venv $VENV ($PY_ID)"
+  rm -rf "$VENV"
+  "$PYTHON_BIN" -m venv "$VENV" || fail "python3 -m venv $VENV (is the venv module available?)"
+  local plog="$CACHE/pip-install.log"
+  log "Python: pip install -r tests/clients/python/requirements.txt"
+  if ! "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q \
+        -r "$PY_REQ" >"$plog" 2>&1; then
+    cat "$plog" >&2
+    local pkgs
+    pkgs="$(grep -oE '(No matching distribution found for|satisfies the requirement|Failed to build|Cannot install) [^ ]+' "$plog" \
+            | awk '{print $NF}' | sort -u | tr '\n' ' ')"
+    fail "pip could not install Python package(s): ${pkgs:-see pip ERROR lines above} (log: $plog)"
+  fi
+  py_imports || fail "Python packages installed but failed to import (see above)"
+  echo "$PY_STAMP_WANT" >"$PY_STAMP_FILE"
+}
+
+# --- JS ---------------------------------------------------------------------
+JS_STAMP_WANT="$(sha "$JS_DIR/package.json" "$JS_DIR/package-lock.json") $NODE_ID"
+JS_STAMP_FILE="$JS_DIR/node_modules/.otlp-spool-stamp"
+JS_PKGS=(
+  @opentelemetry/api @opentelemetry/api-logs @opentelemetry/core @opentelemetry/resources
+  @opentelemetry/sdk-trace-base @opentelemetry/sdk-metrics @opentelemetry/sdk-logs
+  @opentelemetry/exporter-trace-otlp-http @opentelemetry/exporter-trace-otlp-proto @opentelemetry/exporter-trace-otlp-grpc
+  @opentelemetry/exporter-metrics-otlp-http @opentelemetry/exporter-metrics-otlp-proto @opentelemetry/exporter-metrics-otlp-grpc
+  @opentelemetry/exporter-logs-otlp-http @opentelemetry/exporter-logs-otlp-proto @opentelemetry/exporter-logs-otlp-grpc
+  @grpc/grpc-js
+)
+js_ok() {
+  [ -f "$JS_STAMP_FILE" ] && [ "$(cat "$JS_STAMP_FILE")" = "$JS_STAMP_WANT" ]
+}
+js_resolve() {
+  (cd "$JS_DIR" && node -e '
+    const bad = [];
+    for (const p of process.argv.slice(1)) { try { require.resolve(p); } catch (e) { bad.push(p); } }
+    if (bad.length) { console.error("cannot resolve: " + bad.join(" ")); process.exit(1); }
+  ' "${JS_PKGS[@]}")
+}
+
+install_js() {
+  local nlog="$CACHE/npm-ci.log"
+  log "JS: npm ci in tests/clients/js ($NODE_ID)"
+  # --ignore-scripts: nothing here needs an install script (protobufjs' postinstall is a no-op check).
+  if ! (cd "$JS_DIR" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) >"$nlog" 2>&1; then
+    grep -v 'Unknown user config' "$nlog" >&2 || true
+    local pkgs
+    pkgs="$(grep -oE "(404 Not Found - GET [^ ]+|notarget No matching version found for [^ ]+|'[^']+@[^']+' is not in this registry)" "$nlog" \
+            | sed -E 's#^404 Not Found - GET .*/##; s#%2[fF]#/#g; s#^notarget No matching version found for ##; s#[.]$##' \
+            | sort -u | tr '\n' ' ')"
+    fail "npm ci could not install JS package(s): ${pkgs:-see npm error lines above} (log: $nlog)"
+  fi
+  js_resolve || fail "JS packages installed but could not be resolved (see above)"
+  echo "$JS_STAMP_WANT" >"$JS_STAMP_FILE"
+}
+
+# --- run --------------------------------------------------------------------
+if [ "$CHECK" = 1 ]; then
+  rc=0
+  py_ok || { echo "install-test-deps: Python clients missing or stale" >&2; rc=1; }
+  js_ok || { echo "install-test-deps: JS clients missing or stale" >&2; rc=1; }
+  [ -f "$ENV_FILE" ] || { echo "install-test-deps: $ENV_FILE missing" >&2; rc=1; }
+  exit $rc
+fi
+
+if [ "$FORCE" = 0 ] && py_ok; then
+  log "Python: up to date ($VENV)"
+else
+  install_python
+fi
+if [ "$FORCE" = 0 ] && js_ok; then
+  log "JS: up to date ($JS_DIR/node_modules)"
+else
+  install_js
+fi
+
+tmp="$(mktemp "$CACHE/test-env.sh.XXXXXX")"
+cat >"$tmp" <<EOF
+# Generated by scripts/install-test-deps.sh; source it.
+export OTLP_SPOOL_TEST_PYTHON='$VENV/bin/python'
+export OTLP_SPOOL_TEST_PY_EMIT='$ROOT/tests/clients/python/emit.py'
+export OTLP_SPOOL_TEST_PY_JSON=1
+export OTLP_SPOOL_TEST_NODE='$NODE_BIN'
+export OTLP_SPOOL_TEST_NODE_MODULES='$JS_DIR/node_modules'
+export OTLP_SPOOL_TEST_JS_EMIT='$JS_DIR/emit.mjs'
+EOF
+chmod 644 "$tmp"
+mv -f "$tmp" "$ENV_FILE"
+log "wrote $ENV_FILE"
+grep '^export' "$ENV_FILE"
