@@ -1,6 +1,10 @@
 //! When to try again: jittered exponential backoff (backon) between `retry.initial` and
 //! `retry.max`, stretched to honour an upstream's `Retry-After`.
 //!
+//! The exponential step `b` doubles from `initial` to `max`; each delay is drawn from
+//! `[b/2, b)` ("equal jitter") and never below `initial`, so a fleet that failed together does
+//! not retry together, and no delay exceeds `retry.max` unless the upstream asked for longer.
+//!
 //! Pure timing policy; knows nothing of HTTP beyond parsing a `Retry-After` value.
 
 use std::time::{Duration, SystemTime};
@@ -29,7 +33,9 @@ impl From<&RetryConfig> for RetryPolicy {
 
 /// The delays of one run of consecutive failures; start a new one after a success.
 pub struct Backoff {
+    /// backon's jittered steps, in `[b, 2b)` for step `b`; halved in [`Backoff::next_delay`].
     delays: ExponentialBackoff,
+    initial: Duration,
     max: Duration,
 }
 
@@ -43,6 +49,7 @@ impl RetryPolicy {
                 .with_jitter()
                 .without_max_times()
                 .build(),
+            initial: self.initial,
             max: self.max,
         }
     }
@@ -57,7 +64,10 @@ impl RetryPolicy {
 impl Backoff {
     /// The next delay, at least `retry_after` when the upstream asked for one.
     pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Duration {
-        let backoff = self.delays.next().unwrap_or(self.max);
+        let backoff = self
+            .delays
+            .next()
+            .map_or(self.max, |jittered| (jittered / 2).max(self.initial));
         match retry_after {
             Some(asked) => backoff.max(asked.min(RETRY_AFTER_CAP)),
             None => backoff,
@@ -95,8 +105,10 @@ mod tests {
             "{delays:?}"
         );
         assert!(
-            delays.iter().all(|d| *d <= Duration::from_secs(4)),
-            "{delays:?}"
+            delays
+                .iter()
+                .all(|d| *d >= Duration::from_millis(100) && *d <= Duration::from_secs(2)),
+            "delays stay within retry.initial..=retry.max: {delays:?}"
         );
         assert!(delays[6] >= Duration::from_secs(1), "{delays:?}");
         assert_eq!(

@@ -7,10 +7,15 @@
 //!       refused   ─▶ dead-letter, then ack
 //! ```
 //!
+//! A 413 halves the batch at resource boundaries until the pieces fit. A piece the upstream
+//! refuses (400-class, or one resource still too large) is dead-lettered while the other
+//! pieces are still sent; a retryable or auth failure of any piece retries the whole batch.
+//!
 //! Each attempt re-reads the batch from the spool, so records expired or evicted while the
 //! worker waited are not sent. With nothing to send the worker sleeps on the spool's durable
 //! sequence (no polling). Owns no data: the spool and the cursor are the state.
 
+use std::ops::Range;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +27,7 @@ use super::retry::RetryPolicy;
 use super::Outcome;
 use crate::config::BatchConfig;
 use crate::observe::{now_ms, RetryState, WorkerStats};
-use crate::otlp::{split_in_two, Signal};
+use crate::otlp::{count_items, split_in_two, Signal};
 use crate::spool::{Record, Spool};
 
 pub struct Worker {
@@ -112,96 +117,160 @@ impl Worker {
         (now < due).then(|| Duration::from_millis(due - now))
     }
 
-    /// Sends one batch. `Ok` when the cursor may move past it (delivered or dead-lettered).
+    /// Sends one batch. `Ok` when the cursor may move past it: every piece of it was delivered
+    /// or refused (refused pieces are dead-lettered first).
     async fn deliver(&self, batch: &[Record]) -> Result<(), Failure> {
         let payload: Vec<u8> = batch.iter().flat_map(|r| r.payload()).copied().collect();
         let items: u64 = batch.iter().map(|r| u64::from(r.header.items)).sum();
-        match self.send_splitting(&payload).await {
+        let mut sent = Sent::default();
+        match self.send_splitting(&payload, 0, &mut sent).await {
+            Ok(()) => {}
+            Err(Outcome::AuthFailed(error)) => {
+                return Err(Failure {
+                    error,
+                    retry_after: None,
+                    auth: true,
+                })
+            }
+            Err(Outcome::Retry { retry_after, error }) => {
+                return Err(Failure {
+                    error,
+                    retry_after,
+                    auth: false,
+                })
+            }
+            Err(other) => {
+                unreachable!("send_splitting fails only with Retry or AuthFailed: {other:?}")
+            }
+        }
+        let refused_items = if sent.refused.len() == 1 && sent.refused[0].0 == (0..payload.len()) {
+            items
+        } else {
+            sent.refused
+                .iter()
+                .map(|(range, _)| count_items(self.signal, &payload[range.clone()]).unwrap_or(0))
+                .sum()
+        };
+        let delivered_items = items.saturating_sub(refused_items);
+        if sent.requests > 0 {
+            self.stats
+                .sent_items
+                .fetch_add(delivered_items.saturating_sub(sent.rejected_items), Relaxed);
+            self.stats.sent_requests.fetch_add(sent.requests, Relaxed);
+            self.stats.last_success_ms.store(now_ms(), Relaxed);
+        }
+        if sent.rejected_items > 0 {
+            let message = sent.messages.join("; ");
+            let rejected_items = sent.rejected_items;
+            self.stats
+                .partial_rejected_items
+                .fetch_add(rejected_items, Relaxed);
+            tracing::warn!(destination = %self.destination, signal = self.signal.name(), rejected_items, message = %message, "upstream accepted the batch in part");
+            self.stats.set_last_error(format!(
+                "partial success: {rejected_items} items rejected: {message}"
+            ));
+        }
+        if !sent.refused.is_empty() {
+            self.dead_letter(batch, &sent.refused, refused_items, delivered_items);
+        }
+        Ok(())
+    }
+
+    /// Stores the records holding the refused pieces in the dead-letter tree. The spool keeps
+    /// whole records, so a record only part of which was refused is kept whole (the reason says
+    /// so); `dead_lettered_items` counts the refused items only.
+    fn dead_letter(
+        &self,
+        batch: &[Record],
+        refused: &[(Range<usize>, String)],
+        refused_items: u64,
+        delivered_items: u64,
+    ) {
+        let mut error = refused
+            .iter()
+            .map(|(_, e)| e.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        if delivered_items > 0 {
+            error.push_str(&format!(
+                " ({refused_items} items refused; the other {delivered_items} items of the batch were delivered, \
+                 so a dead-lettered record may hold some of them too)"
+            ));
+        }
+        tracing::error!(destination = %self.destination, signal = self.signal.name(), items = refused_items, error = %error, "upstream refused the data; dead-lettered");
+        self.stats
+            .dead_lettered_items
+            .fetch_add(refused_items, Relaxed);
+        self.stats
+            .set_last_error(format!("dead-lettered {refused_items} items: {error}"));
+        let mut start = 0;
+        let holding: Vec<Record> = batch
+            .iter()
+            .filter(|r| {
+                let range = start..start + r.payload().len();
+                start = range.end;
+                refused
+                    .iter()
+                    .any(|(piece, _)| piece.start < range.end && range.start < piece.end)
+            })
+            .cloned()
+            .collect();
+        if let Err(e) = self
+            .spool
+            .dead_letter(&self.destination, self.signal, &holding, &error)
+        {
+            tracing::error!(error = %e, "storing the dead letter failed; dropping the batch");
+        }
+    }
+
+    /// Sends `payload` (which starts at byte `offset` of the batch), halving it at resource
+    /// boundaries on every 413 until the pieces fit. A piece the upstream refuses (4xx, or a
+    /// single resource still too large) is noted in `sent` and the other pieces still go: one
+    /// bad resource does not sink its batch. A retryable or auth failure of any piece stops
+    /// the batch (`Err`), to be retried whole (pieces already delivered may arrive twice).
+    async fn send_splitting(
+        &self,
+        payload: &[u8],
+        offset: usize,
+        sent: &mut Sent,
+    ) -> Result<(), Outcome> {
+        self.stats.attempts.fetch_add(1, Relaxed);
+        let outcome = self.upstream.send(self.signal, payload).await;
+        if !matches!(outcome, Outcome::Delivered { .. }) {
+            self.stats.failed_attempts.fetch_add(1, Relaxed);
+        }
+        let piece = offset..offset + payload.len();
+        match outcome {
             Outcome::Delivered {
                 rejected_items,
                 message,
             } => {
-                self.stats
-                    .sent_items
-                    .fetch_add(items.saturating_sub(rejected_items), Relaxed);
-                self.stats.sent_requests.fetch_add(1, Relaxed);
-                self.stats.last_success_ms.store(now_ms(), Relaxed);
-                if rejected_items > 0 {
-                    self.stats
-                        .partial_rejected_items
-                        .fetch_add(rejected_items, Relaxed);
-                    tracing::warn!(destination = %self.destination, signal = self.signal.name(), rejected_items, message = %message, "upstream accepted the batch in part");
-                    self.stats.set_last_error(format!(
-                        "partial success: {rejected_items} items rejected: {message}"
-                    ));
+                sent.requests += 1;
+                sent.rejected_items += rejected_items;
+                if !message.is_empty() {
+                    sent.messages.push(message);
                 }
                 Ok(())
             }
             Outcome::Refused(error) => {
-                tracing::error!(destination = %self.destination, signal = self.signal.name(), items, error = %error, "upstream refused the data; dead-lettered");
-                self.stats.dead_lettered_items.fetch_add(items, Relaxed);
-                self.stats
-                    .set_last_error(format!("dead-lettered {items} items: {error}"));
-                if let Err(e) =
-                    self.spool
-                        .dead_letter(&self.destination, self.signal, batch, &error)
-                {
-                    tracing::error!(error = %e, "storing the dead letter failed; dropping the batch");
-                }
+                sent.refused.push((piece, error));
                 Ok(())
             }
-            Outcome::Retry { retry_after, error } => Err(Failure {
-                error,
-                retry_after,
-                auth: false,
-            }),
-            Outcome::AuthFailed(error) => Err(Failure {
-                error,
-                retry_after: None,
-                auth: true,
-            }),
-            Outcome::TooLarge(error) => unreachable!("send_splitting resolves 413: {error}"),
-        }
-    }
-
-    /// Sends `payload`, halving it at resource boundaries on every 413 until the pieces fit; a
-    /// single resource that is still too large is refused (dead-lettered).
-    async fn send_splitting(&self, payload: &[u8]) -> Outcome {
-        self.stats.attempts.fetch_add(1, Relaxed);
-        let outcome = self.upstream.send(self.signal, payload).await;
-        let Outcome::TooLarge(error) = outcome else {
-            if !matches!(outcome, Outcome::Delivered { .. }) {
-                self.stats.failed_attempts.fetch_add(1, Relaxed);
+            Outcome::TooLarge(error) => {
+                let Some((first, second)) = split_in_two(payload) else {
+                    sent.refused.push((
+                        piece,
+                        format!(
+                            "{error} (a single resource's data, which cannot be split further)"
+                        ),
+                    ));
+                    return Ok(());
+                };
+                tracing::info!(destination = %self.destination, bytes = payload.len(), "upstream said 413; splitting the batch in two");
+                Box::pin(self.send_splitting(first, offset, sent)).await?;
+                Box::pin(self.send_splitting(second, offset + first.len(), sent)).await
             }
-            return outcome;
-        };
-        self.stats.failed_attempts.fetch_add(1, Relaxed);
-        let Some((first, second)) = split_in_two(payload) else {
-            return Outcome::Refused(format!(
-                "{error} (a single resource's data, which cannot be split further)"
-            ));
-        };
-        tracing::info!(destination = %self.destination, bytes = payload.len(), "upstream said 413; splitting the batch in two");
-        let mut rejected = 0;
-        let mut messages = Vec::new();
-        for half in [first, second] {
-            match Box::pin(self.send_splitting(half)).await {
-                Outcome::Delivered {
-                    rejected_items,
-                    message,
-                } => {
-                    rejected += rejected_items;
-                    if !message.is_empty() {
-                        messages.push(message);
-                    }
-                }
-                // A half failed: the whole batch is retried (the first half may arrive twice).
-                other => return other,
-            }
-        }
-        Outcome::Delivered {
-            rejected_items: rejected,
-            message: messages.join("; "),
+            failure @ (Outcome::Retry { .. } | Outcome::AuthFailed(_)) => Err(failure),
         }
     }
 
@@ -221,6 +290,18 @@ impl Worker {
             }
         });
     }
+}
+
+/// What the pieces of one batch came to, when none of them must be retried.
+#[derive(Default)]
+struct Sent {
+    /// Requests the upstream accepted.
+    requests: u64,
+    /// Items rejected in OTLP partial successes, and the upstream's messages.
+    rejected_items: u64,
+    messages: Vec<String>,
+    /// Byte ranges of the batch the upstream refused, with why.
+    refused: Vec<(Range<usize>, String)>,
 }
 
 /// A batch that must be tried again.

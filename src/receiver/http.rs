@@ -98,6 +98,14 @@ impl HttpReceiver {
 
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Reply {
         let path = req.uri().path();
+        // Refusals made before the body is looked at (404, 405, 401) still answer in the
+        // request's format when it names one; JSON otherwise.
+        let reply_format = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Format::from_content_type(v).ok())
+            .unwrap_or(Format::Json);
         let signal = Signal::ALL
             .into_iter()
             .find(|s| path.strip_prefix("/v1/") == Some(s.name()));
@@ -108,7 +116,7 @@ impl HttpReceiver {
                 let msg = format!(
                     "no such path {path:?}: OTLP/HTTP paths are /v1/traces, /v1/metrics, /v1/logs"
                 );
-                return self.refuse(Format::Json, Rejection::new(404, Refusal::Invalid, msg));
+                return self.refuse(reply_format, Rejection::new(404, Refusal::Invalid, msg));
             }
         };
         let method_ok = match signal {
@@ -120,7 +128,7 @@ impl HttpReceiver {
                 "method {} is not allowed on {path}; use {allowed}",
                 req.method()
             );
-            let mut reply = self.refuse(Format::Json, Rejection::new(405, Refusal::Invalid, msg));
+            let mut reply = self.refuse(reply_format, Rejection::new(405, Refusal::Invalid, msg));
             reply
                 .headers_mut()
                 .insert(ALLOW, HeaderValue::from_static(allowed));
@@ -140,7 +148,7 @@ impl HttpReceiver {
         if !self.authorized(req.headers()) {
             tracing::debug!(%peer, path, "refused a request without a valid token");
             return self.refuse(
-                Format::Json,
+                reply_format,
                 Rejection::new(401, Refusal::Unauthorized, TOKEN_HINT),
             );
         }

@@ -8,10 +8,16 @@
 //! latency, not throughput.
 //!
 //! A failed flush fails the tickets it covered; a later successful flush also covers them (sled
-//! flushes everything dirty), so a waiter that wakes after a later success is durable. This file
-//! knows nothing of records or signals.
+//! flushes everything dirty), so a waiter that wakes after a later success is durable.
+//!
+//! The same thread runs the spool's file housekeeping (a callback: owner-only permissions on the
+//! files sled creates as it goes) after flushes, at most once per [`HOUSEKEEPING_EVERY`], once
+//! more that long after the last flush of a burst, and at close; never when nothing was written.
+//! Dropping the [`GroupCommit`] does a final flush and joins the thread. This file knows nothing
+//! of records or signals.
 
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -22,6 +28,12 @@ struct Progress {
     /// The tickets `(from, to]` covered by the most recent flush, if it failed, and why.
     failed: Option<(u64, u64, String)>,
 }
+
+/// The longest a file sled created may wait for its housekeeping pass while the spool is written.
+pub const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
+
+/// Work for the commit thread after flushes (it must be cheap and must not touch the `Db`).
+pub type Housekeeping = Box<dyn Fn() + Send + 'static>;
 
 struct Requests {
     newest: u64,
@@ -36,11 +48,14 @@ struct Shared {
 pub struct GroupCommit {
     shared: Arc<Shared>,
     progress: watch::Receiver<Progress>,
+    /// The flushing thread; joined on drop so the last flush is done and the thread's `Db`
+    /// handle (which holds sled's directory lock) is released when the spool is dropped.
+    flusher: Option<std::thread::JoinHandle<()>>,
 }
 
 impl GroupCommit {
-    /// Starts the flushing thread for `db`.
-    pub fn start(db: sled::Db) -> GroupCommit {
+    /// Starts the flushing thread for `db`, which also runs `housekeeping` (see the module docs).
+    pub fn start(db: sled::Db, housekeeping: Housekeeping) -> GroupCommit {
         let shared = Arc::new(Shared {
             requests: Mutex::new(Requests {
                 newest: 0,
@@ -50,11 +65,15 @@ impl GroupCommit {
         });
         let (report, progress) = watch::channel(Progress::default());
         let flusher = Arc::clone(&shared);
-        std::thread::Builder::new()
+        let flusher = std::thread::Builder::new()
             .name("spool-commit".into())
-            .spawn(move || flush_loop(&flusher, &db, &report))
+            .spawn(move || flush_loop(&flusher, &db, &report, &housekeeping))
             .expect("spawning the spool commit thread");
-        GroupCommit { shared, progress }
+        GroupCommit {
+            shared,
+            progress,
+            flusher: Some(flusher),
+        }
     }
 
     fn take_ticket(&self) -> u64 {
@@ -91,28 +110,63 @@ impl GroupCommit {
 }
 
 impl Drop for GroupCommit {
+    /// Stops the thread after a final flush and waits for it: once the spool is dropped its
+    /// directory can be opened again at once (a restart in the same process).
     fn drop(&mut self) {
-        let mut requests = self.shared.requests.lock().expect("commit lock poisoned");
-        requests.closed = true;
-        self.shared.wake.notify_one();
+        {
+            let mut requests = self.shared.requests.lock().expect("commit lock poisoned");
+            requests.closed = true;
+            self.shared.wake.notify_one();
+        }
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.join();
+        }
     }
 }
 
-fn flush_loop(shared: &Shared, db: &sled::Db, report: &watch::Sender<Progress>) {
+fn flush_loop(
+    shared: &Shared,
+    db: &sled::Db,
+    report: &watch::Sender<Progress>,
+    housekeeping: &Housekeeping,
+) {
     let mut done = 0;
+    let mut last_housekeeping = Instant::now();
+    // Whether anything was flushed since the last housekeeping pass.
+    let mut untidy = false;
     loop {
-        let target = {
+        let (target, closed) = {
             let mut requests = shared.requests.lock().expect("commit lock poisoned");
             while requests.newest == done && !requests.closed {
-                requests = shared.wake.wait(requests).expect("commit lock poisoned");
+                if !untidy {
+                    requests = shared.wake.wait(requests).expect("commit lock poisoned");
+                    continue;
+                }
+                let left = HOUSEKEEPING_EVERY.saturating_sub(last_housekeeping.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                requests = shared
+                    .wake
+                    .wait_timeout(requests, left)
+                    .expect("commit lock poisoned")
+                    .0;
             }
-            if requests.newest == done {
+            (requests.newest, requests.closed)
+        };
+        if target == done {
+            if closed {
                 // Closed with nothing pending: flush once more so a clean stop leaves nothing dirty.
                 let _ = db.flush();
+                housekeeping();
                 return;
             }
-            requests.newest
-        };
+            // Woken only for the housekeeping that follows a burst of writes.
+            housekeeping();
+            last_housekeeping = Instant::now();
+            untidy = false;
+            continue;
+        }
         let failed = match db.flush() {
             Ok(_) => None,
             Err(e) => {
@@ -122,5 +176,11 @@ fn flush_loop(shared: &Shared, db: &sled::Db, report: &watch::Sender<Progress>) 
         };
         done = target;
         report.send_replace(Progress { done, failed });
+        untidy = true;
+        if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
+            housekeeping();
+            last_housekeeping = Instant::now();
+            untidy = false;
+        }
     }
 }

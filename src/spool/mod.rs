@@ -9,6 +9,10 @@
 //! - `dead_letter`: records an upstream refused as malformed (JSON description, newline, payload).
 //! - `meta`: `format` → the layout version.
 //!
+//! The directory and everything sled puts in it are owner-only (0700 / 0600): set at open, and
+//! re-applied by the commit thread after writes, since sled keeps creating files (blobs for
+//! large values, snapshots) with the process umask.
+//!
 //! Invariants:
 //! - [`Spool::append`] returns only after the record is fsynced ([`commit`] shares one flush
 //!   among concurrent appenders). Callers acknowledge their client only after it returns.
@@ -207,12 +211,7 @@ impl Spool {
     /// forgotten, so a destination added later starts from the oldest held record.
     pub fn open(dir: &Path, limits: Limits, routes: Routes) -> Result<Spool, OpenError> {
         create_private_dir(dir)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_CAPACITY)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| open_error(dir, e))?;
+        let db = open_db(dir)?;
         let storage = |e: sled::Error| OpenError::Storage {
             dir: dir.to_path_buf(),
             message: e.to_string(),
@@ -274,7 +273,9 @@ impl Spool {
         state.disk_bytes = db.size_on_disk().unwrap_or(0);
         set_private_files(dir);
 
-        let commit = GroupCommit::start(db.clone());
+        // sled creates files as it goes (blobs for large values, snapshots): keep them private.
+        let private = dir.to_path_buf();
+        let commit = GroupCommit::start(db.clone(), Box::new(move || set_private_files(&private)));
         let durable = Signal::ALL.map(|_| watch::channel(max_seq).0);
         let spool = Spool {
             inner: Arc::new(Inner {
@@ -660,6 +661,29 @@ impl Spool {
     }
 }
 
+/// How long [`Spool::open`] waits for another holder of the directory to let go: a restarting
+/// agent's predecessor may still be exiting, and sled's own threads release their handles a
+/// moment after the `Db` is dropped.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+
+fn open_db(dir: &Path) -> Result<sled::Db, OpenError> {
+    let started = Instant::now();
+    loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_CAPACITY)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| open_error(dir, e));
+        match opened {
+            Err(OpenError::Locked(_)) if started.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn open_error(dir: &Path, e: sled::Error) -> OpenError {
     match &e {
         sled::Error::Io(io)
@@ -692,13 +716,141 @@ fn create_private_dir(dir: &Path) -> Result<(), OpenError> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
 
+/// Makes every file under `dir` 0600 and every directory 0700 (sled creates them with the
+/// process umask). Only entries with other modes are changed, so a pass over a tidy spool costs
+/// a directory listing and a `stat` per file.
 fn set_private_files(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
-        let mode = if entry.path().is_dir() { 0o700 } else { 0o600 };
-        let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode));
+        // Not following symbolic links (sled makes none): only the spool's own entries change.
+        let Ok(meta) = entry.metadata() else { continue };
+        let mode = if meta.is_dir() {
+            set_private_files(&entry.path());
+            0o700
+        } else if meta.is_file() {
+            0o600
+        } else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o777 != mode {
+            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(3600),
+            when_full: WhenFull::DropOldest,
+        }
+    }
+
+    fn routes(traces: &[&str]) -> Routes {
+        [
+            traces.iter().map(|d| d.to_string()).collect(),
+            Vec::new(),
+            Vec::new(),
+        ]
+    }
+
+    #[tokio::test]
+    async fn sequence_numbers_resume_above_every_key_and_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
+        let mut seqs = Vec::new();
+        for _ in 0..3 {
+            seqs.push(spool.append(Signal::Traces, 1, b"t").await.unwrap());
+        }
+        // Logs are routed nowhere: held.
+        seqs.push(spool.append(Signal::Logs, 1, b"l").await.unwrap());
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        spool.ack("a", Signal::Traces, 3).unwrap();
+        assert_eq!(spool.usage().records, 1, "acknowledged traces are deleted");
+        drop(spool);
+
+        // The highest key (the held log record, 4) is above every cursor.
+        let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
+        assert_eq!(spool.cursor("a", Signal::Traces), 3);
+        assert_eq!(spool.append(Signal::Traces, 1, b"t").await.unwrap(), 5);
+        assert_eq!(*spool.subscribe(Signal::Traces).borrow(), 5);
+        drop(spool);
+
+        // Every record gone: the cursor alone keeps the sequence from going back.
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
+        for _ in 0..2 {
+            spool.append(Signal::Traces, 1, b"t").await.unwrap();
+        }
+        spool.ack("a", Signal::Traces, 2).unwrap();
+        assert_eq!(spool.usage().records, 0);
+        drop(spool);
+        let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
+        assert_eq!(spool.usage().records, 0);
+        assert_eq!(spool.cursor("a", Signal::Traces), 2);
+        assert_eq!(spool.append(Signal::Traces, 1, b"t").await.unwrap(), 3);
+        let read = spool.read(Signal::Traces, 2, u64::MAX, u64::MAX).unwrap();
+        assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), [3]);
+    }
+
+    #[tokio::test]
+    async fn the_cursor_of_a_removed_destination_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), limits(), routes(&["a", "b"])).unwrap();
+        for _ in 0..2 {
+            spool.append(Signal::Traces, 1, b"t").await.unwrap();
+        }
+        spool.ack("a", Signal::Traces, 2).unwrap();
+        assert_eq!(spool.usage().records, 2, "b has not acknowledged them");
+        assert_eq!(spool.pending("a", Signal::Traces).records, 0);
+        assert_eq!(spool.pending("b", Signal::Traces).records, 2);
+        drop(spool);
+
+        // a is no longer configured: its cursor goes, and b alone decides deletion.
+        let spool = Spool::open(dir.path(), limits(), routes(&["b"])).unwrap();
+        assert_eq!(spool.cursor("a", Signal::Traces), 0);
+        assert_eq!(spool.usage().records, 2);
+        spool.ack("b", Signal::Traces, 1).unwrap();
+        assert_eq!(spool.usage().records, 1);
+        drop(spool);
+
+        // a comes back: it starts from the oldest record still held, not where it left off.
+        let spool = Spool::open(dir.path(), limits(), routes(&["a", "b"])).unwrap();
+        assert_eq!(spool.cursor("a", Signal::Traces), 0);
+        assert_eq!(spool.cursor("b", Signal::Traces), 1);
+        let read = spool.read(Signal::Traces, 0, u64::MAX, u64::MAX).unwrap();
+        assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), [2]);
+        assert_eq!(spool.pending("a", Signal::Traces).records, 1);
+        // The sequence still resumes above the forgotten cursor's old value.
+        assert_eq!(spool.append(Signal::Traces, 1, b"t").await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_spool_can_be_reopened_at_once_and_a_second_open_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..20u32 {
+            let spool = Spool::open(dir.path(), limits(), routes(&[])).unwrap();
+            spool.append(Signal::Logs, i, b"l").await.unwrap();
+            drop(spool);
+        }
+        let spool = Spool::open(dir.path(), limits(), routes(&[])).unwrap();
+        assert_eq!(spool.usage().records, 20);
+        let waited = Instant::now();
+        let second = Spool::open(dir.path(), limits(), routes(&[]));
+        assert!(
+            matches!(second, Err(OpenError::Locked(_))),
+            "a second open while the first is held"
+        );
+        assert!(
+            waited.elapsed() >= LOCK_WAIT,
+            "it waited for the holder first"
+        );
     }
 }

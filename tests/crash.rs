@@ -1,0 +1,406 @@
+//! Promise 1 and 2 under `kill -9`: the real binary is SIGKILLed at random moments while eight
+//! clients send as fast as they can and the upstream sometimes refuses (503) or stalls, so the
+//! spool holds a backlog or a delivery is in flight when the process dies. After a last restart
+//! and a drain, every span whose request got a 200 must have reached the sink at least once.
+//! Duplicates are allowed (and counted); loss is not.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use support::{destination, spans, Reply, Sink, PROTOBUF};
+
+const SENDERS: usize = 8;
+const SPANS_PER_REQUEST: usize = 5;
+const KILLS: usize = 40;
+const RUN_MS: std::ops::RangeInclusive<u64> = 50..=400;
+/// How long the final agent gets to deliver every acknowledged span.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// A running agent process. Dropping it SIGKILLs and reaps it, so a panicking test leaves no
+/// process behind (and no sled lock held).
+struct AgentProcess {
+    child: Child,
+}
+
+impl AgentProcess {
+    /// SIGKILL, then wait until the process is reaped: only then is its spool lock released.
+    fn kill(mut self) {
+        self.reap();
+    }
+
+    fn reap(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.reap();
+    }
+}
+
+struct Harness {
+    config: PathBuf,
+    log: PathBuf,
+    port: u16,
+    /// Agent generation: bumped at every successful start, recorded with every acknowledgement.
+    epoch: Arc<AtomicU64>,
+    http: reqwest::Client,
+}
+
+impl Harness {
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn spawn(&self) -> Child {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("opening the agent log");
+        Command::new(env!("CARGO_BIN_EXE_otlp-spool"))
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .env("OTLP_SPOOL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning otlp-spool")
+    }
+
+    /// Starts the agent and returns once `GET /healthz` answers 200. A start that exits at once
+    /// (the port briefly taken, e.g. by a client socket) is retried.
+    async fn start(&self) -> AgentProcess {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut early_exits = 0;
+        loop {
+            let mut agent = AgentProcess {
+                child: self.spawn(),
+            };
+            let started = Instant::now();
+            loop {
+                if let Ok(Some(status)) = agent.child.try_wait() {
+                    early_exits += 1;
+                    assert!(
+                        Instant::now() < deadline,
+                        "the agent kept exiting at startup ({early_exits} times, last {status}); log tail:\n{}",
+                        log_tail(&self.log)
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    break;
+                }
+                let healthy = self
+                    .http
+                    .get(self.url("/healthz"))
+                    .timeout(Duration::from_millis(500))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                if healthy {
+                    self.epoch.fetch_add(1, SeqCst);
+                    return agent;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(15),
+                    "the agent did not answer /healthz within 15 s; log tail:\n{}",
+                    log_tail(&self.log)
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+
+    async fn status(&self) -> Option<serde_json::Value> {
+        self.http
+            .get(self.url("/status"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?
+            .bytes()
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("binding an ephemeral port")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One acknowledged request: its span-name prefix and the agent generations at send and at 200.
+#[derive(Debug, Clone)]
+struct Acked {
+    prefix: String,
+    sent_epoch: u64,
+    acked_epoch: u64,
+}
+
+#[derive(Default)]
+struct SenderReport {
+    attempted: Vec<String>,
+    acked: Vec<Acked>,
+    errors: u64,
+    non_200: BTreeMap<u16, u64>,
+}
+
+/// Sends trace requests as fast as the agent takes them until `stop`; only 200s count.
+async fn sender(
+    client_id: usize,
+    port: u16,
+    stop: Arc<AtomicBool>,
+    epoch: Arc<AtomicU64>,
+) -> SenderReport {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/v1/traces");
+    let mut report = SenderReport::default();
+    let mut req = 0u64;
+    while !stop.load(SeqCst) {
+        let prefix = format!("c{client_id}-r{req}");
+        req += 1;
+        let body = spans(&format!("{prefix}-s"), SPANS_PER_REQUEST);
+        report.attempted.push(prefix.clone());
+        let sent_epoch = epoch.load(SeqCst);
+        let result = http
+            .post(&url)
+            .header(PROTOBUF.0, PROTOBUF.1)
+            .body(body)
+            .send()
+            .await;
+        match result {
+            Ok(resp) if resp.status() == 200 => {
+                // The 200 is the acknowledgement; the (empty) body need not arrive.
+                let acked_epoch = epoch.load(SeqCst);
+                report.acked.push(Acked {
+                    prefix,
+                    sent_epoch,
+                    acked_epoch,
+                });
+                let _ = resp.bytes().await;
+            }
+            Ok(resp) => {
+                *report.non_200.entry(resp.status().as_u16()).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(_) => {
+                // The agent is down or was killed mid-request: not acknowledged, move on.
+                report.errors += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    report
+}
+
+/// The prefix `c<client>-r<req>` of a span name `c<client>-r<req>-s-<i>`.
+fn prefix_of(name: &str) -> &str {
+    name.rsplit_once("-s-").map_or(name, |(p, _)| p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_at_random_moments_loses_no_acknowledged_span() {
+    let began = Instant::now();
+    let sink = Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let config = dir.path().join("config.toml");
+    let port = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ngrpc_listen = \"\"\n[spool]\ndir = \"{}\"\n{}",
+            spool_dir.display(),
+            destination("up", &sink, "signals = [\"traces\"]"),
+        ),
+    )
+    .unwrap();
+    let harness = Harness {
+        config,
+        log: dir.path().join("agent.log"),
+        port,
+        epoch: Arc::new(AtomicU64::new(0)),
+        http: reqwest::Client::new(),
+    };
+
+    let mut agent = harness.start().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|c| {
+            tokio::spawn(sender(
+                c,
+                port,
+                Arc::clone(&stop),
+                Arc::clone(&harness.epoch),
+            ))
+        })
+        .collect();
+
+    let mut rng = rand::rng();
+    let (mut kills_with_backlog, mut max_backlog) = (0u64, 0u64);
+    let mut modes: BTreeMap<&str, u64> = BTreeMap::new();
+    for k in 0..KILLS {
+        // The upstream's behaviour for this run: a 503 backlog (across two runs, so one restart
+        // begins with a backlog), a stall (a delivery in flight at the kill), or normal.
+        let mode = match k % 4 {
+            1 | 2 => {
+                sink.set_fallback(Some(Reply::Status(503, None)));
+                "503"
+            }
+            3 => {
+                sink.set_fallback(Some(Reply::Stall(Duration::from_millis(300))));
+                "stall"
+            }
+            _ => {
+                sink.set_fallback(None);
+                "ok"
+            }
+        };
+        *modes.entry(mode).or_default() += 1;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(RUN_MS))).await;
+        if let Some(status) = harness.status().await {
+            let backlog = status["spool"]["records"].as_u64().unwrap_or(0);
+            max_backlog = max_backlog.max(backlog);
+            kills_with_backlog += u64::from(backlog > 0);
+        }
+        agent.kill();
+        agent = harness.start().await;
+    }
+
+    // Stop the clients, let the upstream behave, and drain.
+    stop.store(true, SeqCst);
+    let mut reports = Vec::new();
+    for s in senders {
+        reports.push(s.await.expect("sender task"));
+    }
+    sink.set_fallback(None);
+    let acked: Vec<Acked> = reports.iter().flat_map(|r| r.acked.clone()).collect();
+    let attempted: HashSet<String> = reports
+        .iter()
+        .flat_map(|r| r.attempted.iter().cloned())
+        .collect();
+    let want: Vec<String> = acked
+        .iter()
+        .flat_map(|a| (0..SPANS_PER_REQUEST).map(move |i| format!("{}-s-{i}", a.prefix)))
+        .collect();
+    let counts = |sink: &Sink| {
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        for name in sink.names("/v1/traces") {
+            *counts.entry(name).or_default() += 1;
+        }
+        counts
+    };
+    let drain_started = Instant::now();
+    let (mut got, mut drained) = (counts(&sink), false);
+    while drain_started.elapsed() < DRAIN_TIMEOUT {
+        got = counts(&sink);
+        let spool_empty = harness
+            .status()
+            .await
+            .is_some_and(|s| s["spool"]["records"].as_u64() == Some(0));
+        if spool_empty && want.iter().all(|n| got.contains_key(n)) {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let final_status = harness.status().await;
+    agent.kill();
+
+    let missing: Vec<&String> = want.iter().filter(|n| !got.contains_key(*n)).collect();
+    let delivered_total: u64 = got.values().sum();
+    let duplicates: u64 = got.values().map(|c| c - 1).sum();
+    let acked_set: HashSet<&str> = acked.iter().map(|a| a.prefix.as_str()).collect();
+    let unacked_delivered = got
+        .keys()
+        .filter(|n| !acked_set.contains(prefix_of(n)))
+        .count();
+    let never_sent: Vec<&String> = got
+        .keys()
+        .filter(|n| !attempted.contains(prefix_of(n)))
+        .collect();
+    let errors: u64 = reports.iter().map(|r| r.errors).sum();
+    let mut non_200: BTreeMap<u16, u64> = BTreeMap::new();
+    for r in &reports {
+        for (code, n) in &r.non_200 {
+            *non_200.entry(*code).or_default() += n;
+        }
+    }
+    println!(
+        "crash test: {KILLS} kills (upstream modes {modes:?}; {kills_with_backlog} with a spool \
+         backlog, max {max_backlog} records), {} requests attempted, {} acknowledged ({} spans), \
+         {errors} failed while down, non-200 {non_200:?}; sink got {delivered_total} span \
+         deliveries, {} distinct acknowledged spans delivered, {duplicates} duplicates, {} \
+         unacknowledged spans delivered too, {} missing; drained in {:.1?}; elapsed {:.1?}",
+        attempted.len(),
+        acked.len(),
+        want.len(),
+        want.len() - missing.len(),
+        unacked_delivered,
+        missing.len(),
+        drain_started.elapsed(),
+        began.elapsed(),
+    );
+
+    assert!(
+        never_sent.is_empty(),
+        "the sink received span names no client sent (corruption?): {:?}",
+        &never_sent[..never_sent.len().min(10)]
+    );
+    if !missing.is_empty() {
+        // Which requests, and in which agent generation they were acknowledged.
+        let missing_prefixes: HashSet<&str> = missing.iter().map(|n| prefix_of(n)).collect();
+        let mut by_epoch: BTreeMap<(u64, u64), u64> = BTreeMap::new();
+        for a in acked
+            .iter()
+            .filter(|a| missing_prefixes.contains(a.prefix.as_str()))
+        {
+            *by_epoch.entry((a.sent_epoch, a.acked_epoch)).or_default() += 1;
+        }
+        let sample: Vec<&&String> = missing.iter().take(20).collect();
+        panic!(
+            "{} acknowledged spans ({} requests) never reached the sink (promise 1/2 broken); \
+             missing requests by (epoch at send, epoch at 200): {by_epoch:?}; sample: {sample:?}; \
+             final status: {}; agent log tail:\n{}",
+            missing.len(),
+            missing_prefixes.len(),
+            final_status.map_or("unavailable".into(), |s| s.to_string()),
+            log_tail(&harness.log),
+        );
+    }
+    assert!(
+        drained,
+        "every acknowledged span arrived but the spool did not drain within {DRAIN_TIMEOUT:?}; \
+         final status: {final_status:?}"
+    );
+    assert!(
+        acked.len() >= 100,
+        "too few acknowledged requests ({}) to mean anything; log tail:\n{}",
+        acked.len(),
+        log_tail(&harness.log)
+    );
+}
