@@ -37,7 +37,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::{SpoolConfig, WhenFull};
 use crate::otlp::Signal;
-use commit::GroupCommit;
+use commit::{DiskSync, GroupCommit};
 pub use record::RecordHeader;
 
 const LAYOUT_VERSION: &[u8] = b"1";
@@ -275,7 +275,15 @@ impl Spool {
 
         // sled creates files as it goes (blobs for large values, snapshots): keep them private.
         let private = dir.to_path_buf();
-        let commit = GroupCommit::start(db.clone(), Box::new(move || set_private_files(&private)));
+        let disk = DiskSync::open(dir).map_err(|e| OpenError::Storage {
+            dir: dir.to_path_buf(),
+            message: format!("syncing the spool's files: {e}"),
+        })?;
+        let commit = GroupCommit::start(
+            db.clone(),
+            disk,
+            Box::new(move || set_private_files(&private)),
+        );
         let durable = Signal::ALL.map(|_| watch::channel(max_seq).0);
         let spool = Spool {
             inner: Arc::new(Inner {
@@ -852,5 +860,23 @@ mod tests {
             waited.elapsed() >= LOCK_WAIT,
             "it waited for the holder first"
         );
+    }
+
+    /// A value over sled's inline limit (~128 KiB) goes to a file under `blobs/`, which sled
+    /// never syncs; DiskSync must pick it up, and it must read back whole after a reopen.
+    #[tokio::test]
+    async fn large_records_go_to_synced_blob_files_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        {
+            let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
+            spool.append(Signal::Logs, 1, &big).await.unwrap();
+        }
+        let blobs = std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
+        assert!(blobs >= 1, "the large value went to a blob file");
+        let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
+        let read = spool.read(Signal::Logs, 0, u64::MAX, u64::MAX).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].payload(), &big[..]);
     }
 }
