@@ -17,7 +17,7 @@ use reqwest::header::{
 use super::retry::parse_retry_after;
 use super::Outcome;
 use crate::config::{Compression, DestinationConfig, Encoding};
-use crate::otlp::{json, Signal};
+use crate::otlp::{json, RpcStatus, Signal};
 
 pub struct OtlpHttp {
     client: reqwest::Client,
@@ -184,13 +184,6 @@ fn describe(e: &reqwest::Error) -> String {
 
 /// The human part of an error body: a `google.rpc.Status` message if it is one, else its text.
 fn error_message(body: &[u8], is_json: bool) -> String {
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct RpcStatus {
-        #[prost(int32, tag = "1")]
-        code: i32,
-        #[prost(string, tag = "2")]
-        message: String,
-    }
     if is_json {
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
             if let Some(m) = v.get("message").and_then(|m| m.as_str()) {

@@ -35,6 +35,17 @@ impl Signal {
     }
 }
 
+/// `google.rpc.Status`: the body of OTLP/HTTP error responses, and the gRPC status details.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+    #[prost(message, repeated, tag = "3")]
+    pub details: Vec<prost_types::Any>,
+}
+
 /// A request that is not valid OTLP protobuf for its signal.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid OTLP protobuf {kind}: {source}")]

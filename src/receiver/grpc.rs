@@ -29,7 +29,8 @@ use tonic::{Request, Response, Status};
 use super::{token_matches, Ingest, Rejection, RETRY_AFTER_SECS};
 use crate::observe::{Refusal, Transport};
 use crate::otlp::{
-    ExportLogsServiceRequest, ExportMetricsServiceRequest, ExportRequest, ExportTraceServiceRequest,
+    ExportLogsServiceRequest, ExportMetricsServiceRequest, ExportRequest,
+    ExportTraceServiceRequest, RpcStatus,
 };
 
 pub struct GrpcReceiver {
@@ -83,34 +84,11 @@ impl GrpcReceiver {
     }
 }
 
-/// `google.rpc.RetryInfo` and the `google.rpc.Status` that carries it in `grpc-status-details-bin`.
-mod details {
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Duration {
-        #[prost(int64, tag = "1")]
-        pub seconds: i64,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct RetryInfo {
-        #[prost(message, optional, tag = "1")]
-        pub retry_delay: Option<Duration>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Any {
-        #[prost(string, tag = "1")]
-        pub type_url: String,
-        #[prost(bytes = "vec", tag = "2")]
-        pub value: Vec<u8>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct RpcStatus {
-        #[prost(int32, tag = "1")]
-        pub code: i32,
-        #[prost(string, tag = "2")]
-        pub message: String,
-        #[prost(message, repeated, tag = "3")]
-        pub details: Vec<Any>,
-    }
+/// `google.rpc.RetryInfo`: how long a client should wait, carried in the status details.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    retry_delay: Option<prost_types::Duration>,
 }
 
 fn to_status(rejection: Rejection) -> Status {
@@ -119,15 +97,16 @@ fn to_status(rejection: Rejection) -> Status {
         401 => Status::unauthenticated(message),
         413 => Status::resource_exhausted(message),
         503 => {
-            let retry = details::RetryInfo {
-                retry_delay: Some(details::Duration {
+            let retry = RetryInfo {
+                retry_delay: Some(prost_types::Duration {
                     seconds: RETRY_AFTER_SECS as i64,
+                    nanos: 0,
                 }),
             };
-            let status = details::RpcStatus {
+            let status = RpcStatus {
                 code: tonic::Code::Unavailable as i32,
                 message: message.clone(),
-                details: vec![details::Any {
+                details: vec![prost_types::Any {
                     type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
                     value: retry.encode_to_vec(),
                 }],

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::decode::{self, Format};
 use super::{token_matches, Ingest, Rejection, RETRY_AFTER_SECS, TOKEN_HINT};
 use crate::observe::{Refusal, Transport};
-use crate::otlp::Signal;
+use crate::otlp::{RpcStatus, Signal};
 
 /// How long a client may take to send its request headers (slow-loris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,15 +39,6 @@ pub struct HttpReceiver {
     pub max_body: u64,
     pub max_decompressed: u64,
     pub auth_token: Option<String>,
-}
-
-/// `google.rpc.Status`, the body of OTLP error responses.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -257,6 +248,7 @@ impl HttpReceiver {
         let rpc = RpcStatus {
             code: grpc_code(rejection.status),
             message: rejection.message,
+            details: Vec::new(),
         };
         let mut reply = match format {
             Format::Protobuf => Response::new(Full::new(Bytes::from(rpc.encode_to_vec()))),
