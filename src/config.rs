@@ -3,10 +3,12 @@
 //!
 //! Invariants: a [`Config`] that exists is valid — every size, duration, address and URL was
 //! parsed, every `${VAR}` expanded, every destination name is unique. Unknown keys are errors
-//! (serde's `deny_unknown_fields`), reported with the file, line and column by [`ConfigError`].
-//! Secrets ([`Secret`]) never print: `Debug` and `Serialize` mask them, so `check` and logs can
-//! show a resolved config as is. This module reads files and the environment; it opens no
-//! sockets and touches no spool.
+//! (serde's `deny_unknown_fields`). A [`ConfigError`] from a file names the file, the dotted key
+//! (`spool.max_bytes`, `destination.retry.max`), its line and column (also for the cross-key
+//! rules of [`Config::validate`], when the key is written in the file), and what to do.
+//! Secrets ([`Secret`], and credentials in an [`Endpoint`] URL) never print: `Debug` and
+//! `Serialize` mask them, so `check` and logs can show a resolved config as is. This module reads
+//! files and the environment; it opens no sockets and touches no spool.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -332,17 +334,37 @@ impl Serialize for Listen {
 }
 
 /// An `http://` or `https://` base URL, with `${VAR}`s expanded and no trailing slash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// `Debug` and `Serialize` mask credentials in the URL (`https://user:key@host` prints as
+/// `https://***@host`).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint(String);
 
 impl Endpoint {
-    pub fn as_str(&self) -> &str {
-        &self.0
+    /// The URL with any `user:password@` replaced by `***@`.
+    pub fn masked(&self) -> String {
+        let (scheme, rest) = self.0.split_once("://").unwrap_or(("", &self.0));
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        match rest[..authority_end].rfind('@') {
+            Some(at) => format!("{scheme}://***{}", &rest[at..]),
+            None => self.0.clone(),
+        }
     }
 
     /// The URL for one signal: the base with `/v1/<signal>` appended.
     pub fn signal_url(&self, signal: Signal) -> String {
         format!("{}/v1/{}", self.0, signal.name())
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Endpoint({:?})", self.masked())
+    }
+}
+
+impl Serialize for Endpoint {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.masked())
     }
 }
 
@@ -543,90 +565,184 @@ impl fmt::Display for Source {
     }
 }
 
+/// Why a configuration could not be used. Every variant names the file (or "embedded
+/// defaults"); [`ConfigError::Invalid`] also names the key and, when the key is written in the
+/// file, its line and column.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    /// The file could not be read; `origin` says who named it (`--config`, `$OTLP_SPOOL_CONFIG`,
+    /// or the search path).
     Read {
         path: PathBuf,
+        origin: &'static str,
         source: std::io::Error,
     },
-    #[error("invalid config {path}, line {line}, column {column}: {message}")]
+    /// The file is not a valid configuration: TOML syntax, an unknown key, a bad value, or a rule
+    /// that spans several keys.
     Invalid {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
-    #[error("invalid config {source_name}: {key}: {message}")]
-    Rule {
         source_name: String,
-        key: &'static str,
+        /// 1-based line and column (in characters), when known.
+        position: Option<(usize, usize)>,
+        /// The dotted key path, such as `spool.max_bytes` or `destination.endpoint`, when known.
+        key: Option<String>,
         message: String,
     },
 }
 
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read {
+                path,
+                origin,
+                source,
+            } => {
+                write!(
+                    f,
+                    "cannot read config file {} ({origin}): {source}",
+                    path.display()
+                )?;
+                if source.kind() == std::io::ErrorKind::NotFound {
+                    if origin.contains("OTLP_SPOOL_CONFIG") {
+                        f.write_str(
+                            "; fix the path, or unset OTLP_SPOOL_CONFIG to use the default locations",
+                        )?;
+                    } else {
+                        f.write_str("; check the path")?;
+                    }
+                }
+                Ok(())
+            }
+            ConfigError::Invalid {
+                source_name,
+                position,
+                key,
+                message,
+            } => {
+                write!(f, "invalid config {source_name}")?;
+                if let Some((line, column)) = position {
+                    write!(f, ", line {line}, column {column}")?;
+                }
+                if let Some(key) = key {
+                    write!(f, ", key {key}")?;
+                }
+                write!(f, ": {message}")
+            }
+        }
+    }
+}
+
 impl Config {
     /// Finds and loads the configuration: `explicit` (from `--config`), else
-    /// `$OTLP_SPOOL_CONFIG`, else the user config file, else `/etc/otlp-spool/config.toml`,
-    /// else the embedded defaults. An explicitly named file must exist.
+    /// `$OTLP_SPOOL_CONFIG` (unless empty), else the user config file, else
+    /// `/etc/otlp-spool/config.toml`, else the embedded defaults. A file named by `--config` or
+    /// `$OTLP_SPOOL_CONFIG` must exist.
     pub fn resolve(explicit: Option<&Path>) -> Result<(Config, Source), ConfigError> {
-        let named = explicit
-            .map(Path::to_path_buf)
-            .or_else(|| std::env::var_os("OTLP_SPOOL_CONFIG").map(PathBuf::from));
-        if let Some(path) = named {
-            return Ok((Config::load(&path)?, Source::File(path)));
+        let named = match explicit {
+            Some(path) => Some((path.to_path_buf(), "given with --config")),
+            None => std::env::var_os("OTLP_SPOOL_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(|v| (PathBuf::from(v), "named by $OTLP_SPOOL_CONFIG")),
+        };
+        if let Some((path, origin)) = named {
+            return Ok((Config::load_from(&path, origin)?, Source::File(path)));
         }
         for path in search_paths() {
             if path.is_file() {
-                return Ok((Config::load(&path)?, Source::File(path)));
+                let config = Config::load_from(&path, "found on the config search path")?;
+                return Ok((config, Source::File(path)));
             }
         }
         Ok((Config::default(), Source::Defaults))
     }
 
+    /// Reads, parses and validates one file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_from(path, "given")
+    }
+
+    fn load_from(path: &Path, origin: &'static str) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
+            origin,
             source,
         })?;
-        let config = Config::parse(&text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|span| line_column(&text, span.start))
-                .unwrap_or((1, 1));
-            ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line,
-                column,
-                message: e.message().trim().to_string(),
+        let source_name = path.display().to_string();
+        let invalid =
+            |offset: Option<usize>, key: Option<String>, message: String| ConfigError::Invalid {
+                source_name: source_name.clone(),
+                position: offset.map(|o| line_column(&text, o)),
+                key,
+                message,
+            };
+        // The spanned document locates what serde's errors cannot: the second of two
+        // destinations with one name, and the keys of cross-key rules.
+        let doc = toml::de::DeTable::parse(&text).ok();
+        if let Some(doc) = &doc {
+            if let Some((name, first, second)) = duplicate_destination(doc.get_ref()) {
+                return Err(invalid(
+                    Some(second),
+                    Some("destination.name".into()),
+                    format!(
+                        "two destinations are named {name:?} (the other one is at line {}); \
+                         each destination needs its own name (it keys the destination's place \
+                         in the spool)",
+                        line_column(&text, first).0
+                    ),
+                ));
             }
+        }
+        let config = Config::parse(&text).map_err(|e| {
+            let offset = e.span().map(|span| span.start);
+            let key = match (&doc, offset) {
+                (Some(doc), Some(offset)) => key_path_at(doc.get_ref(), offset),
+                _ => None,
+            };
+            invalid(offset, key, explain(e.message().trim()))
         })?;
-        config.validate(&path.display().to_string())?;
+        config.validate(&source_name).map_err(|e| match e {
+            ConfigError::Invalid {
+                key: Some(key),
+                message,
+                ..
+            } => {
+                let offset = doc
+                    .as_ref()
+                    .and_then(|doc| span_of_key(doc.get_ref(), &key))
+                    .map(|span| span.start);
+                invalid(offset, Some(key), message)
+            }
+            other => other,
+        })?;
         Ok(config)
     }
 
     /// Rules that span several keys (one key's parser cannot see them).
     pub fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
-        let rule = |key, message: String| ConfigError::Rule {
+        let rule = |key: &str, message: String| ConfigError::Invalid {
             source_name: source_name.to_string(),
-            key,
+            position: None,
+            key: Some(key.to_string()),
             message,
         };
-        let mut listens = self
-            .server
-            .listen
-            .0
-            .iter()
-            .chain(&self.server.grpc_listen.0);
-        if let Some(remote) = listens.find(|a| !a.ip().is_loopback()) {
-            if self.server.auth_token.is_none() {
-                return Err(rule(
-                    "server.listen",
-                    format!(
-                        "{remote} is reachable from other machines, which needs \
-                         server.auth_token set so that only clients holding the token can write"
-                    ),
-                ));
+        if self.server.auth_token.is_none() {
+            let listens = [
+                ("server.listen", &self.server.listen),
+                ("server.grpc_listen", &self.server.grpc_listen),
+            ];
+            for (key, listen) in listens {
+                if let Some(remote) = listen.0.iter().find(|a| !a.ip().is_loopback()) {
+                    return Err(rule(
+                        key,
+                        format!(
+                            "{remote} is reachable from other machines, which needs \
+                             server.auth_token set so that only clients holding the token can \
+                             write; set server.auth_token (for example \
+                             auth_token = \"${{OTLP_SPOOL_TOKEN}}\"), or listen on 127.0.0.1 \
+                             and [::1] only"
+                        ),
+                    ));
+                }
             }
         }
         if self.server.listen.0.is_empty() && self.server.grpc_listen.0.is_empty() {
@@ -674,11 +790,101 @@ fn search_paths() -> Vec<PathBuf> {
     paths
 }
 
+/// Adds what to do to serde's terse messages.
+fn explain(message: &str) -> String {
+    if message.starts_with("unknown field") {
+        format!("{message}; remove it or correct its spelling")
+    } else if message.starts_with("missing field") {
+        format!("{message}, which is required here; add it (config.example.toml shows every key)")
+    } else {
+        message.to_string()
+    }
+}
+
+/// 1-based line and column (counted in characters) of a byte offset.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
-    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, column)
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+type DeTable<'i> = toml::de::DeTable<'i>;
+type DeSpanned<'i> = toml::Spanned<toml::de::DeValue<'i>>;
+
+fn entry<'a, 'i>(table: &'a DeTable<'i>, key: &str) -> Option<&'a DeSpanned<'i>> {
+    table
+        .iter()
+        .find(|(k, _)| k.get_ref() == key)
+        .map(|(_, v)| v)
+}
+
+/// The dotted path of the deepest key whose name or value covers `offset` (array elements add
+/// no segment: `destination.endpoint`).
+fn key_path_at(doc: &DeTable<'_>, offset: usize) -> Option<String> {
+    fn covers(span: std::ops::Range<usize>, offset: usize) -> bool {
+        span.contains(&offset) || span.start == offset
+    }
+    fn in_table(t: &DeTable<'_>, offset: usize, path: &mut Vec<String>, best: &mut Vec<String>) {
+        for (k, v) in t.iter() {
+            path.push(k.get_ref().to_string());
+            if (covers(k.span(), offset) || covers(v.span(), offset)) && path.len() > best.len() {
+                *best = path.clone();
+            }
+            in_value(v, offset, path, best);
+            path.pop();
+        }
+    }
+    fn in_value(v: &DeSpanned<'_>, offset: usize, path: &mut Vec<String>, best: &mut Vec<String>) {
+        match v.get_ref() {
+            toml::de::DeValue::Table(t) => in_table(t, offset, path, best),
+            toml::de::DeValue::Array(a) => {
+                for e in a.iter() {
+                    if covers(e.span(), offset) && path.len() > best.len() {
+                        *best = path.clone();
+                    }
+                    in_value(e, offset, path, best);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut best = Vec::new();
+    in_table(doc, offset, &mut Vec::new(), &mut best);
+    (!best.is_empty()).then(|| best.join("."))
+}
+
+/// Where the value of a dotted key (`server.listen`) is written, if it is.
+fn span_of_key(doc: &DeTable<'_>, key: &str) -> Option<std::ops::Range<usize>> {
+    let mut parts = key.split('.');
+    let mut value = entry(doc, parts.next()?)?;
+    for part in parts {
+        value = entry(value.get_ref().as_table()?, part)?;
+    }
+    Some(value.span())
+}
+
+/// The first destination name used twice: the name, and where its first and second uses are.
+fn duplicate_destination(doc: &DeTable<'_>) -> Option<(String, usize, usize)> {
+    let destinations = entry(doc, "destination")?.get_ref().as_array()?;
+    let mut seen: Vec<(&str, usize)> = Vec::new();
+    for d in destinations.iter() {
+        let Some(name) = d.get_ref().as_table().and_then(|t| entry(t, "name")) else {
+            continue;
+        };
+        let Some(text) = name.get_ref().as_str() else {
+            continue;
+        };
+        if let Some(&(_, first)) = seen.iter().find(|(n, _)| *n == text) {
+            return Some((text.to_string(), first, name.span().start));
+        }
+        seen.push((text, name.span().start));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -765,6 +971,24 @@ mod tests {
         assert!(e.contains("unknown signal \"spans\""), "{e}");
         let e = err("[[destination]]\nname = \"a\"\ntype = \"otlp_http\"\nendpoint = \"http://${OTLP_SPOOL_SURELY_UNSET}\"");
         assert!(e.contains("OTLP_SPOOL_SURELY_UNSET is not set"), "{e}");
+    }
+
+    #[test]
+    fn endpoint_credentials_are_masked() {
+        let c = Config::parse(
+            "[[destination]]\nname = \"a\"\ntype = \"otlp_http\"\nendpoint = \"https://u:k3y@host:1/p@x\"\n",
+        )
+        .unwrap();
+        let d = &c.destinations[0];
+        assert_eq!(d.endpoint.signal_url(Signal::Logs), "https://u:k3y@host:1/p@x/v1/logs");
+        assert_eq!(d.endpoint.masked(), "https://***@host:1/p@x");
+        assert!(!format!("{d:?}").contains("k3y"));
+        assert!(!c.to_masked_toml().contains("k3y"));
+        let plain = Config::parse(
+            "[[destination]]\nname = \"a\"\ntype = \"otlp_http\"\nendpoint = \"http://h/a@b\"\n",
+        )
+        .unwrap();
+        assert_eq!(plain.destinations[0].endpoint.masked(), "http://h/a@b");
     }
 
     #[test]

@@ -94,7 +94,7 @@ impl Agent {
             destination_stats.push(DestinationStats {
                 name: d.name.to_string(),
                 kind: "otlp_http",
-                endpoint: d.endpoint.as_str().to_string(),
+                endpoint: d.endpoint.masked(),
                 workers,
             });
         }
@@ -206,7 +206,7 @@ async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> 
             }
             Err(e) => {
                 let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
-                    "; another program (an otlp-spool or an OpenTelemetry Collector?) is listening there: stop it, or change server.listen"
+                    "; another program (an otlp-spool or an OpenTelemetry Collector?) is listening there: stop it, or change server.listen / server.grpc_listen"
                 } else {
                     ""
                 };

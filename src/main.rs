@@ -3,7 +3,7 @@
 //! Thin: it parses arguments, resolves the config, sets up logging, and calls the library.
 //! Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -20,23 +20,21 @@ use otlp_spool::Agent;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// The config file; else $OTLP_SPOOL_CONFIG, the user config file, /etc/otlp-spool/config.toml, or the embedded defaults.
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent (the default).
     Run {
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
         /// Log format; also OTLP_SPOOL_LOG_FORMAT. The level filter is OTLP_SPOOL_LOG (like RUST_LOG).
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
     },
     /// Validate the config and print it resolved, secrets masked.
-    Check {
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-    },
+    Check,
     /// Show the running agent's spool and per-destination state.
     Status {
         /// The agent's OTLP/HTTP address; default: the first server.listen address of the config.
@@ -45,16 +43,12 @@ enum Command {
         /// Print the raw /status JSON.
         #[arg(long)]
         json: bool,
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
     },
     /// Print the shell exports that point a tool at this agent.
     Env {
         tool: Tool,
         #[arg(long, value_enum, default_value = "sh")]
         shell: Shell,
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
     },
 }
 
@@ -80,18 +74,12 @@ enum Shell {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run {
-        config: None,
-        log_format: None,
-    }) {
-        Command::Run { config, log_format } => run(config, log_format),
-        Command::Check { config } => check(config),
-        Command::Status { addr, json, config } => status(addr, json, config),
-        Command::Env {
-            tool,
-            shell,
-            config,
-        } => env(tool, shell, config),
+    let config = cli.config;
+    match cli.command.unwrap_or(Command::Run { log_format: None }) {
+        Command::Run { log_format } => run(config, log_format),
+        Command::Check => check(config),
+        Command::Status { addr, json } => status(addr, json, config),
+        Command::Env { tool, shell } => env(tool, shell, config),
     }
 }
 
@@ -111,8 +99,12 @@ fn init_logging(format: Option<LogFormat>) {
             std::env::var("OTLP_SPOOL_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"))
         }
     };
+    // Colours only for a person at a terminal: journald and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -137,7 +129,6 @@ fn run(config: Option<PathBuf>, log_format: Option<LogFormat>) -> ExitCode {
         let agent = match Agent::start(config).await {
             Ok(a) => a,
             Err(e) => {
-                tracing::error!("{e}");
                 eprintln!("otlp-spool: {e}");
                 return ExitCode::from(1);
             }
@@ -173,17 +164,18 @@ fn check(config: Option<PathBuf>) -> ExitCode {
 }
 
 /// The address a local client should use: the first configured OTLP/HTTP address, with an
-/// unspecified IP (0.0.0.0, ::) replaced by loopback.
+/// unspecified IP replaced by the loopback of its family (0.0.0.0 by 127.0.0.1, :: by ::1).
 fn local_http_addr(config: &Config) -> SocketAddr {
-    let mut addr = config
-        .server
-        .listen
-        .0
-        .first()
-        .copied()
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4318)));
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    let first = config.server.listen.0.first().copied();
+    local_addr(first.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4318))))
+}
+
+/// `addr` as a local client should dial it: an unspecified IP (0.0.0.0, ::) becomes loopback.
+fn local_addr(mut addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => addr.set_ip(Ipv4Addr::LOCALHOST.into()),
+        IpAddr::V6(ip) if ip.is_unspecified() => addr.set_ip(Ipv6Addr::LOCALHOST.into()),
+        _ => {}
     }
     addr
 }
@@ -325,9 +317,13 @@ fn env(tool: Tool, shell: Shell, config: Option<PathBuf>) -> ExitCode {
         .as_ref()
         .map(|t| t.expose().to_string());
     let mut vars: Vec<(&str, String)> = Vec::new();
-    let otel_headers = token
-        .as_ref()
-        .map(|t| ("OTEL_EXPORTER_OTLP_HEADERS", format!("x-api-key={t}")));
+    // The OTel spec's header list is W3C-baggage-like: values are percent-decoded by the SDKs.
+    let otel_headers = token.as_ref().map(|t| {
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            format!("x-api-key={}", percent_encode(t)),
+        )
+    });
     match tool {
         Tool::ClaudeCode => {
             vars.push(("CLAUDE_CODE_ENABLE_TELEMETRY", "1".into()));
@@ -346,9 +342,19 @@ fn env(tool: Tool, shell: Shell, config: Option<PathBuf>) -> ExitCode {
         Tool::Gemini => {
             vars.push(("GEMINI_TELEMETRY_ENABLED", "true".into()));
             vars.push(("GEMINI_TELEMETRY_TARGET", "local".into()));
-            // Gemini's default is gRPC on :4317; this agent takes OTLP/JSON over HTTP from it.
-            vars.push(("GEMINI_TELEMETRY_OTLP_PROTOCOL", "http".into()));
-            vars.push(("GEMINI_TELEMETRY_OTLP_ENDPOINT", endpoint));
+            // Gemini's own default, gRPC to localhost:4317, is what the agent serves by default;
+            // over HTTP Gemini can only send OTLP/JSON, so gRPC is preferred when enabled.
+            match config.server.grpc_listen.0.first() {
+                Some(&grpc) => {
+                    vars.push(("GEMINI_TELEMETRY_OTLP_PROTOCOL", "grpc".into()));
+                    let grpc_endpoint = format!("http://{}", local_addr(grpc));
+                    vars.push(("GEMINI_TELEMETRY_OTLP_ENDPOINT", grpc_endpoint));
+                }
+                None => {
+                    vars.push(("GEMINI_TELEMETRY_OTLP_PROTOCOL", "http".into()));
+                    vars.push(("GEMINI_TELEMETRY_OTLP_ENDPOINT", endpoint));
+                }
+            }
         }
         Tool::Otel => {
             vars.push(("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()));
@@ -361,9 +367,33 @@ fn env(tool: Tool, shell: Shell, config: Option<PathBuf>) -> ExitCode {
     }
     for (name, value) in vars {
         match shell {
-            Shell::Sh => println!("export {name}='{value}'"),
-            Shell::Fish => println!("set -gx {name} '{value}'"),
+            Shell::Sh => println!("export {name}={}", sh_quote(&value)),
+            Shell::Fish => println!("set -gx {name} {}", fish_quote(&value)),
         }
     }
     ExitCode::SUCCESS
+}
+
+/// A POSIX shell single-quoted word: `'` is written as `'\''`.
+fn sh_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// A fish single-quoted word: inside, only `\\` and `\'` are escapes.
+fn fish_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', r"\\").replace('\'', r"\'"))
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn percent_encode(value: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
