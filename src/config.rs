@@ -168,6 +168,15 @@ pub enum DestinationKind {
     OtlpHttp,
 }
 
+impl DestinationKind {
+    /// The `type` value in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            DestinationKind::OtlpHttp => "otlp_http",
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for DestinationKind {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match String::deserialize(d)?.as_str() {
@@ -980,7 +989,10 @@ mod tests {
         )
         .unwrap();
         let d = &c.destinations[0];
-        assert_eq!(d.endpoint.signal_url(Signal::Logs), "https://u:k3y@host:1/p@x/v1/logs");
+        assert_eq!(
+            d.endpoint.signal_url(Signal::Logs),
+            "https://u:k3y@host:1/p@x/v1/logs"
+        );
         assert_eq!(d.endpoint.masked(), "https://***@host:1/p@x");
         assert!(!format!("{d:?}").contains("k3y"));
         assert!(!c.to_masked_toml().contains("k3y"));

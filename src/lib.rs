@@ -23,9 +23,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use config::{Config, DestinationKind};
-use export::otlp_http::OtlpHttp;
+use config::Config;
 use export::worker::Worker;
+use export::Upstream;
 use observe::{DestinationStats, Stats, WorkerStats};
 use receiver::grpc::GrpcReceiver;
 use receiver::http::HttpReceiver;
@@ -74,8 +74,7 @@ impl Agent {
         let mut background = JoinSet::new();
         let mut destination_stats = Vec::new();
         for d in &config.destinations {
-            let DestinationKind::OtlpHttp = d.kind;
-            let upstream = Arc::new(OtlpHttp::new(d).map_err(StartError::Destination)?);
+            let upstream = Arc::new(Upstream::new(d).map_err(StartError::Destination)?);
             let mut workers = Vec::new();
             for &signal in &d.signals {
                 let stats = Arc::new(WorkerStats::default());
@@ -93,7 +92,7 @@ impl Agent {
             }
             destination_stats.push(DestinationStats {
                 name: d.name.to_string(),
-                kind: "otlp_http",
+                kind: d.kind.name(),
                 endpoint: d.endpoint.masked(),
                 workers,
             });

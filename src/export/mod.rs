@@ -12,6 +12,31 @@ pub mod worker;
 
 use std::time::Duration;
 
+use crate::config::{DestinationConfig, DestinationKind};
+use crate::otlp::Signal;
+use otlp_http::OtlpHttp;
+
+/// A destination's client, one variant per destination type: it makes one attempt at sending
+/// one batch (canonical OTLP protobuf) and classifies the answer. Retrying, splitting and
+/// acknowledging are the worker's, the same for every type.
+pub enum Upstream {
+    OtlpHttp(OtlpHttp),
+}
+
+impl Upstream {
+    pub fn new(config: &DestinationConfig) -> Result<Upstream, String> {
+        match config.kind {
+            DestinationKind::OtlpHttp => OtlpHttp::new(config).map(Upstream::OtlpHttp),
+        }
+    }
+
+    pub async fn send(&self, signal: Signal, payload: &[u8]) -> Outcome {
+        match self {
+            Upstream::OtlpHttp(u) => u.send(signal, payload).await,
+        }
+    }
+}
+
 /// What one upstream attempt came to.
 #[derive(Debug)]
 pub enum Outcome {

@@ -22,9 +22,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::otlp_http::OtlpHttp;
 use super::retry::RetryPolicy;
-use super::Outcome;
+use super::{Outcome, Upstream};
 use crate::config::BatchConfig;
 use crate::observe::{now_ms, RetryState, WorkerStats};
 use crate::otlp::{count_items, split_in_two, Signal};
@@ -34,7 +33,7 @@ pub struct Worker {
     pub destination: String,
     pub signal: Signal,
     pub spool: Spool,
-    pub upstream: Arc<OtlpHttp>,
+    pub upstream: Arc<Upstream>,
     pub batch: BatchConfig,
     pub retry: RetryPolicy,
     pub stats: Arc<WorkerStats>,
