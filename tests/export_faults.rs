@@ -146,8 +146,11 @@ async fn outage_then_retry_after_delivers_everything_with_backoff() {
     );
     assert_eq!(num(&down["pending_records"]), 3);
 
-    let sink = Sink::start_on(upstream).await;
-    sink.script([Reply::Status(503, Some(1)), Reply::Status(503, Some(1))]);
+    let sink = Sink::start_on(
+        upstream,
+        [Reply::Status(503, Some(1)), Reply::Status(503, Some(1))],
+    )
+    .await;
     let got = sink.wait_items(TRACES, 30, Duration::from_secs(10)).await;
     assert_eq!(got, 30, "items delivered after the outage");
     let want: Vec<String> = sorted(

@@ -67,16 +67,20 @@ impl Drop for Sink {
 
 impl Sink {
     pub async fn start() -> Sink {
-        Sink::start_on("127.0.0.1:0".parse().unwrap()).await
+        Sink::start_on("127.0.0.1:0".parse().unwrap(), []).await
     }
 
-    /// Starts on a given address (to come back on a port that was refusing connections).
-    pub async fn start_on(addr: SocketAddr) -> Sink {
+    /// Starts on a given address (to come back on a port that was refusing connections), with
+    /// its first replies scripted before it accepts anything (no race with a retrying agent).
+    pub async fn start_on(addr: SocketAddr, script: impl IntoIterator<Item = Reply>) -> Sink {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .expect("binding the sink");
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(SinkState::default()));
+        let state = Arc::new(Mutex::new(SinkState {
+            script: script.into_iter().collect(),
+            ..SinkState::default()
+        }));
         let shared = Arc::clone(&state);
         let task = tokio::spawn(async move {
             loop {
