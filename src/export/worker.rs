@@ -27,7 +27,7 @@ use super::{Outcome, Upstream};
 use crate::config::BatchConfig;
 use crate::observe::{now_ms, RetryState, WorkerStats};
 use crate::otlp::{count_items, split_in_two, Signal};
-use crate::spool::{Record, Spool};
+use crate::spool::{DeadLetter, Record, Spool};
 
 pub struct Worker {
     pub destination: String,
@@ -142,14 +142,7 @@ impl Worker {
                 unreachable!("send_splitting fails only with Retry or AuthFailed: {other:?}")
             }
         }
-        let refused_items = if sent.refused.len() == 1 && sent.refused[0].0 == (0..payload.len()) {
-            items
-        } else {
-            sent.refused
-                .iter()
-                .map(|(range, _)| count_items(self.signal, &payload[range.clone()]).unwrap_or(0))
-                .sum()
-        };
+        let refused_items: u64 = sent.refused.iter().map(|p| p.items).sum();
         let delivered_items = items.saturating_sub(refused_items);
         if sent.requests > 0 {
             self.stats
@@ -169,56 +162,36 @@ impl Worker {
                 "partial success: {rejected_items} items rejected: {message}"
             ));
         }
-        if !sent.refused.is_empty() {
-            self.dead_letter(batch, &sent.refused, refused_items, delivered_items);
+        let seqs = batch[0].seq..=batch[batch.len() - 1].seq;
+        for piece in &sent.refused {
+            self.dead_letter(&payload[piece.bytes.clone()], piece, seqs.clone());
         }
         Ok(())
     }
 
-    /// Stores the records holding the refused pieces in the dead-letter tree. The spool keeps
-    /// whole records, so a record only part of which was refused is kept whole (the reason says
-    /// so); `dead_lettered_items` counts the refused items only.
+    /// Keeps one refused piece of a batch in the spool's dead-letter tree.
     fn dead_letter(
         &self,
-        batch: &[Record],
-        refused: &[(Range<usize>, String)],
-        refused_items: u64,
-        delivered_items: u64,
+        payload: &[u8],
+        piece: &RefusedPiece,
+        seqs: std::ops::RangeInclusive<u64>,
     ) {
-        let mut error = refused
-            .iter()
-            .map(|(_, e)| e.as_str())
-            .collect::<Vec<_>>()
-            .join("; ");
-        if delivered_items > 0 {
-            error.push_str(&format!(
-                " ({refused_items} items refused; the other {delivered_items} items of the batch were delivered, \
-                 so a dead-lettered record may hold some of them too)"
-            ));
-        }
-        tracing::error!(destination = %self.destination, signal = self.signal.name(), items = refused_items, error = %error, "upstream refused the data; dead-lettered");
+        let items = piece.items;
+        tracing::error!(destination = %self.destination, signal = self.signal.name(), items, error = %piece.error, "upstream refused the data; dead-lettered");
+        self.stats.dead_lettered_items.fetch_add(items, Relaxed);
         self.stats
-            .dead_lettered_items
-            .fetch_add(refused_items, Relaxed);
-        self.stats
-            .set_last_error(format!("dead-lettered {refused_items} items: {error}"));
-        let mut start = 0;
-        let holding: Vec<Record> = batch
-            .iter()
-            .filter(|r| {
-                let range = start..start + r.payload().len();
-                start = range.end;
-                refused
-                    .iter()
-                    .any(|(piece, _)| piece.start < range.end && range.start < piece.end)
-            })
-            .cloned()
-            .collect();
+            .set_last_error(format!("dead-lettered {items} items: {}", piece.error));
+        let letter = DeadLetter {
+            seqs,
+            items,
+            payload,
+            reason: &piece.error,
+        };
         if let Err(e) = self
             .spool
-            .dead_letter(&self.destination, self.signal, &holding, &error)
+            .dead_letter(&self.destination, self.signal, letter)
         {
-            tracing::error!(error = %e, "storing the dead letter failed; dropping the batch");
+            tracing::error!(error = %e, "storing the dead letter failed; the refused data is dropped");
         }
     }
 
@@ -252,17 +225,17 @@ impl Worker {
                 Ok(())
             }
             Outcome::Refused(error) => {
-                sent.refused.push((piece, error));
+                sent.refused
+                    .push(RefusedPiece::new(self.signal, payload, piece, error));
                 Ok(())
             }
             Outcome::TooLarge(error) => {
                 let Some((first, second)) = split_in_two(payload) else {
-                    sent.refused.push((
-                        piece,
-                        format!(
-                            "{error} (a single resource's data, which cannot be split further)"
-                        ),
-                    ));
+                    let error = format!(
+                        "{error} (a single resource's data, which cannot be split further)"
+                    );
+                    sent.refused
+                        .push(RefusedPiece::new(self.signal, payload, piece, error));
                     return Ok(());
                 };
                 tracing::info!(destination = %self.destination, bytes = payload.len(), "upstream said 413; splitting the batch in two");
@@ -299,8 +272,25 @@ struct Sent {
     /// Items rejected in OTLP partial successes, and the upstream's messages.
     rejected_items: u64,
     messages: Vec<String>,
-    /// Byte ranges of the batch the upstream refused, with why.
-    refused: Vec<(Range<usize>, String)>,
+    /// Pieces of the batch the upstream refused.
+    refused: Vec<RefusedPiece>,
+}
+
+/// A piece of a batch the upstream refused: where it is in the batch, its items, and why.
+struct RefusedPiece {
+    bytes: Range<usize>,
+    items: u64,
+    error: String,
+}
+
+impl RefusedPiece {
+    fn new(signal: Signal, payload: &[u8], bytes: Range<usize>, error: String) -> RefusedPiece {
+        RefusedPiece {
+            items: count_items(signal, payload).unwrap_or(0),
+            bytes,
+            error,
+        }
+    }
 }
 
 /// A batch that must be tried again.

@@ -121,6 +121,16 @@ impl Record {
     }
 }
 
+/// Data an upstream refused as malformed, to be kept for inspection: a JSON description line,
+/// then the refused canonical protobuf.
+pub struct DeadLetter<'a> {
+    /// The spool records the data came from (first and last sequence).
+    pub seqs: std::ops::RangeInclusive<u64>,
+    pub items: u64,
+    pub payload: &'a [u8],
+    pub reason: &'a str,
+}
+
 /// Counts of what left the spool without being delivered.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct Dropped {
@@ -516,48 +526,44 @@ impl Spool {
         Ok(())
     }
 
-    /// Keeps `records` that `destination` refused as malformed, with the reason, in the capped
+    /// Keeps data that `destination` refused as malformed, with the reason, in the capped
     /// dead-letter tree (the oldest dead letters go first once it holds `max_bytes / 16`).
     pub fn dead_letter(
         &self,
         destination: &str,
         signal: Signal,
-        records: &[Record],
-        reason: &str,
+        letter: DeadLetter<'_>,
     ) -> Result<(), String> {
         let cap = (self.inner.limits.max_bytes / 16).max(1 << 20);
         let tree = &self.inner.dead_letter;
+        let description = serde_json::json!({
+            "destination": destination,
+            "signal": signal.name(),
+            "seqs": [letter.seqs.start(), letter.seqs.end()],
+            "items": letter.items,
+            "dead_lettered_ms": now_ms(),
+            "reason": letter.reason,
+        });
+        let mut value = serde_json::to_vec(&description).expect("json");
+        value.push(b'\n');
+        value.extend_from_slice(letter.payload);
         let mut state = self.state();
-        for record in records {
-            let description = serde_json::json!({
-                "destination": destination,
-                "signal": signal.name(),
-                "seq": record.seq,
-                "items": record.header.items,
-                "received_ms": record.header.received_ms,
-                "dead_lettered_ms": now_ms(),
-                "reason": reason,
-            });
-            let mut value = serde_json::to_vec(&description).expect("json");
-            value.push(b'\n');
-            value.extend_from_slice(record.payload());
-            let key = tree
-                .last()
-                .map_err(|e| e.to_string())?
-                .map_or(1, |(k, _)| seq_of(&k) + 1);
-            state.dead_letter.records += 1;
-            state.dead_letter.bytes += value.len() as u64;
-            tree.insert(key.to_be_bytes(), value)
-                .map_err(|e| e.to_string())?;
-            state.dropped.dead_letter_records += 1;
-            state.dropped.dead_letter_items += u64::from(record.header.items);
-            while state.dead_letter.bytes > cap {
-                let Some((_, v)) = tree.pop_min().map_err(|e| e.to_string())? else {
-                    break;
-                };
-                state.dead_letter.records -= 1;
-                state.dead_letter.bytes -= v.len() as u64;
-            }
+        let key = tree
+            .last()
+            .map_err(|e| e.to_string())?
+            .map_or(1, |(k, _)| seq_of(&k) + 1);
+        state.dead_letter.records += 1;
+        state.dead_letter.bytes += value.len() as u64;
+        tree.insert(key.to_be_bytes(), value)
+            .map_err(|e| e.to_string())?;
+        state.dropped.dead_letter_records += 1;
+        state.dropped.dead_letter_items += letter.items;
+        while state.dead_letter.bytes > cap {
+            let Some((_, v)) = tree.pop_min().map_err(|e| e.to_string())? else {
+                break;
+            };
+            state.dead_letter.records -= 1;
+            state.dead_letter.bytes -= v.len() as u64;
         }
         drop(state);
         self.inner.commit.flush_soon();
