@@ -5,9 +5,14 @@
 //! `[b/2, b)` ("equal jitter") and never below `initial`, so a fleet that failed together does
 //! not retry together, and no delay exceeds `retry.max` unless the upstream asked for longer.
 //!
+//! Waits survive sleep: tokio's timers follow the monotonic clock, which stops while a laptop
+//! is suspended, so a 5-minute backoff would last 5 more minutes after waking.
+//! [`pause_unless_woken`] checks, only while a wait is under way, whether wall-clock time ran
+//! ahead of monotonic time, and ends the wait early if it did (promise 6).
+//!
 //! Pure timing policy; knows nothing of HTTP beyond parsing a `Retry-After` value.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
@@ -75,6 +80,33 @@ impl Backoff {
     }
 }
 
+/// How often a wait checks whether the machine slept through it (only while waiting).
+const WAKE_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// Wall-clock time running this far ahead of monotonic time means the machine was asleep (or
+/// the clock was set forward: retrying early then is harmless).
+const SUSPEND_THRESHOLD: Duration = Duration::from_secs(5);
+
+/// Waits `pause`, or less if the machine was suspended meanwhile. Returns whether it was.
+pub async fn pause_unless_woken(pause: Duration) -> bool {
+    let (mono, wall) = (Instant::now(), SystemTime::now());
+    loop {
+        let left = pause.saturating_sub(mono.elapsed());
+        if left.is_zero() {
+            return false;
+        }
+        tokio::time::sleep(left.min(WAKE_CHECK_EVERY)).await;
+        // A wall clock set backwards reads as no time passed: that never ends a wait early.
+        let wall_elapsed = wall.elapsed().unwrap_or_default();
+        if slept_through(mono.elapsed(), wall_elapsed) {
+            return true;
+        }
+    }
+}
+
+fn slept_through(monotonic: Duration, wall: Duration) -> bool {
+    wall > monotonic + SUSPEND_THRESHOLD
+}
+
 /// Parses a `Retry-After` value: delay-seconds or an HTTP date.
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
@@ -119,6 +151,31 @@ mod tests {
             b.next_delay(Some(Duration::from_secs(86400))),
             RETRY_AFTER_CAP
         );
+    }
+
+    #[test]
+    fn a_suspend_is_a_wall_clock_lead_over_monotonic_time() {
+        let s = Duration::from_secs;
+        assert!(!slept_through(s(10), s(10)));
+        assert!(
+            !slept_through(s(10), s(14)),
+            "clock jitter and small NTP steps are not sleep"
+        );
+        assert!(
+            slept_through(s(10), s(3600)),
+            "an hour asleep in a 10 s wait"
+        );
+        assert!(
+            !slept_through(s(10), s(0)),
+            "a clock set backwards does not end a wait"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_undisturbed_pause_lasts_its_time() {
+        let started = Instant::now();
+        assert!(!pause_unless_woken(Duration::from_millis(120)).await);
+        assert!(started.elapsed() >= Duration::from_millis(120));
     }
 
     #[test]

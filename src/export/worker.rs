@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::retry::RetryPolicy;
+use super::retry::{pause_unless_woken, RetryPolicy};
 use super::{Outcome, Upstream};
 use crate::config::BatchConfig;
 use crate::observe::{now_ms, RetryState, WorkerStats};
@@ -86,7 +86,10 @@ impl Worker {
                     backoff.next_delay(failure.retry_after)
                 };
                 self.report_failure(failure, failures, pause);
-                tokio::time::sleep(pause).await;
+                if pause_unless_woken(pause).await {
+                    tracing::info!(destination = %self.destination, signal = self.signal.name(), "the machine was asleep; retrying now instead of finishing the backoff");
+                    backoff = self.retry.backoff();
+                }
                 continue;
             }
             if failures > 0 {
