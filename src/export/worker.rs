@@ -11,6 +11,9 @@
 //! refuses (400-class, or one resource still too large) is dead-lettered while the other
 //! pieces are still sent; a retryable or auth failure of any piece retries the whole batch.
 //!
+//! A backoff or 401/403 wait ends early when the machine was suspended during it
+//! ([`pause_unless_woken`]), so a laptop that wakes retries at once.
+//!
 //! Each attempt re-reads the batch from the spool, so records expired or evicted while the
 //! worker waited are not sent. With nothing to send the worker sleeps on the spool's durable
 //! sequence (no polling). Owns no data: the spool and the cursor are the state.
