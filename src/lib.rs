@@ -134,6 +134,7 @@ impl Agent {
         });
         let grpc = Arc::new(GrpcReceiver {
             ingest,
+            max_body: config.server.max_body.0,
             max_decompressed: config.server.max_decompressed.0,
             auth_token,
         });

@@ -1,7 +1,8 @@
 //! Promise 1 and 2 under `kill -9`: the real binary is SIGKILLed at random moments while eight
-//! clients send as fast as they can and the upstream sometimes refuses (503) or stalls, so the
-//! spool holds a backlog or a delivery is in flight when the process dies. After a last restart
-//! and a drain, every span whose request got a 200 must have reached the sink at least once.
+//! clients send as fast as they can — five over OTLP/HTTP, three over OTLP/gRPC (every other
+//! gRPC request gzipped) — and the upstream sometimes refuses (503) or stalls, so the spool holds
+//! a backlog or a delivery is in flight when the process dies. After a last restart and a drain,
+//! every span whose request got a 200 or a gRPC OK must have reached the sink at least once.
 //! Duplicates are allowed (and counted); loss is not.
 
 mod support;
@@ -14,10 +15,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
 use rand::Rng;
 use support::{destination, spans, Reply, Sink, PROTOBUF};
+use tonic::codec::CompressionEncoding;
 
 const SENDERS: usize = 8;
+/// Senders `SENDERS - GRPC_SENDERS..SENDERS` use gRPC, the others HTTP.
+const GRPC_SENDERS: usize = 3;
 const SPANS_PER_REQUEST: usize = 5;
 const KILLS: usize = 40;
 const RUN_MS: std::ops::RangeInclusive<u64> = 50..=400;
@@ -150,10 +157,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// One acknowledged request: its span-name prefix and the agent generations at send and at 200.
+/// One acknowledged request: its span-name prefix, its transport, and the agent generations at
+/// send and at the 200 (or gRPC OK).
 #[derive(Debug, Clone)]
 struct Acked {
     prefix: String,
+    grpc: bool,
     sent_epoch: u64,
     acked_epoch: u64,
 }
@@ -163,7 +172,67 @@ struct SenderReport {
     attempted: Vec<String>,
     acked: Vec<Acked>,
     errors: u64,
-    non_200: BTreeMap<u16, u64>,
+    /// Answers that were neither success nor a transport error: "http 503", "grpc Unavailable".
+    refusals: BTreeMap<String, u64>,
+}
+
+/// Sends trace requests over gRPC as fast as the agent takes them until `stop`; only OKs count.
+/// The channel reconnects by itself after every kill.
+async fn grpc_sender(
+    client_id: usize,
+    port: u16,
+    stop: Arc<AtomicBool>,
+    epoch: Arc<AtomicU64>,
+) -> SenderReport {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy();
+    let plain = TraceServiceClient::new(channel);
+    let gzip = plain.clone().send_compressed(CompressionEncoding::Gzip);
+    let mut report = SenderReport::default();
+    let mut req = 0u64;
+    while !stop.load(SeqCst) {
+        let prefix = format!("c{client_id}-r{req}");
+        let mut client = if req % 2 == 0 {
+            plain.clone()
+        } else {
+            gzip.clone()
+        };
+        req += 1;
+        let body = spans(&format!("{prefix}-s"), SPANS_PER_REQUEST);
+        let request = ExportTraceServiceRequest::decode(&body[..]).unwrap();
+        report.attempted.push(prefix.clone());
+        let sent_epoch = epoch.load(SeqCst);
+        match client.export(request).await {
+            Ok(_) => {
+                let acked_epoch = epoch.load(SeqCst);
+                report.acked.push(Acked {
+                    prefix,
+                    grpc: true,
+                    sent_epoch,
+                    acked_epoch,
+                });
+            }
+            Err(status) => {
+                // A transport failure (the agent is down or was killed mid-call) shows as
+                // UNAVAILABLE/UNKNOWN with no grpc-status from the server; either way: not
+                // acknowledged, move on. Only answers the agent itself gave are refusals.
+                let from_agent = status.metadata().contains_key("content-type");
+                if from_agent {
+                    *report
+                        .refusals
+                        .entry(format!("grpc {:?}", status.code()))
+                        .or_default() += 1;
+                } else {
+                    report.errors += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    report
 }
 
 /// Sends trace requests as fast as the agent takes them until `stop`; only 200s count.
@@ -198,13 +267,17 @@ async fn sender(
                 let acked_epoch = epoch.load(SeqCst);
                 report.acked.push(Acked {
                     prefix,
+                    grpc: false,
                     sent_epoch,
                     acked_epoch,
                 });
                 let _ = resp.bytes().await;
             }
             Ok(resp) => {
-                *report.non_200.entry(resp.status().as_u16()).or_default() += 1;
+                *report
+                    .refusals
+                    .entry(format!("http {}", resp.status().as_u16()))
+                    .or_default() += 1;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Err(_) => {
@@ -230,10 +303,11 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_span() {
     let spool_dir = dir.path().join("spool");
     let config = dir.path().join("config.toml");
     let port = free_port();
+    let grpc_port = free_port();
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\ngrpc_listen = \"\"\n[spool]\ndir = \"{}\"\n{}",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ngrpc_listen = \"127.0.0.1:{grpc_port}\"\n[spool]\ndir = \"{}\"\n{}",
             spool_dir.display(),
             destination("up", &sink, "signals = [\"traces\"]"),
         ),
@@ -251,12 +325,12 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_span() {
     let stop = Arc::new(AtomicBool::new(false));
     let senders: Vec<_> = (0..SENDERS)
         .map(|c| {
-            tokio::spawn(sender(
-                c,
-                port,
-                Arc::clone(&stop),
-                Arc::clone(&harness.epoch),
-            ))
+            let (stop, epoch) = (Arc::clone(&stop), Arc::clone(&harness.epoch));
+            if c >= SENDERS - GRPC_SENDERS {
+                tokio::spawn(grpc_sender(c, grpc_port, stop, epoch))
+            } else {
+                tokio::spawn(sender(c, port, stop, epoch))
+            }
         })
         .collect();
 
@@ -344,20 +418,27 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_span() {
         .filter(|n| !attempted.contains(prefix_of(n)))
         .collect();
     let errors: u64 = reports.iter().map(|r| r.errors).sum();
-    let mut non_200: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut refusals: BTreeMap<String, u64> = BTreeMap::new();
     for r in &reports {
-        for (code, n) in &r.non_200 {
-            *non_200.entry(*code).or_default() += n;
+        for (code, n) in &r.refusals {
+            *refusals.entry(code.clone()).or_default() += n;
         }
     }
+    let acked_grpc = acked.iter().filter(|a| a.grpc).count();
+    let missing_grpc = missing
+        .iter()
+        .filter(|n| acked.iter().any(|a| a.grpc && a.prefix == prefix_of(n)))
+        .count();
     println!(
         "crash test: {KILLS} kills (upstream modes {modes:?}; {kills_with_backlog} with a spool \
-         backlog, max {max_backlog} records), {} requests attempted, {} acknowledged ({} spans), \
-         {errors} failed while down, non-200 {non_200:?}; sink got {delivered_total} span \
-         deliveries, {} distinct acknowledged spans delivered, {duplicates} duplicates, {} \
-         unacknowledged spans delivered too, {} missing; drained in {:.1?}; elapsed {:.1?}",
+         backlog, max {max_backlog} records), {} requests attempted, {} acknowledged ({} over \
+         HTTP, {acked_grpc} over gRPC; {} spans), {errors} failed while down, refusals \
+         {refusals:?}; sink got {delivered_total} span deliveries, {} distinct acknowledged spans \
+         delivered, {duplicates} duplicates, {} unacknowledged spans delivered too, {} missing \
+         ({missing_grpc} of them acknowledged over gRPC); drained in {:.1?}; elapsed {:.1?}",
         attempted.len(),
         acked.len(),
+        acked.len() - acked_grpc,
         want.len(),
         want.len() - missing.len(),
         unacked_delivered,
@@ -374,18 +455,21 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_span() {
     if !missing.is_empty() {
         // Which requests, and in which agent generation they were acknowledged.
         let missing_prefixes: HashSet<&str> = missing.iter().map(|n| prefix_of(n)).collect();
-        let mut by_epoch: BTreeMap<(u64, u64), u64> = BTreeMap::new();
+        let mut by_epoch: BTreeMap<(&str, u64, u64), u64> = BTreeMap::new();
         for a in acked
             .iter()
             .filter(|a| missing_prefixes.contains(a.prefix.as_str()))
         {
-            *by_epoch.entry((a.sent_epoch, a.acked_epoch)).or_default() += 1;
+            let transport = if a.grpc { "grpc" } else { "http" };
+            *by_epoch
+                .entry((transport, a.sent_epoch, a.acked_epoch))
+                .or_default() += 1;
         }
         let sample: Vec<&&String> = missing.iter().take(20).collect();
         panic!(
             "{} acknowledged spans ({} requests) never reached the sink (promise 1/2 broken); \
-             missing requests by (epoch at send, epoch at 200): {by_epoch:?}; sample: {sample:?}; \
-             final status: {}; agent log tail:\n{}",
+             missing requests by (transport, epoch at send, epoch at acknowledgement): \
+             {by_epoch:?}; sample: {sample:?}; final status: {}; agent log tail:\n{}",
             missing.len(),
             missing_prefixes.len(),
             final_status.map_or("unavailable".into(), |s| s.to_string()),
@@ -398,9 +482,10 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_span() {
          final status: {final_status:?}"
     );
     assert!(
-        acked.len() >= 100,
-        "too few acknowledged requests ({}) to mean anything; log tail:\n{}",
-        acked.len(),
+        acked.len() - acked_grpc >= 100 && acked_grpc >= 100,
+        "too few acknowledged requests ({} over HTTP, {acked_grpc} over gRPC) to mean anything; \
+         log tail:\n{}",
+        acked.len() - acked_grpc,
         log_tail(&harness.log)
     );
 }
