@@ -14,7 +14,7 @@
 //! large values, snapshots) with the process umask.
 //!
 //! Invariants:
-//! - [`Spool::append`] returns only after the record is fsynced ([`commit`] shares one flush
+//! - [`Spool::append`] returns only after the record is fsynced (`commit.rs` shares one flush
 //!   among concurrent appenders). Callers acknowledge their client only after it returns.
 //! - A record is deleted only when every destination routing its signal has a cursor at or past
 //!   it, or when it is expired (`max_age`) or evicted for space (`drop_oldest`) — both counted.
