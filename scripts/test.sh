@@ -32,3 +32,6 @@ cargo clippy --all-targets --locked -- -D warnings
 
 step "cargo test"
 cargo test --all-targets --locked
+
+step "packaging (tests/packaging.sh: .deb build/lint/install/purge, Homebrew formula, launchd plist)"
+tests/packaging.sh

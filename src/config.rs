@@ -108,9 +108,13 @@ pub struct DestinationConfig {
     pub name: DestinationName,
     #[serde(rename = "type")]
     pub kind: DestinationKind,
-    #[serde(default = "all_signals", deserialize_with = "signal_list")]
+    /// Unset: every signal, except `["metrics"]` for `prometheus_remote_write` (filled in by
+    /// [`DestinationKind::default_signals`] right after parsing; never empty afterwards).
+    #[serde(default, deserialize_with = "signal_list")]
     pub signals: Vec<Signal>,
-    /// Base URL; `/v1/<signal>` is appended.
+    /// Base URL; `/v1/<signal>` is appended. Required by every type but `cloudwatch`, whose
+    /// URLs follow from `region` (see [`Endpoint::is_unset`]).
+    #[serde(default, skip_serializing_if = "Endpoint::is_unset")]
     pub endpoint: Endpoint,
     /// Extra request headers (`x-api-key`, …). Values are secrets: masked when printed.
     #[serde(default)]
@@ -126,6 +130,419 @@ pub struct DestinationConfig {
     /// Per-attempt deadline for one upstream request.
     #[serde(default = "default_timeout", with = "human_duration")]
     pub timeout: Duration,
+    // AWS keys: `sigv4` for `otlp_http` (and `prometheus_remote_write`), the credential keys
+    // for anything signed, and the `cloudwatch` type's own. All optional; `Config::validate`
+    // says which type wants which. Strings expand `${VAR}`.
+    /// `sigv4 = { region = "us-west-2", service = "execute-api" }`: sign every request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sigv4: Option<SigV4Config>,
+    /// `cloudwatch`: the AWS region of the three endpoints.
+    #[serde(
+        default,
+        deserialize_with = "expanded",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub region: Option<String>,
+    /// `cloudwatch` logs: sent as `x-aws-log-group` / `x-aws-log-stream`; both must exist.
+    #[serde(
+        default,
+        deserialize_with = "expanded",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub log_group: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "expanded",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub log_stream: Option<String>,
+    /// `cloudwatch`: per-signal URL overrides (VPC endpoints, tests), used as given.
+    #[serde(default, skip_serializing_if = "SignalEndpoints::is_empty")]
+    pub endpoints: SignalEndpoints,
+    /// The AWS profile to take credentials from (SSO, credential_process, static keys, role
+    /// chains); without it, aws-config's default chain (environment first).
+    #[serde(
+        default,
+        deserialize_with = "expanded",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub profile: Option<String>,
+    /// A role to assume via STS with the base credentials.
+    #[serde(
+        default,
+        deserialize_with = "expanded",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub role_arn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<Secret>,
+    #[serde(
+        default,
+        deserialize_with = "expanded",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub session_name: Option<String>,
+    /// `cloudwatch`: how the logs endpoint is authenticated (SigV4 unless `"bearer"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AwsAuth>,
+    /// `cloudwatch` with `auth = "bearer"`: a CloudWatch Logs API key (`${VAR}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token: Option<Secret>,
+    /// `prometheus_remote_write`: labels added to every series (`${VAR}`s expanded), such as
+    /// the HA pair `cluster` / `__replica__` Amazon Managed Prometheus deduplicates on.
+    #[serde(
+        default,
+        deserialize_with = "expanded_map",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub external_labels: BTreeMap<String, String>,
+    /// `prometheus_remote_write`: a DELTA series with no point for this long (in data time) is
+    /// forgotten, and starts over at its next point (default 1h).
+    #[serde(
+        default,
+        deserialize_with = "optional_duration",
+        serialize_with = "serialize_optional_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stale_after: Option<Duration>,
+}
+
+impl DestinationConfig {
+    /// The first credential key that is set (they only make sense for signed requests).
+    fn credential_key_set(&self) -> Option<&'static str> {
+        [
+            ("profile", self.profile.is_some()),
+            ("role_arn", self.role_arn.is_some()),
+            ("external_id", self.external_id.is_some()),
+            ("session_name", self.session_name.is_some()),
+        ]
+        .into_iter()
+        .find(|(_, set)| *set)
+        .map(|(key, _)| key)
+    }
+}
+
+/// `sigv4 = { region, service }`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigV4Config {
+    #[serde(deserialize_with = "expanded_required")]
+    pub region: String,
+    #[serde(deserialize_with = "expanded_required")]
+    pub service: String,
+}
+
+/// `endpoints = { traces = "…", metrics = "…", logs = "…" }`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalEndpoints {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traces: Option<Endpoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Endpoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<Endpoint>,
+}
+
+impl SignalEndpoints {
+    pub fn get(&self, signal: Signal) -> Option<&Endpoint> {
+        match signal {
+            Signal::Traces => self.traces.as_ref(),
+            Signal::Metrics => self.metrics.as_ref(),
+            Signal::Logs => self.logs.as_ref(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        Signal::ALL.iter().all(|s| self.get(*s).is_none())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AwsAuth {
+    Sigv4,
+    Bearer,
+}
+
+/// CloudWatch's documented per-request limits for traces: 5 MB uncompressed, 10,000 spans.
+pub const CLOUDWATCH_TRACES_MAX_BYTES: u64 = 5_000_000;
+pub const CLOUDWATCH_TRACES_MAX_ITEMS: u64 = 10_000;
+
+impl DestinationConfig {
+    /// The batch limits of one signal's worker: the configured ones, clamped to what the
+    /// upstream accepts (CloudWatch traces: ≤ 5 MB uncompressed, ≤ 10,000 spans).
+    pub fn batch_for(&self, signal: Signal) -> BatchConfig {
+        let mut batch = self.batch.clone();
+        if self.kind == DestinationKind::Cloudwatch && signal == Signal::Traces {
+            batch.max_bytes = ByteSize(batch.max_bytes.0.min(CLOUDWATCH_TRACES_MAX_BYTES));
+            batch.max_items = batch.max_items.min(CLOUDWATCH_TRACES_MAX_ITEMS);
+        }
+        batch
+    }
+
+    /// What `status` shows as the destination's endpoint (credentials masked).
+    pub fn endpoint_display(&self) -> String {
+        match (self.kind, &self.region) {
+            (DestinationKind::Cloudwatch, Some(region)) => format!("cloudwatch {region}"),
+            _ => self.endpoint.masked(),
+        }
+    }
+}
+
+impl DestinationConfig {
+    /// The per-type rules of the endpoint and AWS keys: `Err((key, why))`, the key relative to
+    /// the destination.
+    fn validate_aws(&self) -> Result<(), (&'static str, String)> {
+        if self.kind == DestinationKind::PrometheusRemoteWrite {
+            if let Some(s) = self.signals.iter().find(|s| **s != Signal::Metrics) {
+                return Err((
+                    "signals",
+                    format!(
+                        "type = \"prometheus_remote_write\" carries metrics only, so it cannot route {0}; set signals = [\"metrics\"] (the default for this type) and send {0} to another destination",
+                        s.name()
+                    ),
+                ));
+            }
+            if let Some(name) = self.external_labels.keys().find(|k| {
+                k.as_str() == "__name__"
+                    || !k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            }) {
+                return Err((
+                    "external_labels",
+                    format!("{name:?} cannot be an external label: a Prometheus label name matches [a-zA-Z_][a-zA-Z0-9_]* and is not __name__"),
+                ));
+            }
+        } else if let Some((key, _)) = [
+            ("external_labels", !self.external_labels.is_empty()),
+            ("stale_after", self.stale_after.is_some()),
+        ]
+        .into_iter()
+        .find(|(_, set)| *set)
+        {
+            return Err((
+                key,
+                format!(
+                    "{key} applies to type = \"prometheus_remote_write\" only; remove it (this destination is type = {:?})",
+                    self.kind.name()
+                ),
+            ));
+        }
+        let cloudwatch_only = [
+            ("region", self.region.is_some()),
+            ("log_group", self.log_group.is_some()),
+            ("log_stream", self.log_stream.is_some()),
+            ("endpoints", !self.endpoints.is_empty()),
+            ("auth", self.auth.is_some()),
+            ("bearer_token", self.bearer_token.is_some()),
+        ];
+        if let Some(sigv4) = &self.sigv4 {
+            if !valid_region(&sigv4.region) {
+                return Err((
+                    "sigv4.region",
+                    format!(
+                        "{:?} is not an AWS region: expected a region code such as \"us-west-2\"",
+                        sigv4.region
+                    ),
+                ));
+            }
+            if !valid_service(&sigv4.service) {
+                return Err((
+                    "sigv4.service",
+                    format!(
+                        "{:?} is not a SigV4 service name: expected the signing name of the service, such as \"execute-api\" (API Gateway), \"aps\" (Managed Prometheus), \"logs\", \"xray\", \"monitoring\"",
+                        sigv4.service
+                    ),
+                ));
+            }
+        }
+        if self.kind != DestinationKind::Cloudwatch {
+            if self.endpoint.is_unset() {
+                return Err((
+                    "endpoint",
+                    format!(
+                        "missing field `endpoint`, which is required for type = {:?}; add it (config.example.toml shows every key)",
+                        self.kind.name()
+                    ),
+                ));
+            }
+            if let Some((key, _)) = cloudwatch_only.iter().find(|(_, set)| *set) {
+                return Err((
+                    key,
+                    format!(
+                        "{key} applies to type = \"cloudwatch\" only; remove it (this destination is type = {:?})",
+                        self.kind.name()
+                    ),
+                ));
+            }
+            if self.sigv4.is_none() {
+                if let Some(key) = self.credential_key_set() {
+                    return Err((
+                        key,
+                        format!(
+                            "{key} selects AWS credentials, which only signed requests use; add sigv4 = {{ region = \"…\", service = \"…\" }} or remove {key}"
+                        ),
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        // type = "cloudwatch"
+        if !self.endpoint.is_unset() {
+            return Err((
+                "endpoint",
+                "a cloudwatch destination has one endpoint per signal, derived from region; remove endpoint (to override one, write endpoints = { traces = \"…\" })"
+                    .into(),
+            ));
+        }
+        if self.sigv4.is_some() {
+            return Err((
+                "sigv4",
+                "a cloudwatch destination signs with the services xray, logs and monitoring of its region by itself; remove sigv4"
+                    .into(),
+            ));
+        }
+        match &self.region {
+            None => {
+                return Err((
+                    "region",
+                    "missing field `region`, which type = \"cloudwatch\" requires; add it, such as region = \"us-west-2\""
+                        .into(),
+                ))
+            }
+            Some(r) if !valid_region(r) => {
+                return Err((
+                    "region",
+                    format!("{r:?} is not an AWS region: expected a region code such as \"us-west-2\""),
+                ))
+            }
+            Some(_) => {}
+        }
+        for signal in Signal::ALL {
+            if self.endpoints.get(signal).is_some() && !self.signals.contains(&signal) {
+                return Err((
+                    "endpoints",
+                    format!(
+                        "endpoints.{} is set but signals does not route {}; add it to signals or remove the override",
+                        signal.name(),
+                        signal.name()
+                    ),
+                ));
+            }
+        }
+        let logs = self.signals.contains(&Signal::Logs);
+        if logs {
+            for (key, value) in [
+                ("log_group", &self.log_group),
+                ("log_stream", &self.log_stream),
+            ] {
+                match value {
+                    None => {
+                        return Err((
+                            key,
+                            format!(
+                                "missing field `{key}`, which CloudWatch needs to route logs (sent as x-aws-{}); add it, or remove \"logs\" from signals",
+                                key.replace('_', "-")
+                            ),
+                        ))
+                    }
+                    Some(v) if v.is_empty() || HeaderValueCheck::invalid(v) => {
+                        return Err((
+                            key,
+                            format!("{v:?} cannot be sent as an HTTP header value; use printable ASCII"),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+        } else if let Some((key, _)) = [
+            ("log_group", &self.log_group),
+            ("log_stream", &self.log_stream),
+        ]
+        .iter()
+        .find(|(_, v)| v.is_some())
+        {
+            return Err((
+                key,
+                format!("{key} only applies to logs, which this destination does not route; add \"logs\" to signals or remove {key}"),
+            ));
+        }
+        match (self.auth, &self.bearer_token) {
+            (Some(AwsAuth::Bearer), None) => {
+                return Err((
+                    "bearer_token",
+                    "auth = \"bearer\" needs bearer_token, such as bearer_token = \"${CLOUDWATCH_LOGS_API_KEY}\""
+                        .into(),
+                ))
+            }
+            (Some(AwsAuth::Bearer), Some(_)) => {
+                if self.signals != [Signal::Logs] {
+                    return Err((
+                        "auth",
+                        "auth = \"bearer\" (a CloudWatch Logs API key) works for the logs endpoint only; set signals = [\"logs\"] and send traces and metrics through another destination, signed with SigV4"
+                            .into(),
+                    ));
+                }
+                if let Some(key) = self.credential_key_set() {
+                    return Err((
+                        key,
+                        format!("{key} selects AWS credentials, which auth = \"bearer\" does not use; remove it"),
+                    ));
+                }
+            }
+            (_, Some(_)) => {
+                return Err((
+                    "bearer_token",
+                    "bearer_token is used only with auth = \"bearer\"; add auth = \"bearer\" or remove bearer_token"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Header values the HTTP client would refuse.
+struct HeaderValueCheck;
+
+impl HeaderValueCheck {
+    fn invalid(v: &str) -> bool {
+        v.bytes().any(|b| b < 0x20 || b == 0x7f)
+    }
+}
+
+/// An optional string with `${VAR}`s expanded.
+fn expanded<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    expanded_required(d).map(Some)
+}
+
+fn expanded_required<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    expand_env(&String::deserialize(d)?).map_err(de::Error::custom)
+}
+
+/// An AWS region's shape: `us-west-2`, `eu-central-1`, `us-gov-west-1`, `cn-north-1`.
+pub fn valid_region(region: &str) -> bool {
+    let parts: Vec<&str> = region.split('-').collect();
+    parts.len() >= 3
+        && parts[0].len() == 2
+        && parts[..parts.len() - 1]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && parts[parts.len() - 1]
+            .parse::<u8>()
+            .is_ok_and(|n| n > 0 && !parts[parts.len() - 1].starts_with('0'))
+}
+
+/// A SigV4 service name's shape (`execute-api`, `aps`, `logs`, `xray`, `monitoring`).
+pub fn valid_service(service: &str) -> bool {
+    !service.is_empty()
+        && service.len() <= 64
+        && service.starts_with(|c: char| c.is_ascii_lowercase())
+        && service
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// A destination's name: it keys the destination's cursors in the spool, so it is restricted to
@@ -166,6 +583,8 @@ impl<'de> Deserialize<'de> for DestinationName {
 #[serde(rename_all = "snake_case")]
 pub enum DestinationKind {
     OtlpHttp,
+    Cloudwatch,
+    PrometheusRemoteWrite,
 }
 
 impl DestinationKind {
@@ -173,6 +592,16 @@ impl DestinationKind {
     pub fn name(self) -> &'static str {
         match self {
             DestinationKind::OtlpHttp => "otlp_http",
+            DestinationKind::Cloudwatch => "cloudwatch",
+            DestinationKind::PrometheusRemoteWrite => "prometheus_remote_write",
+        }
+    }
+
+    /// The signals a destination of this type routes when `signals` is not written.
+    pub fn default_signals(self) -> Vec<Signal> {
+        match self {
+            DestinationKind::PrometheusRemoteWrite => vec![Signal::Metrics],
+            _ => Signal::ALL.to_vec(),
         }
     }
 }
@@ -181,10 +610,8 @@ impl<'de> Deserialize<'de> for DestinationKind {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match String::deserialize(d)?.as_str() {
             "otlp_http" => Ok(DestinationKind::OtlpHttp),
-            other @ ("cloudwatch" | "prometheus_remote_write") => Err(de::Error::custom(format!(
-                "destination type {other:?} is not supported by this version of otlp-spool yet; \
-                 use type = \"otlp_http\""
-            ))),
+            "cloudwatch" => Ok(DestinationKind::Cloudwatch),
+            "prometheus_remote_write" => Ok(DestinationKind::PrometheusRemoteWrite),
             other => Err(de::Error::custom(format!(
                 "unknown destination type {other:?}, expected one of \"otlp_http\", \"cloudwatch\", \
                  \"prometheus_remote_write\""
@@ -255,8 +682,27 @@ fn default_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
-fn all_signals() -> Vec<Signal> {
-    Signal::ALL.to_vec()
+/// A map of strings, each with `${VAR}`s expanded.
+fn expanded_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    BTreeMap::<String, String>::deserialize(d)?
+        .into_iter()
+        .map(|(k, v)| expand_env(&v).map(|v| (k, v)))
+        .collect::<Result<_, _>>()
+        .map_err(de::Error::custom)
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    human_duration::deserialize(d).map(Some)
+}
+
+fn serialize_optional_duration<S: Serializer>(
+    value: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(d) => human_duration::serialize(d, s),
+        None => s.serialize_none(),
+    }
 }
 
 fn signal_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Signal>, D::Error> {
@@ -292,7 +738,12 @@ impl Serialize for Signal {
 fn unique_destinations<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Vec<DestinationConfig>, D::Error> {
-    let destinations = Vec::<DestinationConfig>::deserialize(d)?;
+    let mut destinations = Vec::<DestinationConfig>::deserialize(d)?;
+    for dest in &mut destinations {
+        if dest.signals.is_empty() {
+            dest.signals = dest.kind.default_signals();
+        }
+    }
     for (i, dest) in destinations.iter().enumerate() {
         if destinations[..i].iter().any(|d| d.name == dest.name) {
             return Err(de::Error::custom(format!(
@@ -345,10 +796,21 @@ impl Serialize for Listen {
 /// An `http://` or `https://` base URL, with `${VAR}`s expanded and no trailing slash.
 /// `Debug` and `Serialize` mask credentials in the URL (`https://user:key@host` prints as
 /// `https://***@host`).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Endpoint(String);
 
 impl Endpoint {
+    /// No `endpoint` key was written (the default; [`Config::validate`] requires one where the
+    /// destination type needs it).
+    pub fn is_unset(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The URL as written (with `${VAR}`s expanded); credentials included.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
     /// The URL with any `user:password@` replaced by `***@`.
     pub fn masked(&self) -> String {
         let (scheme, rest) = self.0.split_once("://").unwrap_or(("", &self.0));
@@ -463,7 +925,7 @@ impl fmt::Display for ByteSize {
             (1 << 10, "KiB"),
         ];
         for (size, unit) in UNITS {
-            if self.0 >= size && self.0 % size == 0 {
+            if self.0 >= size && self.0.is_multiple_of(size) {
                 return write!(f, "{}{unit}", self.0 / size);
             }
         }
@@ -719,7 +1181,14 @@ impl Config {
                     .as_ref()
                     .and_then(|doc| span_of_key(doc.get_ref(), &key))
                     .map(|span| span.start);
-                invalid(offset, Some(key), message)
+                // `destination.1.region` locates the second destination's key; it is shown as
+                // `destination.region`, like serde's errors.
+                let shown = key
+                    .split('.')
+                    .filter(|p| p.parse::<usize>().is_err())
+                    .collect::<Vec<_>>()
+                    .join(".");
+                invalid(offset, Some(shown), message)
             }
             other => other,
         })?;
@@ -759,6 +1228,14 @@ impl Config {
                 "server.listen",
                 "no listen address: set server.listen or server.grpc_listen".into(),
             ));
+        }
+        for (i, d) in self.destinations.iter().enumerate() {
+            d.validate_aws().map_err(|(key, message)| {
+                rule(
+                    &format!("destination.{i}.{key}"),
+                    format!("destination {:?}: {message}", d.name.as_str()),
+                )
+            })?;
         }
         if self.server.max_decompressed < self.server.max_body {
             return Err(rule(
@@ -868,11 +1345,25 @@ fn key_path_at(doc: &DeTable<'_>, offset: usize) -> Option<String> {
 }
 
 /// Where the value of a dotted key (`server.listen`) is written, if it is.
+/// A numeric segment indexes an array (`destination.1.region`); when such a key is not written
+/// (a missing required key), the span of the table that should hold it is returned.
 fn span_of_key(doc: &DeTable<'_>, key: &str) -> Option<std::ops::Range<usize>> {
     let mut parts = key.split('.');
     let mut value = entry(doc, parts.next()?)?;
+    let mut indexed = false;
     for part in parts {
-        value = entry(value.get_ref().as_table()?, part)?;
+        let next = match (part.parse::<usize>(), value.get_ref()) {
+            (Ok(i), toml::de::DeValue::Array(a)) => {
+                indexed = true;
+                a.get(i)
+            }
+            _ => value.get_ref().as_table().and_then(|t| entry(t, part)),
+        };
+        match next {
+            Some(v) => value = v,
+            None if indexed => break,
+            None => return None,
+        }
     }
     Some(value.span())
 }

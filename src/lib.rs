@@ -9,6 +9,7 @@
 //! end-to-end tests both start the agent through it. Data flows one way; each stage is a module
 //! with a narrow API ([`receiver`], [`spool`], [`export`]), and [`observe`] only counts.
 
+pub mod aws;
 pub mod config;
 pub mod export;
 pub mod observe;
@@ -74,7 +75,7 @@ impl Agent {
         let mut background = JoinSet::new();
         let mut destination_stats = Vec::new();
         for d in &config.destinations {
-            let upstream = Arc::new(Upstream::new(d).map_err(StartError::Destination)?);
+            let upstream = Arc::new(Upstream::new(d, &spool).map_err(StartError::Destination)?);
             let mut workers = Vec::new();
             for &signal in &d.signals {
                 let stats = Arc::new(WorkerStats::default());
@@ -84,7 +85,7 @@ impl Agent {
                     signal,
                     spool: spool.clone(),
                     upstream: Arc::clone(&upstream),
-                    batch: d.batch.clone(),
+                    batch: d.batch_for(signal),
                     retry: (&d.retry).into(),
                     stats,
                 };
@@ -93,7 +94,7 @@ impl Agent {
             destination_stats.push(DestinationStats {
                 name: d.name.to_string(),
                 kind: d.kind.name(),
-                endpoint: d.endpoint.masked(),
+                endpoint: d.endpoint_display(),
                 workers,
             });
         }

@@ -159,6 +159,12 @@ fn check(config: Option<PathBuf>) -> ExitCode {
     if config.destinations.is_empty() {
         println!("# no destination: received data is held in the spool until one is added");
     }
+    for d in &config.destinations {
+        // Read from the environment and the AWS config files only; nothing contacts AWS.
+        if let Some(source) = otlp_spool::aws::credentials::describe(d) {
+            println!("# destination {}: credentials from {}", d.name, source.text);
+        }
+    }
     print!("{}", config.to_masked_toml());
     ExitCode::SUCCESS
 }

@@ -195,7 +195,7 @@ async fn grpc_sender(
     let mut req = 0u64;
     while !stop.load(SeqCst) {
         let prefix = format!("c{client_id}-r{req}");
-        let mut client = if req % 2 == 0 {
+        let mut client = if req.is_multiple_of(2) {
             plain.clone()
         } else {
             gzip.clone()

@@ -1,12 +1,16 @@
 //! The exporting side: one [`worker`] per destination and signal reads the spool from its
 //! cursor, batches stored records, sends them through the destination's client
-//! ([`otlp_http`]), and acknowledges what the upstream accepted.
+//! ([`otlp_http`], which [`cloudwatch`] configures with AWS routes and signing; [`prw`] for
+//! Prometheus remote write), and acknowledges what the upstream accepted.
 //!
 //! Invariant: a cursor moves past a record only once the upstream accepted it, or refused it as
 //! malformed (then it is dead-lettered first). This module never writes records and never
-//! touches the receiver.
+//! touches the receiver; the only spool state it writes besides cursors and dead letters is
+//! [`prw`]'s delta totals, in that destination's own state tree.
 
+pub mod cloudwatch;
 pub mod otlp_http;
+pub mod prw;
 pub mod retry;
 pub mod worker;
 
@@ -14,25 +18,38 @@ use std::time::Duration;
 
 use crate::config::{DestinationConfig, DestinationKind};
 use crate::otlp::Signal;
+use crate::spool::Spool;
 use otlp_http::OtlpHttp;
+use prw::PrometheusRemoteWrite;
 
 /// A destination's client, one variant per destination type: it makes one attempt at sending
 /// one batch (canonical OTLP protobuf) and classifies the answer. Retrying, splitting and
 /// acknowledging are the worker's, the same for every type.
+// One per destination, built once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Upstream {
     OtlpHttp(OtlpHttp),
+    PrometheusRemoteWrite(PrometheusRemoteWrite),
 }
 
 impl Upstream {
-    pub fn new(config: &DestinationConfig) -> Result<Upstream, String> {
+    /// `spool` is for destinations that keep state there (`prometheus_remote_write`'s delta
+    /// totals); the others do not touch it.
+    pub fn new(config: &DestinationConfig, spool: &Spool) -> Result<Upstream, String> {
         match config.kind {
             DestinationKind::OtlpHttp => OtlpHttp::new(config).map(Upstream::OtlpHttp),
+            // CloudWatch is OTLP/HTTP with per-signal AWS routes: the same client and variant.
+            DestinationKind::Cloudwatch => cloudwatch::new(config).map(Upstream::OtlpHttp),
+            DestinationKind::PrometheusRemoteWrite => {
+                PrometheusRemoteWrite::new(config, spool).map(Upstream::PrometheusRemoteWrite)
+            }
         }
     }
 
     pub async fn send(&self, signal: Signal, payload: &[u8]) -> Outcome {
         match self {
             Upstream::OtlpHttp(u) => u.send(signal, payload).await,
+            Upstream::PrometheusRemoteWrite(u) => u.send(signal, payload).await,
         }
     }
 }

@@ -4,6 +4,13 @@
 //!
 //! One attempt per call: retrying, splitting and acknowledging are the worker's. Header values
 //! are secrets and never logged.
+//!
+//! The client is generic over where each signal goes: a [`Route`] per signal (URL, extra
+//! headers, an optional SigV4 [`Signer`]) and an optional `explain` hook that adds the fix to
+//! an upstream's known errors. `otlp_http` routes every signal to `<endpoint>/v1/<signal>`
+//! (signed when `sigv4` is set); the `cloudwatch` type ([`super::cloudwatch`]) builds the same
+//! client with its three AWS endpoints. A request is signed after it is encoded and compressed,
+//! over the exact bytes sent, on every attempt.
 
 use std::io::Write;
 use std::time::Duration;
@@ -16,37 +23,66 @@ use reqwest::header::{
 
 use super::retry::parse_retry_after;
 use super::Outcome;
+use crate::aws::credentials::{CachedCredentials, CredentialSettings};
+use crate::aws::sigv4::{SignError, Signer};
 use crate::config::{Compression, DestinationConfig, Encoding};
 use crate::otlp::{json, RpcStatus, Signal};
 
 pub struct OtlpHttp {
     client: reqwest::Client,
-    urls: [String; 3],
-    headers: HeaderMap,
+    /// Indexed by [`Signal::index`].
+    routes: [Route; 3],
     encoding: Encoding,
     compression: Compression,
     timeout: Duration,
+    explain: Explain,
+}
+
+/// Where one signal's requests go and how they are authenticated.
+pub struct Route {
+    pub url: String,
+    /// Sent with every request of this signal (the configured headers included).
+    pub headers: HeaderMap,
+    pub signer: Option<Signer>,
+}
+
+/// Adds what to do to an upstream's error: `(signal, HTTP status, error text)` → the advice,
+/// and whether the batch should be held and retried (a missing log group is a setting to fix,
+/// not bad data to dead-letter).
+pub type Explain = fn(Signal, u16, &str) -> Option<Advice>;
+
+pub struct Advice {
+    pub hint: &'static str,
+    pub hold: bool,
 }
 
 impl OtlpHttp {
     pub fn new(config: &DestinationConfig) -> Result<OtlpHttp, String> {
-        let mut headers = HeaderMap::new();
-        for (name, value) in &config.headers {
-            let name = HeaderName::try_from(name.as_str()).map_err(|e| {
-                format!(
-                    "destination {}: header name {name:?} is invalid: {e}",
-                    config.name
-                )
-            })?;
-            let mut value = HeaderValue::from_str(value.expose()).map_err(|_| {
-                format!(
-                    "destination {}: the value of header {name} is not a valid header value",
-                    config.name
-                )
-            })?;
-            value.set_sensitive(true);
-            headers.insert(name, value);
-        }
+        let headers = configured_headers(config)?;
+        let credentials = config.sigv4.as_ref().map(|sigv4| {
+            std::sync::Arc::new(CachedCredentials::new(
+                CredentialSettings::from_destination(config, &sigv4.region),
+            ))
+        });
+        let routes = Signal::ALL.map(|s| Route {
+            url: config.endpoint.signal_url(s),
+            headers: headers.clone(),
+            signer: config
+                .sigv4
+                .as_ref()
+                .zip(credentials.clone())
+                .map(|(sigv4, c)| Signer::new(&sigv4.region, &sigv4.service, c)),
+        });
+        OtlpHttp::with_routes(config, routes, |_, _, _| None)
+    }
+
+    /// A client sending each signal along its route, with `config`'s encoding, compression and
+    /// timeout.
+    pub fn with_routes(
+        config: &DestinationConfig,
+        routes: [Route; 3],
+        explain: Explain,
+    ) -> Result<OtlpHttp, String> {
         let client = reqwest::Client::builder()
             .user_agent(concat!("otlp-spool/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
@@ -61,16 +97,16 @@ impl OtlpHttp {
             })?;
         Ok(OtlpHttp {
             client,
-            urls: Signal::ALL.map(|s| config.endpoint.signal_url(s)),
-            headers,
+            routes,
             encoding: config.encoding,
             compression: config.compression,
             timeout: config.timeout,
+            explain,
         })
     }
 
     pub fn url(&self, signal: Signal) -> &str {
-        &self.urls[signal.index()]
+        &self.routes[signal.index()].url
     }
 
     /// Sends `payload` (canonical protobuf) once and classifies the answer.
@@ -86,19 +122,28 @@ impl OtlpHttp {
                 }
             },
         };
-        let mut request = self
-            .client
-            .post(self.url(signal))
-            .timeout(self.timeout)
-            .headers(self.headers.clone())
-            .header(CONTENT_TYPE, content_type);
+        let route = &self.routes[signal.index()];
+        let mut headers = route.headers.clone();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         let body = match self.compression {
             Compression::None => body,
             Compression::Gzip => {
-                request = request.header(CONTENT_ENCODING, "gzip");
+                headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
                 gzip(&body)
             }
         };
+        if let Some(signer) = &route.signer {
+            match signer.sign("POST", &route.url, &headers, &body).await {
+                Ok(signature) => headers.extend(signature),
+                Err(SignError::Credentials(error)) => return Outcome::AuthFailed(error),
+                Err(SignError::Request(error)) => return Outcome::AuthFailed(error),
+            }
+        }
+        let request = self
+            .client
+            .post(&route.url)
+            .timeout(self.timeout)
+            .headers(headers);
         let response = match request.body(body).send().await {
             Ok(r) => r,
             Err(e) => {
@@ -133,12 +178,25 @@ impl OtlpHttp {
             }
         };
         let code = status.as_u16();
+        let advice = || {
+            let message = error_message(&body, is_json);
+            let advice = (self.explain)(signal, code, &message);
+            (message, advice)
+        };
         let error = || {
-            format!(
-                "HTTP {status} from {}: {}",
-                self.url(signal),
-                error_message(&body, is_json)
-            )
+            let (message, advice) = advice();
+            let mut text = format!("HTTP {status} from {}: {message}", self.url(signal));
+            if let Some(advice) = advice {
+                text.push_str(" — ");
+                text.push_str(advice.hint);
+            }
+            if let (401 | 403, Some(signer)) = (code, &route.signer) {
+                text.push_str(&format!(
+                    "; signed with {}",
+                    signer.credentials().refused_hint()
+                ));
+            }
+            text
         };
         match code {
             200..=299 => {
@@ -148,15 +206,47 @@ impl OtlpHttp {
                     message,
                 }
             }
-            401 | 403 => Outcome::AuthFailed(error()),
+            401 | 403 => {
+                if let Some(signer) = &route.signer {
+                    // Revoked or expired upstream: fetch anew before the next attempt.
+                    signer.credentials().invalidate();
+                }
+                Outcome::AuthFailed(error())
+            }
             413 => Outcome::TooLarge(error()),
             408 | 429 | 500..=599 => Outcome::Retry {
+                retry_after,
+                error: error(),
+            },
+            _ if advice().1.is_some_and(|a| a.hold) => Outcome::Retry {
                 retry_after,
                 error: error(),
             },
             _ => Outcome::Refused(error()),
         }
     }
+}
+
+/// The configured `headers`, checked, values marked sensitive.
+pub fn configured_headers(config: &DestinationConfig) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &config.headers {
+        let name = HeaderName::try_from(name.as_str()).map_err(|e| {
+            format!(
+                "destination {}: header name {name:?} is invalid: {e}",
+                config.name
+            )
+        })?;
+        let mut value = HeaderValue::from_str(value.expose()).map_err(|_| {
+            format!(
+                "destination {}: the value of header {name} is not a valid header value",
+                config.name
+            )
+        })?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    Ok(headers)
 }
 
 fn gzip(body: &[u8]) -> Vec<u8> {

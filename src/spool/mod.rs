@@ -8,6 +8,9 @@
 //! - `cursors`: `"<destination>/<signal>"` → the last sequence that destination acknowledged.
 //! - `dead_letter`: records an upstream refused as malformed (JSON description, newline, payload).
 //! - `meta`: `format` → the layout version.
+//! - `state/<name>`: opaque state a destination keeps ([`Spool::state_tree`]; today
+//!   `state/prw/<destination>`, Prometheus remote write's delta totals). Not counted in
+//!   `max_bytes`.
 //!
 //! The directory and everything sled puts in it are owner-only (0700 / 0600): set at open, and
 //! re-applied by the commit thread after writes, since sled keeps creating files (blobs for
@@ -318,6 +321,16 @@ impl Spool {
 
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// A tree for a destination's own state, named `state/<name>` (used by
+    /// `prometheus_remote_write` for its delta totals). The spool neither reads nor caps it;
+    /// its writes become durable with the next group commit (an `ack`'s, at the latest).
+    pub fn state_tree(&self, name: &str) -> Result<sled::Tree, String> {
+        self.inner
+            .db
+            .open_tree(format!("state/{name}"))
+            .map_err(|e| format!("opening spool tree state/{name}: {e}"))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

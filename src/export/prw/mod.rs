@@ -1,0 +1,235 @@
+//! The `prometheus_remote_write` destination: OTLP metrics as Prometheus remote write 1.0.
+//!
+//! One attempt per [`PrometheusRemoteWrite::send`]: decode the batch (canonical OTLP protobuf,
+//! concatenated requests merge), translate it ([`translate`]) against the delta state
+//! ([`cumulative`]), encode a [`proto::WriteRequest`], compress it as a raw snappy block, and
+//! POST it to `endpoint` as written (nothing appended) with `Content-Encoding: snappy`,
+//! `Content-Type: application/x-protobuf`, `X-Prometheus-Remote-Write-Version: 0.1.0`, signed
+//! with SigV4 when `sigv4` is set (`service = "aps"` for Amazon Managed Service for
+//! Prometheus; the signer is [`crate::aws::sigv4`]). The answer is classified for the worker:
+//! 2xx delivered; 408, 429, 5xx and connection failures retried; 401/403 held; 413 split; any
+//! other 4xx refused (dead-lettered). Prometheus answers 400 to samples it will never take
+//! (out of order, out of bounds), so retrying those would never end.
+//!
+//! Invariants: the delta state moves only when a batch is settled — delivered, or refused and
+//! dead-lettered — and is saved before the worker acknowledges the batch (see
+//! [`cumulative`]). Labels are sorted by name and samples time-ordered in every series sent.
+//! Metrics only: the config refuses other signals for this type, and a batch of another signal
+//! is refused here. Touches only its own state tree in the spool.
+
+pub mod cumulative;
+pub mod proto;
+pub mod translate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+
+use super::otlp_http::configured_headers;
+use super::retry::parse_retry_after;
+use super::Outcome;
+use crate::aws::credentials::{CachedCredentials, CredentialSettings};
+use crate::aws::sigv4::{SignError, Signer};
+use crate::config::DestinationConfig;
+use crate::otlp::{ExportMetricsServiceRequest, Signal};
+use crate::spool::Spool;
+use cumulative::{Cumulative, Txn};
+use proto::{Label, WriteRequest};
+
+pub struct PrometheusRemoteWrite {
+    client: reqwest::Client,
+    url: String,
+    headers: HeaderMap,
+    signer: Option<Signer>,
+    timeout: Duration,
+    external: Vec<Label>,
+    cumulative: Cumulative,
+}
+
+impl PrometheusRemoteWrite {
+    /// Builds the client; the delta state lives in the spool tree `prw/<destination>`.
+    pub fn new(config: &DestinationConfig, spool: &Spool) -> Result<PrometheusRemoteWrite, String> {
+        let name = &config.name;
+        let mut external = Vec::new();
+        for (k, v) in &config.external_labels {
+            if !valid_label_name(k) {
+                return Err(format!(
+                    "destination {name}: external label name {k:?} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)"
+                ));
+            }
+            external.push(Label {
+                name: k.clone(),
+                value: v.clone(),
+            });
+        }
+        let tree = spool
+            .state_tree(&format!("prw/{name}"))
+            .map_err(|e| format!("destination {name}: opening its delta state: {e}"))?;
+        let stale_after = config
+            .stale_after
+            .unwrap_or(cumulative::DEFAULT_STALE_AFTER);
+        let cumulative = Cumulative::open(Some(tree), stale_after)
+            .map_err(|e| format!("destination {name}: {e}"))?;
+        let mut headers = configured_headers(config)?;
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("snappy"));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-protobuf"),
+        );
+        headers.insert(
+            "x-prometheus-remote-write-version",
+            HeaderValue::from_static("0.1.0"),
+        );
+        let signer = config.sigv4.as_ref().map(|sigv4| {
+            let credentials = Arc::new(CachedCredentials::new(
+                CredentialSettings::from_destination(config, &sigv4.region),
+            ));
+            Signer::new(&sigv4.region, &sigv4.service, credentials)
+        });
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("otlp-spool/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| format!("destination {name}: building the HTTP client failed: {e}"))?;
+        Ok(PrometheusRemoteWrite {
+            client,
+            url: config.endpoint.as_str().to_string(),
+            headers,
+            signer,
+            timeout: config.timeout,
+            external,
+            cumulative,
+        })
+    }
+
+    /// Sends one batch once and classifies the answer (see the module docs).
+    pub async fn send(&self, signal: Signal, payload: &[u8]) -> Outcome {
+        if signal != Signal::Metrics {
+            return Outcome::Refused(format!(
+                "prometheus_remote_write carries metrics only, not {}",
+                signal.name()
+            ));
+        }
+        let request = match ExportMetricsServiceRequest::decode(payload) {
+            Ok(r) => r,
+            Err(e) => return Outcome::Refused(format!("stored batch is not OTLP metrics: {e}")),
+        };
+        let (body, changes, series, ignored) = {
+            let state = self.cumulative.lock();
+            let mut txn = Txn::new(&state);
+            let translated = translate::translate(&request, &self.external, &mut txn);
+            let series = translated.series.len();
+            let body = WriteRequest {
+                timeseries: translated.series,
+            }
+            .encode_to_vec();
+            let ignored = txn.ignored;
+            (body, txn.into_changes(), series, ignored)
+        };
+        if ignored > 0 {
+            tracing::info!(
+                points = ignored,
+                "delta points already counted (a batch sent again) or out of order: ignored"
+            );
+        }
+        let delivered = || Outcome::Delivered {
+            rejected_items: 0,
+            message: String::new(),
+        };
+        if series == 0 {
+            self.cumulative.commit(changes);
+            return delivered();
+        }
+        let body = match snap::raw::Encoder::new().compress_vec(&body) {
+            Ok(b) => b,
+            Err(e) => return Outcome::Refused(format!("snappy compression failed: {e}")),
+        };
+        let mut headers = self.headers.clone();
+        if let Some(signer) = &self.signer {
+            match signer.sign("POST", &self.url, &headers, &body).await {
+                Ok(signature) => headers.extend(signature),
+                Err(SignError::Credentials(e) | SignError::Request(e)) => {
+                    return Outcome::AuthFailed(e)
+                }
+            }
+        }
+        let response = match self
+            .client
+            .post(&self.url)
+            .timeout(self.timeout)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return Outcome::Retry {
+                    retry_after: None,
+                    error: format!("sending to {}: {}", masked(&self.url), chain(&e)),
+                }
+            }
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| parse_retry_after(v.to_str().ok()?));
+        let text = response.text().await.unwrap_or_default();
+        let error = || {
+            let text: String = text.trim().chars().take(300).collect();
+            format!("HTTP {status} from {}: {text}", masked(&self.url))
+        };
+        match status.as_u16() {
+            200..=299 => {
+                self.cumulative.commit(changes);
+                delivered()
+            }
+            401 | 403 => {
+                if let Some(signer) = &self.signer {
+                    signer.credentials().invalidate();
+                }
+                Outcome::AuthFailed(error())
+            }
+            413 => Outcome::TooLarge(error()),
+            408 | 429 | 500..=599 => Outcome::Retry {
+                retry_after,
+                error: error(),
+            },
+            _ => {
+                // Refused for good and dead-lettered: the deltas still happened, so the
+                // running totals keep them.
+                self.cumulative.commit(changes);
+                Outcome::Refused(error())
+            }
+        }
+    }
+}
+
+fn valid_label_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn masked(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
+fn chain(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
