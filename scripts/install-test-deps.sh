@@ -5,6 +5,9 @@
 #   Python: venv at .cache/venv from tests/clients/python/requirements.txt (exact pins)
 #   JS:     `npm ci` in tests/clients/js (package.json + package-lock.json, exact pins)
 #           -> tests/clients/js/node_modules (gitignored)
+#   Prometheus: the Debian package `prometheus` (apt-get, the one system-wide install, skipped
+#           when a `prometheus` is already on PATH) for tests/prometheus.rs, which starts its
+#           own server on a loopback port; the package's own service is disabled again.
 #
 # Nothing is installed globally. Idempotent: a stamp (hash of the pin file +
 # interpreter version) lets a warm run finish in well under a second.
@@ -144,11 +147,36 @@ install_js() {
   echo "$JS_STAMP_WANT" >"$JS_STAMP_FILE"
 }
 
+# --- Prometheus -------------------------------------------------------------
+# tests/prometheus.rs runs a real Prometheus (remote write receiver). Debian's package; the
+# tests start their own instance on a free loopback port with a temporary TSDB, so the
+# system service the package sets up is stopped and disabled again where systemd runs.
+prometheus_ok() { command -v prometheus >/dev/null 2>&1; }
+install_prometheus() {
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null 2>&1 || fail "prometheus is not installed and this is not root (no sudo): apt-get install prometheus, or set OTLP_SPOOL_TEST_PROMETHEUS to a prometheus binary"
+    sudo="sudo"
+  fi
+  command -v apt-get >/dev/null 2>&1 || fail "prometheus is not installed and apt-get is missing: install Prometheus 2.x, or set OTLP_SPOOL_TEST_PROMETHEUS to its binary"
+  local alog="$CACHE/apt-prometheus.log"
+  log "Prometheus: apt-get install -y prometheus"
+  if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus; } >"$alog" 2>&1; then
+    cat "$alog" >&2
+    fail "apt-get could not install prometheus (log: $alog)"
+  fi
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+  prometheus_ok || fail "prometheus installed but not on PATH"
+}
+
 # --- run --------------------------------------------------------------------
 if [ "$CHECK" = 1 ]; then
   rc=0
   py_ok || { echo "install-test-deps: Python clients missing or stale" >&2; rc=1; }
   js_ok || { echo "install-test-deps: JS clients missing or stale" >&2; rc=1; }
+  [ -n "${OTLP_SPOOL_TEST_PROMETHEUS:-}" ] || prometheus_ok || { echo "install-test-deps: prometheus missing" >&2; rc=1; }
   [ -f "$ENV_FILE" ] || { echo "install-test-deps: $ENV_FILE missing" >&2; rc=1; }
   exit $rc
 fi
@@ -163,6 +191,14 @@ if [ "$FORCE" = 0 ] && js_ok; then
 else
   install_js
 fi
+if [ -n "${OTLP_SPOOL_TEST_PROMETHEUS:-}" ]; then
+  log "Prometheus: $OTLP_SPOOL_TEST_PROMETHEUS (from OTLP_SPOOL_TEST_PROMETHEUS)"
+elif prometheus_ok; then
+  log "Prometheus: up to date ($(command -v prometheus))"
+else
+  install_prometheus
+fi
+PROMETHEUS_BIN="${OTLP_SPOOL_TEST_PROMETHEUS:-$(command -v prometheus)}"
 
 tmp="$(mktemp "$CACHE/test-env.sh.XXXXXX")"
 cat >"$tmp" <<EOF
@@ -173,6 +209,7 @@ export OTLP_SPOOL_TEST_PY_JSON=1
 export OTLP_SPOOL_TEST_NODE='$NODE_BIN'
 export OTLP_SPOOL_TEST_NODE_MODULES='$JS_DIR/node_modules'
 export OTLP_SPOOL_TEST_JS_EMIT='$JS_DIR/emit.mjs'
+export OTLP_SPOOL_TEST_PROMETHEUS='$PROMETHEUS_BIN'
 EOF
 chmod 644 "$tmp"
 mv -f "$tmp" "$ENV_FILE"

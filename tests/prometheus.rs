@@ -12,9 +12,12 @@
 //! - a DELTA stream shaped like Claude Code's (`claude_code.token.usage` by `type` and `model`,
 //!   `claude_code.cost.usage`), with an agent restart mid-way and a batch sent twice:
 //!   totals exact, `resets()` = 0;
+//! - the real binary SIGKILLed at random moments mid-stream: totals bit-exact, no resets;
 //! - histograms, summaries, exponential histograms and a stale (`NoRecordedValue`) gauge;
 //! - retries (503, 429) and dead letters (400) against the fault-injecting sink, with the wire
-//!   format (snappy, headers, sorted labels) decoded here.
+//!   format (snappy, headers, sorted labels) decoded here;
+//! - SigV4 with `service = "aps"`, recomputed by botocore (`tests/aws/verify_sigv4.py`);
+//! - the config rules of the type.
 //!
 //! Without a `prometheus` binary the Prometheus tests print a loud SKIP, and fail under CI.
 
@@ -1186,6 +1189,16 @@ fn prometheus_remote_write_config_rules() {
 // ---------------------------------------------------------------------------------------------
 // kill -9 mid-stream
 
+/// An agent process, SIGKILLed and reaped when dropped (also when a test panics).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The real binary, SIGKILLed at random moments while it forwards a DELTA stream (so some
 /// kills land between Prometheus accepting a batch and the cursor moving, and the batch goes
 /// again): the totals in Prometheus are still exact and no counter ever resets.
@@ -1215,7 +1228,7 @@ async fn delta_totals_survive_sigkill_at_random_moments() {
     let start = || async {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_otlp-spool"))
+            let child = std::process::Command::new(env!("CARGO_BIN_EXE_otlp-spool"))
                 .args(["run", "--config"])
                 .arg(&config)
                 .stdin(std::process::Stdio::null())
@@ -1229,11 +1242,15 @@ async fn delta_totals_survive_sigkill_at_random_moments() {
                 )
                 .spawn()
                 .unwrap();
+            let mut child = Killed(child);
             loop {
-                if let Ok(Some(_)) = child.try_wait() {
+                if let Ok(Some(_)) = child.0.try_wait() {
                     break; // the port or the spool lock was not free yet: try again
                 }
-                let healthy = reqwest::get(format!("http://{addr}/healthz"))
+                let healthy = reqwest::Client::new()
+                    .get(format!("http://{addr}/healthz"))
+                    .timeout(Duration::from_millis(500))
+                    .send()
                     .await
                     .is_ok_and(|r| r.status() == 200);
                 if healthy {
@@ -1264,7 +1281,7 @@ async fn delta_totals_survive_sigkill_at_random_moments() {
     let mut kills = 0;
     let mut next = 0;
     while next < intervals.len() {
-        let mut agent = start().await;
+        let agent = start().await;
         for r in &intervals[next..(next + 4).min(intervals.len())] {
             let (status, text) = post(addr, "/v1/metrics", &[PROTOBUF], r.encode_to_vec()).await;
             assert_eq!(status, 200, "{text}");
@@ -1272,11 +1289,10 @@ async fn delta_totals_survive_sigkill_at_random_moments() {
         }
         // Kill while the worker lingers, sends, or has just been answered.
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..60))).await;
-        agent.kill().unwrap();
-        agent.wait().unwrap();
+        drop(agent);
         kills += 1;
     }
-    let mut agent = start().await;
+    let agent = start().await;
     let end_ms = ((t0 + n * step) / 1_000_000) as i64;
     let want: Expected = model
         .latest
@@ -1308,8 +1324,7 @@ async fn delta_totals_survive_sigkill_at_random_moments() {
         resets.iter().all(|(_, v)| *v == 0.0),
         "counter resets after kill -9: {resets:?}"
     );
-    let _ = agent.kill();
-    let _ = agent.wait();
+    drop(agent);
     let resent = std::fs::read_to_string(&log)
         .unwrap_or_default()
         .matches("already counted")
@@ -1317,5 +1332,99 @@ async fn delta_totals_survive_sigkill_at_random_moments() {
     eprintln!(
         "sigkill: {kills} kills, {} series exact, {resent} batches found already counted after a restart",
         want.len()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// SigV4 (`service = "aps"`), re-verified by botocore
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_write_is_sigv4_signed_for_aps_as_botocore_computes() {
+    let python = std::env::var("OTLP_SPOOL_TEST_PYTHON").ok().filter(|p| {
+        std::process::Command::new(p)
+            .args(["-c", "import botocore.auth"])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    let Some(python) = python else {
+        let why = "OTLP_SPOOL_TEST_PYTHON is unset or has no botocore (run scripts/install-test-deps.sh and source .cache/test-env.sh)";
+        if std::env::var_os("CI").is_some() {
+            panic!("{why}");
+        }
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIP remote write SigV4 check: {why} ***\n"
+        );
+        return;
+    };
+    // Static credentials from the environment, and nothing else the chain could find.
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "").unwrap();
+    for (k, v) in [
+        ("AWS_CONFIG_FILE", empty.display().to_string()),
+        ("AWS_SHARED_CREDENTIALS_FILE", empty.display().to_string()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ("AWS_ACCESS_KEY_ID", "AKIDPRWTEST".into()),
+        ("AWS_SECRET_ACCESS_KEY", "secret-prw".into()),
+    ] {
+        std::env::set_var(k, v);
+    }
+    std::env::remove_var("AWS_SESSION_TOKEN");
+    std::env::remove_var("AWS_PROFILE");
+    let sink = Sink::start().await;
+    let url = format!("{}/workspaces/ws-123/api/v1/remote_write", sink.endpoint());
+    let toml = config_toml(
+        dir.path(),
+        &prw_destination(
+            &url,
+            "sigv4 = { region = \"us-west-2\", service = \"aps\" }",
+        ),
+    );
+    let agent = start_agent(&toml).await;
+    let r = claude_interval(now_ns() - 1_000_000_000, now_ns(), &mut rand::rng());
+    let (status, _) = post(
+        agent.http_addrs()[0],
+        "/v1/metrics",
+        &[PROTOBUF],
+        r.encode_to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    drained(&agent).await;
+    agent.shutdown().await;
+    let received = sink.received();
+    assert_eq!(received.len(), 1);
+    let r = &received[0];
+    let auth = r.headers["authorization"].to_str().unwrap();
+    assert!(
+        auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDPRWTEST/")
+            && auth.contains("/us-west-2/aps/aws4_request"),
+        "{auth}"
+    );
+    let doc = serde_json::json!([{
+        "method": "POST",
+        "url": format!("{}{}", sink.endpoint(), r.path),
+        "headers": r.headers.iter().map(|(k, v)| serde_json::json!([k.as_str(), v.to_str().unwrap()])).collect::<Vec<_>>(),
+        "body_hex": hex::encode(&r.body),
+        "access_key": "AKIDPRWTEST",
+        "secret_key": "secret-prw",
+        "token": null,
+        "region": "us-west-2",
+        "service": "aps",
+    }]);
+    let file = dir.path().join("requests.json");
+    std::fs::write(&file, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let out = std::process::Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aws/verify_sigv4.py"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "botocore computes another signature: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }
