@@ -74,3 +74,15 @@ pub enum Outcome {
     /// Any other 4xx: the upstream refuses this data; retrying would never succeed.
     Refused(String),
 }
+
+impl Outcome {
+    /// What a non-2xx HTTP status means, the same for OTLP/HTTP and remote write.
+    pub fn from_failure_status(code: u16, retry_after: Option<Duration>, error: String) -> Outcome {
+        match code {
+            401 | 403 => Outcome::AuthFailed(error),
+            413 => Outcome::TooLarge(error),
+            408 | 429 | 500..=599 => Outcome::Retry { retry_after, error },
+            _ => Outcome::Refused(error),
+        }
+    }
+}

@@ -213,16 +213,11 @@ impl OtlpHttp {
                 }
                 Outcome::AuthFailed(error())
             }
-            413 => Outcome::TooLarge(error()),
-            408 | 429 | 500..=599 => Outcome::Retry {
+            400..=499 if advice().1.is_some_and(|a| a.hold) => Outcome::Retry {
                 retry_after,
                 error: error(),
             },
-            _ if advice().1.is_some_and(|a| a.hold) => Outcome::Retry {
-                retry_after,
-                error: error(),
-            },
-            _ => Outcome::Refused(error()),
+            _ => Outcome::from_failure_status(code, retry_after, error()),
         }
     }
 }

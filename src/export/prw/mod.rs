@@ -188,22 +188,19 @@ impl PrometheusRemoteWrite {
                 self.cumulative.commit(changes);
                 delivered()
             }
-            401 | 403 => {
-                if let Some(signer) = &self.signer {
-                    signer.credentials().invalidate();
+            code => {
+                if matches!(code, 401 | 403) {
+                    if let Some(signer) = &self.signer {
+                        signer.credentials().invalidate();
+                    }
                 }
-                Outcome::AuthFailed(error())
-            }
-            413 => Outcome::TooLarge(error()),
-            408 | 429 | 500..=599 => Outcome::Retry {
-                retry_after,
-                error: error(),
-            },
-            _ => {
-                // Refused for good and dead-lettered: the deltas still happened, so the
-                // running totals keep them.
-                self.cumulative.commit(changes);
-                Outcome::Refused(error())
+                let outcome = Outcome::from_failure_status(code, retry_after, error());
+                if matches!(outcome, Outcome::Refused(_)) {
+                    // Refused for good and dead-lettered: the deltas still happened, so the
+                    // running totals keep them.
+                    self.cumulative.commit(changes);
+                }
+                outcome
             }
         }
     }
