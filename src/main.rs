@@ -75,7 +75,16 @@ enum Shell {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = cli.config;
-    match cli.command.unwrap_or(Command::Run { log_format: None }) {
+    let command = cli.command.unwrap_or(Command::Run { log_format: None });
+    if !matches!(command, Command::Run { .. }) {
+        // A reporting command piped into `head` should end quietly, as Unix tools do, rather
+        // than panic on a closed stdout (Rust ignores SIGPIPE by default).
+        // SAFETY: restoring a signal's default disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    match command {
         Command::Run { log_format } => run(config, log_format),
         Command::Check => check(config),
         Command::Status { addr, json } => status(addr, json, config),
@@ -156,6 +165,10 @@ fn check(config: Option<PathBuf>) -> ExitCode {
     };
     println!("# config: {source}");
     println!("# spool directory: {}", config.spool.dir.display());
+    println!(
+        "# logs: stderr (systemd: journalctl [--user] -u otlp-spool; brew services: \
+         $(brew --prefix)/var/log/otlp-spool.log; LaunchAgent: ~/Library/Logs/otlp-spool.log)"
+    );
     if config.destinations.is_empty() {
         println!("# no destination: received data is held in the spool until one is added");
     }
