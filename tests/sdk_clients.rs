@@ -133,3 +133,60 @@ sdk_test!(js_http_json, "js", "http/json", "none");
 sdk_test!(js_http_json_gzip, "js", "http/json", "gzip");
 sdk_test!(js_grpc, "js", "grpc", "none");
 sdk_test!(js_grpc_gzip, "js", "grpc", "gzip");
+
+/// `eval "$(otlp-spool env otel)"` is all an SDK needs: a Python SDK exporter configured only by
+/// the printed environment (endpoint, protocol, and the token header) reaches the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_output_configures_a_real_sdk() {
+    let Some((python, _)) = emitter("python") else {
+        return;
+    };
+    let sink = Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let toml = config_toml(dir.path(), &destination("up", &sink, ""))
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+        .replace("[spool]", "auth_token = \"t0k,en%\"\n[spool]");
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, &toml).unwrap();
+    let agent = start_agent(&toml).await;
+    let script = "from opentelemetry.sdk.trace import TracerProvider\n\
+                  from opentelemetry.sdk.trace.export import SimpleSpanProcessor\n\
+                  from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter\n\
+                  p = TracerProvider(); p.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter()))\n\
+                  t = p.get_tracer('env-test')\n\
+                  [t.start_span(f'env-{i}').end() for i in range(3)]\n\
+                  p.shutdown()\n";
+    let shell = format!(
+        "eval \"$('{}' env otel --config '{}')\" && exec '{python}' -c \"$SCRIPT\"",
+        env!("CARGO_BIN_EXE_otlp-spool"),
+        config.display()
+    );
+    let output = tokio::process::Command::new("sh")
+        .args(["-c", &shell])
+        .env("SCRIPT", script)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_HEADERS")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        sink.wait_items("/v1/traces", 3, Duration::from_secs(10))
+            .await,
+        3
+    );
+    assert_eq!(
+        agent.status()["refused_requests"]["unauthorized"],
+        0,
+        "the token header was accepted"
+    );
+    agent.shutdown().await;
+}
