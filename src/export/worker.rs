@@ -56,6 +56,9 @@ impl Worker {
         let mut backoff = self.retry.backoff();
         let mut failures = 0u64;
         loop {
+            // Taken before the read: an append that becomes durable after this moment raises
+            // the watch above it, so an empty read can never miss one, nor spin on an old value.
+            let seen = *newest.borrow_and_update();
             let batch = match self.spool.read(
                 self.signal,
                 cursor,
@@ -71,7 +74,7 @@ impl Worker {
             };
             let Some(last) = batch.last().map(|r| r.seq) else {
                 // Nothing to send: sleep until a newer record is durable.
-                if newest.wait_for(|n| *n > cursor).await.is_err() {
+                if newest.wait_for(|n| *n > seen).await.is_err() {
                     return;
                 }
                 continue;

@@ -297,7 +297,10 @@ impl Spool {
             disk,
             Box::new(move || set_private_files(&private)),
         );
-        let durable = Signal::ALL.map(|_| watch::channel(max_seq).0);
+        let durable = Signal::ALL.map(|s| {
+            let last = records[s.index()].last().ok().flatten();
+            watch::channel(last.map_or(0, |(k, _)| seq_of(&k))).0
+        });
         let spool = Spool {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
