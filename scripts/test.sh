@@ -33,5 +33,8 @@ cargo clippy --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --all-targets --locked
 
+step "bench smoke (the benchmark harness end to end: acked items == items at the sink)"
+bench/run.sh --smoke
+
 step "packaging (tests/packaging.sh: .deb build/lint/install/purge, Homebrew formula, launchd plist)"
 tests/packaging.sh
