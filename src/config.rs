@@ -813,17 +813,22 @@ impl Endpoint {
 
     /// The URL with any `user:password@` replaced by `***@`.
     pub fn masked(&self) -> String {
-        let (scheme, rest) = self.0.split_once("://").unwrap_or(("", &self.0));
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        match rest[..authority_end].rfind('@') {
-            Some(at) => format!("{scheme}://***{}", &rest[at..]),
-            None => self.0.clone(),
-        }
+        mask_url_credentials(&self.0)
     }
 
     /// The URL for one signal: the base with `/v1/<signal>` appended.
     pub fn signal_url(&self, signal: Signal) -> String {
         format!("{}/v1/{}", self.0, signal.name())
+    }
+}
+
+/// `url` with any `user:password@` replaced by `***@`, for logs, errors and `status`.
+pub fn mask_url_credentials(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_string(),
     }
 }
 

@@ -16,7 +16,7 @@ pub mod worker;
 
 use std::time::Duration;
 
-use crate::config::{DestinationConfig, DestinationKind};
+use crate::config::{mask_url_credentials, DestinationConfig, DestinationKind};
 use crate::otlp::Signal;
 use crate::spool::Spool;
 use otlp_http::OtlpHttp;
@@ -73,6 +73,20 @@ pub enum Outcome {
     TooLarge(String),
     /// Any other 4xx: the upstream refuses this data; retrying would never succeed.
     Refused(String),
+}
+
+/// A failed request to `url`, with the error's cause chain (reqwest's top level says only "error
+/// sending request"), and the URL's credentials masked.
+pub fn transport_error(url: &str, e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = format!("sending to {}: {e}", mask_url_credentials(url));
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 impl Outcome {

@@ -22,10 +22,10 @@ use reqwest::header::{
 };
 
 use super::retry::parse_retry_after;
-use super::Outcome;
+use super::{transport_error, Outcome};
 use crate::aws::credentials::{CachedCredentials, CredentialSettings};
 use crate::aws::sigv4::{SignError, Signer};
-use crate::config::{Compression, DestinationConfig, Encoding};
+use crate::config::{mask_url_credentials, Compression, DestinationConfig, Encoding};
 use crate::otlp::{json, RpcStatus, Signal};
 
 pub struct OtlpHttp {
@@ -105,10 +105,6 @@ impl OtlpHttp {
         })
     }
 
-    pub fn url(&self, signal: Signal) -> &str {
-        &self.routes[signal.index()].url
-    }
-
     /// Sends `payload` (canonical protobuf) once and classifies the answer.
     pub async fn send(&self, signal: Signal, payload: &[u8]) -> Outcome {
         let (body, content_type) = match self.encoding {
@@ -149,7 +145,7 @@ impl OtlpHttp {
             Err(e) => {
                 return Outcome::Retry {
                     retry_after: None,
-                    error: describe(&e),
+                    error: transport_error(&route.url, e),
                 }
             }
         };
@@ -173,7 +169,7 @@ impl OtlpHttp {
             Err(e) => {
                 return Outcome::Retry {
                     retry_after,
-                    error: describe(&e),
+                    error: transport_error(&route.url, e),
                 }
             }
         };
@@ -185,7 +181,10 @@ impl OtlpHttp {
         };
         let error = || {
             let (message, advice) = advice();
-            let mut text = format!("HTTP {status} from {}: {message}", self.url(signal));
+            let mut text = format!(
+                "HTTP {status} from {}: {message}",
+                mask_url_credentials(&route.url)
+            );
             if let Some(advice) = advice {
                 text.push_str(" — ");
                 text.push_str(advice.hint);
@@ -253,18 +252,6 @@ fn gzip(body: &[u8]) -> Vec<u8> {
         .write_all(body)
         .expect("writing to a Vec cannot fail");
     encoder.finish().expect("writing to a Vec cannot fail")
-}
-
-/// A transport error with its cause chain (reqwest's top level says only "error sending request").
-fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// The human part of an error body: a `google.rpc.Status` message if it is one, else its text.

@@ -29,10 +29,10 @@ use reqwest::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RE
 
 use super::otlp_http::configured_headers;
 use super::retry::parse_retry_after;
-use super::Outcome;
+use super::{transport_error, Outcome};
 use crate::aws::credentials::{CachedCredentials, CredentialSettings};
 use crate::aws::sigv4::{SignError, Signer};
-use crate::config::DestinationConfig;
+use crate::config::{mask_url_credentials, DestinationConfig};
 use crate::otlp::{ExportMetricsServiceRequest, Signal};
 use crate::spool::Spool;
 use cumulative::{Cumulative, Txn};
@@ -169,7 +169,7 @@ impl PrometheusRemoteWrite {
             Err(e) => {
                 return Outcome::Retry {
                     retry_after: None,
-                    error: format!("sending to {}: {}", masked(&self.url), chain(&e)),
+                    error: transport_error(&self.url, e),
                 }
             }
         };
@@ -181,7 +181,10 @@ impl PrometheusRemoteWrite {
         let text = response.text().await.unwrap_or_default();
         let error = || {
             let text: String = text.trim().chars().take(300).collect();
-            format!("HTTP {status} from {}: {text}", masked(&self.url))
+            format!(
+                "HTTP {status} from {}: {text}",
+                mask_url_credentials(&self.url)
+            )
         };
         match status.as_u16() {
             200..=299 => {
@@ -209,24 +212,4 @@ impl PrometheusRemoteWrite {
 fn valid_label_name(name: &str) -> bool {
     name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-fn masked(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..end].rfind('@') {
-        Some(at) => format!("{scheme}://***{}", &rest[at..]),
-        None => url.to_string(),
-    }
-}
-
-fn chain(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
