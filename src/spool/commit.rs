@@ -10,8 +10,10 @@
 //! "Flush" here is sled's `flush` *and* [`DiskSync`]: on Linux sled 0.34 writes its log with
 //! `sync_file_range`, which neither persists the file's size nor flushes the disk's write cache,
 //! and it never syncs the files it writes large values to (`blobs/`). That survives a killed
-//! process but not a power cut, so after each sled flush we `fdatasync` the log and `fsync` new
-//! blob files and their directory.
+//! process but not a power cut, so after each sled flush we `fdatasync` the log, and — when an
+//! appender said a large value was written ([`GroupCommit::note_large_value`]) — `fsync` new blob
+//! files and their directory first. Blobs written by other trees (dead letters, export state)
+//! are synced by the housekeeping pass, within [`HOUSEKEEPING_EVERY`].
 //!
 //! A failed flush fails the tickets it covered; a later successful flush also covers them (sled
 //! flushes everything dirty), so a waiter that wakes after a later success is durable.
@@ -26,6 +28,7 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,6 +54,8 @@ struct Requests {
 }
 
 struct Shared {
+    /// Set by [`GroupCommit::note_large_value`]: the next flush must look for new blob files.
+    large_value_written: AtomicBool,
     requests: Mutex<Requests>,
     wake: Condvar,
 }
@@ -72,6 +77,7 @@ impl GroupCommit {
                 closed: false,
             }),
             wake: Condvar::new(),
+            large_value_written: AtomicBool::new(false),
         });
         let (report, progress) = watch::channel(Progress::default());
         let flusher = Arc::clone(&shared);
@@ -110,6 +116,13 @@ impl GroupCommit {
     /// Whether the most recent flush succeeded.
     pub fn healthy(&self) -> bool {
         self.progress.borrow().failed.is_none()
+    }
+
+    /// Says that a value large enough for sled to put in a blob file is about to be written, so
+    /// the flush that covers it syncs new blob files (listing `blobs/` on every flush would cost
+    /// every request; other writers' blobs are synced by the housekeeping pass within a second).
+    pub fn note_large_value(&self) {
+        self.shared.large_value_written.store(true, SeqCst);
     }
 
     /// Asks for a flush soon without waiting for it (cursor moves, deletions: losing them in a
@@ -154,7 +167,15 @@ impl DiskSync {
         })
     }
 
-    fn sync(&mut self) -> std::io::Result<()> {
+    /// `fdatasync`s the log, and first `fsync`s blob files new since the last look when asked.
+    fn sync(&mut self, blobs: bool) -> std::io::Result<()> {
+        if blobs {
+            self.sync_blobs()?;
+        }
+        self.log.sync_data()
+    }
+
+    fn sync_blobs(&mut self) -> std::io::Result<()> {
         let present = blob_names(&self.blobs)?;
         let mut new = false;
         for name in &present {
@@ -167,7 +188,7 @@ impl DiskSync {
             File::open(&self.blobs)?.sync_all()?;
         }
         self.synced_blobs = present.into_iter().collect();
-        self.log.sync_data()
+        Ok(())
     }
 }
 
@@ -180,9 +201,10 @@ fn blob_names(dir: &Path) -> std::io::Result<Vec<OsString>> {
 }
 
 /// sled's flush, then the syncs it leaves out.
-fn flush(db: &sled::Db, disk: &mut DiskSync) -> Result<(), String> {
+fn flush(db: &sled::Db, disk: &mut DiskSync, blobs: bool) -> Result<(), String> {
     db.flush().map_err(|e| format!("spool flush failed: {e}"))?;
-    disk.sync().map_err(|e| format!("spool fsync failed: {e}"))
+    disk.sync(blobs)
+        .map_err(|e| format!("spool fsync failed: {e}"))
 }
 
 fn flush_loop(
@@ -219,17 +241,21 @@ fn flush_loop(
         if target == done {
             if closed {
                 // Closed with nothing pending: flush once more so a clean stop leaves nothing dirty.
-                let _ = flush(db, &mut disk);
+                let _ = flush(db, &mut disk, true);
                 housekeeping();
                 return;
             }
             // Woken only for the housekeeping that follows a burst of writes.
+            if let Err(e) = disk.sync_blobs() {
+                tracing::warn!(error = %e, "syncing spool blob files failed");
+            }
             housekeeping();
             last_housekeeping = Instant::now();
             untidy = false;
             continue;
         }
-        let failed = match flush(db, &mut disk) {
+        let blobs = shared.large_value_written.swap(false, SeqCst);
+        let failed = match flush(db, &mut disk, blobs) {
             Ok(()) => None,
             Err(e) => {
                 tracing::error!(error = %e, "requests waiting on this flush get 503");
@@ -240,6 +266,9 @@ fn flush_loop(
         report.send_replace(Progress { done, failed });
         untidy = true;
         if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
+            if let Err(e) = disk.sync_blobs() {
+                tracing::warn!(error = %e, "syncing spool blob files failed");
+            }
             housekeeping();
             last_housekeeping = Instant::now();
             untidy = false;

@@ -46,6 +46,9 @@ pub use record::RecordHeader;
 const LAYOUT_VERSION: &[u8] = b"1";
 /// sled's page cache: small, because the spool is mostly written once and read once.
 const CACHE_CAPACITY: u64 = 16 << 20;
+/// Values above this may go to sled's separate blob files (sled inlines up to ~128 KiB with its
+/// default segment size); the commit thread then looks for new blob files to sync.
+const LARGE_VALUE: u64 = 64 << 10;
 /// How often the on-disk size is re-read (it costs a few syscalls).
 const DISK_CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -353,6 +356,9 @@ impl Spool {
         };
         let value = header.encode(payload);
         let size = value.len() as u64;
+        if size > LARGE_VALUE {
+            self.inner.commit.note_large_value();
+        }
         let seq = {
             let mut state = self.state();
             self.make_room(&mut state, size)?;
