@@ -12,6 +12,7 @@
 //! client with its three AWS endpoints. A request is signed after it is encoded and compressed,
 //! over the exact bytes sent, on every attempt.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::time::Duration;
 
@@ -107,10 +108,12 @@ impl OtlpHttp {
 
     /// Sends `payload` (canonical protobuf) once and classifies the answer.
     pub async fn send(&self, signal: Signal, payload: &[u8]) -> Outcome {
+        // Borrowed as is for protobuf: gzip reads it directly, and only an uncompressed body
+        // is copied (reqwest owns what it sends).
         let (body, content_type) = match self.encoding {
-            Encoding::Protobuf => (payload.to_vec(), "application/x-protobuf"),
+            Encoding::Protobuf => (Cow::Borrowed(payload), "application/x-protobuf"),
             Encoding::Json => match json::protobuf_to_json(signal, payload) {
-                Ok(body) => (body, "application/json"),
+                Ok(body) => (Cow::Owned(body), "application/json"),
                 Err(e) => {
                     return Outcome::Refused(format!(
                         "could not render the batch as OTLP/JSON: {e}"
@@ -122,7 +125,7 @@ impl OtlpHttp {
         let mut headers = route.headers.clone();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         let body = match self.compression {
-            Compression::None => body,
+            Compression::None => body.into_owned(),
             Compression::Gzip => {
                 headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
                 gzip(&body)

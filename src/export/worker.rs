@@ -128,7 +128,12 @@ impl Worker {
     /// Sends one batch. `Ok` when the cursor may move past it: every piece of it was delivered
     /// or refused (refused pieces are dead-lettered first).
     async fn deliver(&self, batch: &[Record]) -> Result<(), Failure> {
-        let payload: Vec<u8> = batch.iter().flat_map(|r| r.payload()).copied().collect();
+        // Concatenated Export*ServiceRequests are one valid request (their resources merge).
+        let payload = batch
+            .iter()
+            .map(|r| r.payload())
+            .collect::<Vec<_>>()
+            .concat();
         let items: u64 = batch.iter().map(|r| u64::from(r.header.items)).sum();
         let mut sent = Sent::default();
         match self.send_splitting(&payload, 0, &mut sent).await {
