@@ -1,16 +1,33 @@
 #!/usr/bin/env python3
-"""Turns bench/run.sh's results (JSON lines, one per run) into markdown tables of medians.
+"""Turns bench/run.sh's results (JSON lines, one per run) into markdown tables of medians, and
+bench/soak.sh's samples (CSV, one row per sample) into the soak and drain-memory reports.
 
     report.py RESULTS.jsonl [MORE.jsonl …] --machine M --commit C --started T --args A --rotel V  > report.md
-    report.py --splice bench/RESULTS.md report.md   # replace the generated part of RESULTS.md
+    report.py --splice bench/RESULTS.md report.md [NAME]   # replace the generated part NAME
+                                                          # (default "bench"; soak.sh uses "soak")
+    report.py --soak SAMPLES.csv --sink SINK.json --status STATUS.json --command C --commit C \
+              --started T --load1 L --warmup S LOADGEN.json…   # exit 1 if items were lost or RSS/fds grew
+    report.py --drain SAMPLES.csv --work DIR --command C --commit C --started T
 
-Each figure is the median over the runs, with [min–max] when there was more than one run.
+Each run.sh figure is the median over the runs, with [min–max] when there was more than one run.
+The soak's pass/fail limits are the constants below; bench/soak.sh's --help states them too.
 """
+import argparse
+import csv
 import json
 import statistics
 import sys
 
-BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+# Soak limits, after the warm-up soak.sh passes (--warmup): the last quarter of the load against
+# the first quarter.
+RSS_GROWTH_MB, RSS_GROWTH_FRACTION = 16, 0.25   # judged only with --judge-rss-growth (long runs:
+                                                  # each of the first backlogs raises RSS a step)
+RSS_MAX_MB = 256        # always judged
+FD_GROWTH = 16          # median open descriptors, last quarter vs first
+FD_AFTER_SLACK = 16     # descriptors once the clients are gone, vs before the load: pooled
+                        # upstream connections (2–8 seen); a per-connection leak under the
+                        # churn (thousands of connections a minute) is far above it
+SIGNALS = ("traces", "metrics", "logs")
 
 GOALS = {
     "metrics-1k": ("CPU ≤ 1%, RSS ≤ 40 MB", 1.0, 40),
@@ -22,18 +39,19 @@ GOALS = {
 }
 
 
-def splice(results_md, report_md):
+def splice(results_md, report_md, name="bench"):
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     new = open(report_md).read().strip()
     try:
         old = open(results_md).read()
     except FileNotFoundError:
         old = "# Benchmark results\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        out = head + BEGIN + "\n" + new + "\n" + END + tail
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        out = head + begin + "\n" + new + "\n" + end + tail
     else:
-        out = old.rstrip() + "\n\n" + BEGIN + "\n" + new + "\n" + END + "\n"
+        out = old.rstrip() + "\n\n" + begin + "\n" + new + "\n" + end + "\n"
     open(results_md, "w").write(out)
 
 
@@ -52,10 +70,190 @@ def col(rows, key):
     return [r.get(key) for r in rows]
 
 
+def read_samples(path):
+    """bench/lib.sh's sampler CSV: numbers as floats (None where empty), `t` in seconds from
+    the first row, RSS in MB."""
+    rows = []
+    for r in csv.DictReader(open(path)):
+        row = {k: (v if k == "phase" else (float(v) if v not in ("", None) else None)) for k, v in r.items()}
+        for k in ("rss", "hwm", "rss_anon", "rss_file"):
+            row[k + "_mb"] = row[k + "_kb"] / 1024
+        row["spool_disk_mib"] = row["spool_disk_alloc"] / 1048576 if row["spool_disk_alloc"] is not None else None
+        rows.append(row)
+    t0 = rows[0]["t_ms"] if rows else 0
+    for r in rows:
+        r["t"] = (r["t_ms"] - t0) / 1000
+    return rows
+
+
+def med(rows, key):
+    values = [r[key] for r in rows if r[key] is not None]
+    return statistics.median(values) if values else None
+
+
+def num(v, digits=1):
+    return "–" if v is None else f"{v:,.{digits}f}"
+
+
+def soak(argv):
+    ap = argparse.ArgumentParser(prog="report.py --soak")
+    ap.add_argument("--soak", required=True)
+    for o in ("--sink", "--status", "--command", "--commit", "--started", "--load1"):
+        ap.add_argument(o, required=True)
+    ap.add_argument("--warmup", type=float, required=True, help="seconds of the load not judged")
+    ap.add_argument("--judge-rss-growth", action="store_true")
+    ap.add_argument("loadgen", nargs="+")
+    a = ap.parse_args(argv)
+    rows = read_samples(a.soak)
+    sink = json.load(open(a.sink))
+    lgs = {f.rsplit("lg-", 1)[-1].removesuffix(".json"): json.load(open(f)) for f in a.loadgen}
+    before = [r for r in rows if r["phase"] == "before"]
+    load = [r for r in rows if r["phase"] == "load"]
+    after = [r for r in rows if r["phase"] == "after"]
+    problems = []
+    if not (before and load and after):
+        print(f"soak report: the samples in {a.soak} lack a before/load/after phase; the run did not finish")
+        return 1
+    span = load[-1]["t"] - load[0]["t"]
+    warm = min(a.warmup, span / 2)
+    steady = [r for r in load if r["t"] - load[0]["t"] >= warm]
+    q = max(1, len(steady) // 4)
+    first, last = steady[:q], steady[-q:]
+
+    out = []
+    w = out.append
+    w(f"### Soak: `{a.command}`")
+    w("")
+    w(f"- started {a.started}, otlp-spool {a.commit}, release build; {len(rows)} samples over {rows[-1]['t']:,.0f} s "
+      f"(load {span:,.0f} s, warm-up {warm:,.0f} s excluded from the quarters); 1-minute load average at the end {a.load1} (2 cores, shared)")
+    w("- start = last sample before the load; median and max over the load; end = last sample after every acknowledged item "
+      "was delivered and the clients had gone; quarters = medians of the first and last quarter of the load after warm-up")
+    w("")
+    w("| measure | start | median | max | end | first quarter | last quarter | growth | limit |")
+    w("|---|---|---|---|---|---|---|---|---|")
+
+    def line(label, key, digits=1, limit=None):
+        fq, lq = med(first, key), med(last, key)
+        growth = None if fq is None or lq is None else lq - fq
+        mx = max((r[key] for r in rows if r[key] is not None), default=None)
+        w(f"| {label} | {num(before[-1][key], digits)} | {num(med(load, key), digits)} | {num(mx, digits)} | "
+          f"{num(after[-1][key], digits)} | {num(fq, digits)} | {num(lq, digits)} | "
+          f"{'–' if growth is None else f'{growth:+,.{digits}f}'} | {limit or '–'} |")
+        return fq, lq
+
+    growth_limit = f"+max({RSS_GROWTH_MB} MB, {RSS_GROWTH_FRACTION:.0%})" if a.judge_rss_growth else "not judged (short run)"
+    fq, lq = line("RSS MB", "rss_mb", 1, f"{growth_limit}; max ≤ {RSS_MAX_MB} MB")
+    if a.judge_rss_growth and lq - fq > max(RSS_GROWTH_MB, RSS_GROWTH_FRACTION * fq):
+        problems.append(f"RSS grew from {fq:.1f} MB (first quarter) to {lq:.1f} MB (last quarter)")
+    rss_max = max(r["rss_mb"] for r in rows)
+    if rss_max > RSS_MAX_MB:
+        problems.append(f"RSS reached {rss_max:.1f} MB (limit {RSS_MAX_MB} MB)")
+    line("… anonymous MB", "rss_anon_mb")
+    line("… file-backed MB", "rss_file_mb")
+    fq, lq = line("open descriptors", "fds", 0, f"+{FD_GROWTH}; end ≤ start + {FD_AFTER_SLACK}")
+    if lq - fq > FD_GROWTH:
+        problems.append(f"open descriptors grew from {fq:.0f} (first quarter) to {lq:.0f} (last quarter)")
+    if after[-1]["fds"] - before[-1]["fds"] > FD_AFTER_SLACK:
+        problems.append(f"{after[-1]['fds']:.0f} descriptors open after the clients left, {before[-1]['fds']:.0f} before the load")
+    line("threads", "threads", 0)
+    line("spool records pending", "spool_records", 0)
+    line("spool on disk MiB (du, allocated)", "spool_disk_mib", 1)
+    w("")
+
+    w("| signal | items sent | acknowledged | delivered to the sink | lost (acked − delivered) | extra deliveries |")
+    w("|---|---|---|---|---|---|")
+    for sig in SIGNALS:
+        mine = [lg for lg in lgs.values() if lg["signal"] == sig]
+        sent, acked = sum(lg["items_sent"] for lg in mine), sum(lg["items_ok"] for lg in mine)
+        got = sink[sig]
+        lost, extra = max(0, acked - got), max(0, got - acked)
+        if lost:
+            problems.append(f"{lost:,} acknowledged {sig} items never reached the sink")
+        w(f"| {sig} | {sent:,} | {acked:,} | {got:,} | {lost:,} | {extra:,} |")
+    w("")
+    w(f"Sink: {sink['requests']:,} exports accepted, {sink['refused']:,} refused by its failure windows, "
+      f"{sink['bad_requests']:,} malformed.")
+    if sink["bad_requests"]:
+        problems.append(f"the sink received {sink['bad_requests']} malformed exports")
+    w("")
+    w("| loadgen | connections | acknowledged requests | errors | ack p50 ms | ack p99 ms | ack max ms |")
+    w("|---|---|---|---|---|---|---|")
+    for name, lg in sorted(lgs.items()):
+        conns = f"{lg['concurrency']}" + (" (new per request)" if lg.get("churn") else " kept alive")
+        err = f"{lg['errors']:,}" + (f" (first: {lg['first_error']})" if lg["errors"] else "")
+        w(f"| {name} ({lg['protocol']}, {lg['signal']}{', gzip' if lg['gzip'] else ''}) | {conns} | "
+          f"{lg['requests_ok']:,} | {err} | {lg['ack_ms']['p50']:.2f} | {lg['ack_ms']['p99']:.2f} | {lg['ack_ms']['max']:.1f} |")
+    w("")
+    w(f"**Verdict: {'FAIL — ' + '; '.join(problems) if problems else 'pass'}.**")
+    print("\n".join(out))
+    return 1 if problems else 0
+
+
+def drain(argv):
+    ap = argparse.ArgumentParser(prog="report.py --drain")
+    ap.add_argument("--drain", required=True)
+    for o in ("--work", "--command", "--commit", "--started"):
+        ap.add_argument(o, required=True)
+    a = ap.parse_args(argv)
+    rows = read_samples(a.drain)
+    work = a.work
+    drain_ms = dict(l.split() for l in open(f"{work}/drain_ms"))
+    ready_ms = int(open(f"{work}/ready_ms").read())
+    fills = {n: json.load(open(f"{work}/lg-{n}.json")) for n in ("fill1", "fill2")}
+    out = []
+    w = out.append
+    w(f"### Drain memory: `{a.command}`")
+    w("")
+    every = statistics.median(b["t"] - a_["t"] for a_, b in zip(rows, rows[1:]))
+    w(f"- started {a.started}, otlp-spool {a.commit}, release build; VmRSS, RssAnon and RssFile sampled every "
+      f"{every:.1f} s; the upstream was down (nothing listening) during the fills")
+    w("")
+    w("| phase | what | seconds | RSS MB at start | RSS MB max | … anonymous at max | … file-backed at max | RSS MB at end | spool records at start → end |")
+    w("|---|---|---|---|---|---|---|---|---|")
+    what = {
+        "fill": "fill the backlog, upstream down",
+        "drain-live": "upstream up: drain, same process",
+        "refill": "fill again, upstream down",
+        "restart": "SIGTERM",
+        "reopened": "restarted on the full spool, upstream still down",
+        "drain-restarted": "drain after a restart on the full spool",
+        "after": "drained, idle",
+    }
+    for phase in what:
+        rs = [r for r in rows if r["phase"] == phase]
+        if not rs:
+            continue
+        peak = max(rs, key=lambda r: r["rss_mb"])
+        w(f"| {phase} | {what[phase]} | {rs[-1]['t'] - rs[0]['t']:,.0f} | {rs[0]['rss_mb']:,.1f} | {peak['rss_mb']:,.1f} | "
+          f"{peak['rss_anon_mb']:,.1f} | {peak['rss_file_mb']:,.1f} | {rs[-1]['rss_mb']:,.1f} | "
+          f"{num(rs[0]['spool_records'], 0)} → {num(rs[-1]['spool_records'], 0)} |")
+    w("")
+    lost = False
+    for name, fill in (("drain-live", "fill1"), ("drain-restarted", "fill2")):
+        sink = json.load(open(f"{work}/sink-{name}.json"))
+        secs = int(drain_ms[name]) / 1000
+        acked = fills[fill]["items_ok"]
+        lost |= sink["traces"] < acked
+        w(f"- {name}: {fills[fill]['acked_otlp_bytes'] / 1048576:,.0f} MiB ({acked:,} spans) acknowledged in the fill, "
+          f"{sink['traces']:,} delivered in {secs:,.1f} s ({sink['otlp_bytes'] / 1e6 / secs:,.1f} MB/s of OTLP, "
+          f"{sink['wire_bytes'] / 1e6 / secs:,.1f} MB/s gzip on the wire)")
+    w(f"- restart on the full spool: spawn → /healthz 200 in {ready_ms:,} ms")
+    for name in ("drain-live", "drain-restarted"):
+        smaps = dict(l.split()[:2] for l in open(f"{work}/smaps-{name}.txt") if l.split()[0].endswith(":"))
+        w(f"- /proc/PID/smaps_rollup when {name} finished: " + ", ".join(
+            f"{k.rstrip(':')} {int(smaps[k]) / 1024:,.0f} MB" for k in ("Rss:", "Anonymous:", "Private_Dirty:", "Private_Clean:") if k in smaps))
+    print("\n".join(out))
+    return 1 if lost else 0
+
+
 def main():
     if sys.argv[1] == "--splice":
-        splice(sys.argv[2], sys.argv[3])
+        splice(*sys.argv[2:5])
         return
+    if sys.argv[1] == "--soak":
+        sys.exit(soak(sys.argv[1:]))
+    if sys.argv[1] == "--drain":
+        sys.exit(drain(sys.argv[1:]))
     files = [a for a in sys.argv[1:] if a.endswith(".jsonl")]
     rest = [a for a in sys.argv[1:] if not a.endswith(".jsonl")]
     rows = [json.loads(l) for f in files for l in open(f) if l.strip()]

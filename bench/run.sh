@@ -4,6 +4,7 @@
 # examples/loadgen.rs, samples the agent's CPU time (utime+stime, /proc/PID/stat) and memory
 # (VmRSS sampled every 0.5 s, VmHWM) and writes medians over --repeat runs into bench/RESULTS.md
 # (between the "bench:begin" and "bench:end" markers; the rest of the file is prose).
+# Building, process control and the /proc sampler are shared with bench/soak.sh (bench/lib.sh).
 #
 #   bench/run.sh                      # everything, full length (about 45 minutes)
 #   bench/run.sh --smoke              # a few seconds per scenario: checks the harness end to end
@@ -75,8 +76,8 @@ WORK="${BENCH_WORK:-$ROOT/.cache/bench-run-$(date -u +%Y%m%dT%H%M%SZ)-$PORT_BASE
 rm -rf "$WORK"; mkdir -p "$WORK/bin"
 RESULTS="$WORK/results.jsonl"; : >"$RESULTS"
 FAILED=0
-log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-fail() { log "FAIL: $*"; FAILED=1; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 # ---- build ---------------------------------------------------------------------------------
 if [ -n "$PREBUILT" ]; then
@@ -90,12 +91,7 @@ else
     cp "$ROOT"/examples/*.rs "$SRC/examples/"
   fi
   [ -n "$PROFILE" ] || { PROFILE=release; [ "$SMOKE" = 1 ] && PROFILE=dev; }
-  PROFILE_DIR=$([ "$PROFILE" = dev ] && echo debug || echo release)
-  log "building ($PROFILE) in $SRC"
-  (cd "$SRC" && CARGO_TARGET_DIR="$TARGET" cargo build --quiet --profile "$PROFILE" \
-    --bin otlp-spool --example loadgen --example sink)
-  cp "$TARGET/$PROFILE_DIR/otlp-spool" "$TARGET/$PROFILE_DIR/examples/loadgen" \
-    "$TARGET/$PROFILE_DIR/examples/sink" "$WORK/bin/"
+  build_bins "$SRC" "$TARGET" "$PROFILE" "$WORK/bin"
 fi
 BIN="$WORK/bin"
 COMMIT=$(git -C "$ROOT" rev-parse --short "${REV:-HEAD}")
@@ -108,65 +104,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# wait_http URL SECONDS: until URL answers 2xx.
-wait_http() {
-  local url=$1 until=$(( $(date +%s) + $2 ))
-  until curl -sf -o /dev/null --max-time 1 "$url"; do
-    [ "$(date +%s)" -ge "$until" ] && return 1
-    sleep 0.05
-  done
-}
 
-start_sink() {
-  "$BIN/sink" --listen "127.0.0.1:$SINK_PORT" --seconds 7200 2>"$WORK/sink.log" &
-  SINK_PID=$!
-  wait_http "http://127.0.0.1:$SINK_PORT/count" 10 || { fail "sink did not start"; exit 1; }
-}
-stop_pid() {   # stop_pid PID: SIGTERM, then SIGKILL after 20 s
-  local pid=$1 i
-  [ -n "$pid" ] || return 0
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for i in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-stop_sink() { stop_pid "$SINK_PID"; SINK_PID=""; }
-
-# write_config FILE DESTINATION(yes|no) SPOOL_DIR MAX_BYTES
-write_config() {
-  cat >"$1" <<EOF
-[server]
-listen = "127.0.0.1:$HTTP_PORT"
-grpc_listen = "127.0.0.1:$GRPC_PORT"
-[spool]
-dir = "$3"
-max_bytes = "$4"
-EOF
-  if [ "$2" = yes ]; then
-    cat >>"$1" <<EOF
-[[destination]]
-name = "sink"
-type = "otlp_http"
-endpoint = "http://127.0.0.1:$SINK_PORT"
-signals = ["traces", "metrics", "logs"]
-compression = "gzip"
-EOF
-  fi
-}
-
-# start_agent CONFIG: sets AGENT_PID and READY_MS (spawn → /healthz 200).
-start_agent() {
-  local t0; t0=$(date +%s%N)
-  OTLP_SPOOL_LOG=warn "$BIN/otlp-spool" run --config "$1" 2>>"$WORK/agent.log" &
-  AGENT_PID=$!
-  local until=$(( $(date +%s) + 600 ))
-  until curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$HTTP_PORT/healthz"; do
-    kill -0 "$AGENT_PID" 2>/dev/null || { fail "agent exited at start (see $WORK/agent.log)"; tail -3 "$WORK/agent.log" >&2; exit 1; }
-    [ "$(date +%s)" -ge "$until" ] && { fail "agent did not become ready in 600 s"; exit 1; }
-    sleep 0.01
-  done
-  READY_MS=$(( ($(date +%s%N) - t0) / 1000000 ))
-}
 start_rotel() {
   "$ROTEL" start --otlp-http-endpoint "127.0.0.1:$ROTEL_HTTP" --otlp-grpc-endpoint "127.0.0.1:$ROTEL_GRPC" \
     --exporter otlp --otlp-exporter-protocol http --otlp-exporter-compression gzip \
@@ -179,32 +117,6 @@ start_rotel() {
   done
   fail "rotel did not start"; exit 1
 }
-stop_agent() { stop_pid "$AGENT_PID"; AGENT_PID=""; }
-
-# CPU ticks (utime+stime) of PID; fields after "(comm) " start at field 3.
-ticks() { local s; s=$(cat "/proc/$1/stat"); s=${s##*) }; set -- $s; echo $(( ${12} + ${13} )); }
-mem_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }   # mem_kb PID VmRSS|VmHWM
-HZ=$(getconf CLK_TCK)
-div() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f", a / b }'; }   # JSON-safe float
-
-# sampler PID FILE: "epoch_ms ticks rss_kb hwm_kb" every 0.5 s until stopped or PID exits.
-start_sampler() {
-  ( pid=$1
-    while [ -r "/proc/$pid/status" ]; do
-      s=$(cat "/proc/$pid/stat" 2>/dev/null) || break; s=${s##*) }; set -- $s; t=$(( ${12} + ${13} ))
-      rss=0 hwm=0
-      while read -r k v _; do
-        case $k in VmRSS:) rss=$v ;; VmHWM:) hwm=$v ;; esac
-      done <"/proc/$pid/status"
-      echo "$(( $(date +%s%N) / 1000000 )) $t $rss $hwm"
-      sleep 0.5
-    done ) >"$2" 2>/dev/null &
-  SAMPLER_PID=$!
-}
-stop_sampler() { kill "$SAMPLER_PID" 2>/dev/null || true; wait "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""; }
-peak_rss_kb() { awk 'BEGIN { m = 0 } $3 > m { m = $3 } END { print m }' "$1"; }
-
-sink_count() { curl -sf "http://127.0.0.1:$SINK_PORT/count"; }
 # wait_sink SIGNAL N SECONDS: until the sink has N items of SIGNAL; prints the count.
 wait_sink() {
   local until=$(( $(date +%s) + $3 )) n
@@ -233,7 +145,7 @@ rate_run() {
     port=$([ "$proto" = grpc ] && echo "$GRPC_PORT" || echo "$HTTP_PORT")
   fi
   sleep 1
-  start_sampler "$AGENT_PID" "$WORK/samples"
+  start_sampler "$AGENT_PID" "$WORK/samples" 0.5
   local t0 c0 lg acked delivered c1 t1
   t0=$(date +%s%N); c0=$(ticks "$AGENT_PID")
   lg=$("$BIN/loadgen" --protocol "$proto" --addr "127.0.0.1:$port" --signal "$signal" --rate "$rate" \
@@ -264,7 +176,7 @@ ingest_run() {
   rm -rf "$WORK/spool"; write_config "$WORK/agent.toml" yes "$WORK/spool" 4GiB
   start_agent "$WORK/agent.toml"
   sleep 1
-  start_sampler "$AGENT_PID" "$WORK/samples"
+  start_sampler "$AGENT_PID" "$WORK/samples" 0.5
   c0=$(ticks "$AGENT_PID")
   lg=$("$BIN/loadgen" --addr "127.0.0.1:$HTTP_PORT" --signal traces --batch 10 --concurrency 64 \
         --seconds "$SECONDS_MAX" --threads 2 --json 2>>"$WORK/loadgen.log")
@@ -286,8 +198,6 @@ ingest_run() {
 }
 
 # ---- scenario: backlog (fill, disk at peak, restart, drain, disk after) ---------------------
-du_bytes() { du -sb "$1" | cut -f1; }             # apparent size
-du_alloc() { echo $(( $(du -sk "$1" | cut -f1) * 1024 )); }   # allocated blocks
 backlog_run() {
   local rep=$1 lg acked status logical disk_app disk_alloc sled_disk t_stop stop_ms
   rm -rf "$WORK/spool"
@@ -310,7 +220,7 @@ backlog_run() {
   write_config "$WORK/drain.toml" yes "$WORK/spool" "$(( BACKLOG * 2 ))"
   start_agent "$WORK/drain.toml"
   local ready_ms=$READY_MS d0; d0=$(date +%s%N)
-  start_sampler "$AGENT_PID" "$WORK/samples"
+  start_sampler "$AGENT_PID" "$WORK/samples" 0.5
   local delivered; delivered=$(wait_sink traces "$acked" 1800)
   local drain_s; drain_s=$(div "$(( $(date +%s%N) - d0 ))" 1000000000)
   local sink; sink=$(sink_count)

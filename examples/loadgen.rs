@@ -14,6 +14,10 @@
 //!   flight; a request that waits for a slot waits on the clock.
 //! - `--rate 0` (default): closed loop, `--concurrency` senders as fast as acks allow.
 //!
+//! `--churn` opens a new connection for every request and closes it after the answer (HTTP: no
+//! idle pool; gRPC: a new channel per call), as short-lived CLI processes do; a descriptor or
+//! memory leak per connection in the agent shows up under it (`bench/soak.sh`).
+//!
 //! A run stops after `--seconds`, or once `--max-bytes` of request payload (uncompressed OTLP
 //! protobuf) has been acknowledged, whichever is first. It prints one human line on stderr and,
 //! with `--json`, one JSON object on stdout for scripts.
@@ -47,12 +51,12 @@ use opentelemetry_proto::tonic::trace::v1::{
 };
 use prost::Message;
 use tonic::codec::CompressionEncoding;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 const USAGE: &str = "\
 loadgen [--addr HOST:PORT] [--protocol http|grpc] [--signal traces|metrics|logs]
         [--rate ITEMS_PER_S (0 = as fast as acks allow)] [--batch ITEMS_PER_REQUEST | --spans N]
-        [--seconds S] [--concurrency C] [--max-bytes BYTES] [--gzip] [--threads T] [--json]";
+        [--seconds S] [--concurrency C] [--max-bytes BYTES] [--gzip] [--churn] [--threads T] [--json]";
 
 fn args() -> Vec<String> {
     std::env::args().collect()
@@ -499,46 +503,62 @@ enum Sender {
         gzip: bool,
     },
     Grpc {
-        traces: Box<TraceServiceClient<Channel>>,
-        metrics: Box<MetricsServiceClient<Channel>>,
-        logs: Box<LogsServiceClient<Channel>>,
+        clients: Box<GrpcClients>,
+        /// Set with `--churn`: every call gets a new channel (a new connection) from here.
+        churn: Option<Box<Endpoint>>,
+        gzip: bool,
     },
 }
 
+struct GrpcClients {
+    traces: TraceServiceClient<Channel>,
+    metrics: MetricsServiceClient<Channel>,
+    logs: LogsServiceClient<Channel>,
+}
+
+impl GrpcClients {
+    fn new(channel: Channel, gzip: bool) -> Box<GrpcClients> {
+        let (mut traces, mut metrics, mut logs) = (
+            TraceServiceClient::new(channel.clone()),
+            MetricsServiceClient::new(channel.clone()),
+            LogsServiceClient::new(channel),
+        );
+        if gzip {
+            traces = traces.send_compressed(CompressionEncoding::Gzip);
+            metrics = metrics.send_compressed(CompressionEncoding::Gzip);
+            logs = logs.send_compressed(CompressionEncoding::Gzip);
+        }
+        Box::new(GrpcClients {
+            traces,
+            metrics,
+            logs,
+        })
+    }
+}
+
 impl Sender {
-    async fn new(protocol: &str, addr: &str, signal: Signal, gzip: bool) -> Sender {
+    async fn new(protocol: &str, addr: &str, signal: Signal, gzip: bool, churn: bool) -> Sender {
         match protocol {
             "http" => Sender::Http {
                 client: reqwest::Client::builder()
-                    .pool_max_idle_per_host(1024)
+                    // No idle pool under --churn: each request opens and closes a connection.
+                    .pool_max_idle_per_host(if churn { 0 } else { 1024 })
                     .build()
                     .expect("http client"),
                 url: format!("http://{addr}/v1/{}", signal.name()),
                 gzip,
             },
             "grpc" => {
-                let channel = Channel::from_shared(format!("http://{addr}"))
-                    .expect("grpc address")
-                    .connect()
-                    .await
-                    .unwrap_or_else(|e| {
-                        eprintln!("loadgen: cannot connect gRPC to {addr}: {e}");
-                        std::process::exit(1)
-                    });
-                let (mut t, mut m, mut l) = (
-                    TraceServiceClient::new(channel.clone()),
-                    MetricsServiceClient::new(channel.clone()),
-                    LogsServiceClient::new(channel),
-                );
-                if gzip {
-                    t = t.send_compressed(CompressionEncoding::Gzip);
-                    m = m.send_compressed(CompressionEncoding::Gzip);
-                    l = l.send_compressed(CompressionEncoding::Gzip);
-                }
+                let endpoint =
+                    Channel::from_shared(format!("http://{addr}")).expect("grpc address");
+                let channel = endpoint.connect().await.unwrap_or_else(|e| {
+                    eprintln!("loadgen: cannot connect gRPC to {addr}: {e}");
+                    std::process::exit(1)
+                });
                 Sender::Grpc {
-                    traces: Box::new(t),
-                    metrics: Box::new(m),
-                    logs: Box::new(l),
+                    clients: GrpcClients::new(channel, gzip),
+                    churn: churn.then(|| Box::new(endpoint)),
+                    gzip,
                 }
             }
             other => {
@@ -550,6 +570,16 @@ impl Sender {
 
     /// Sends one request; `Ok` only on an acknowledgement (HTTP 2xx, gRPC OK).
     async fn send(&mut self, p: &Prepared) -> Result<(), String> {
+        if let Sender::Grpc {
+            clients,
+            churn: Some(endpoint),
+            gzip,
+        } = self
+        {
+            // Replacing the clients drops the last handle on the previous channel, which closes
+            // its connection; the new channel connects on this call.
+            *clients = GrpcClients::new(endpoint.connect_lazy(), *gzip);
+        }
         match self {
             Sender::Http { client, url, gzip } => {
                 let mut r = client
@@ -570,15 +600,11 @@ impl Sender {
                     Err(format!("HTTP {}", resp.status().as_u16()))
                 }
             }
-            Sender::Grpc {
-                traces,
-                metrics,
-                logs,
-            } => {
+            Sender::Grpc { clients, .. } => {
                 let result = match &p.req {
-                    Req::Traces(r) => traces.export(r.clone()).await.map(|_| ()),
-                    Req::Metrics(r) => metrics.export(r.clone()).await.map(|_| ()),
-                    Req::Logs(r) => logs.export(r.clone()).await.map(|_| ()),
+                    Req::Traces(r) => clients.traces.export(r.clone()).await.map(|_| ()),
+                    Req::Metrics(r) => clients.metrics.export(r.clone()).await.map(|_| ()),
+                    Req::Logs(r) => clients.logs.export(r.clone()).await.map(|_| ()),
                 };
                 result.map_err(|s| format!("gRPC {:?}", s.code()))
             }
@@ -631,6 +657,7 @@ async fn run() {
     let max_bytes: u64 = parse("--max-bytes", &u64::MAX.to_string());
     let pool_size: usize = parse("--pool", "256");
     let gzip = flag("--gzip");
+    let churn = flag("--churn");
     let json_out = flag("--json");
 
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()));
@@ -669,7 +696,7 @@ async fn run() {
 
     let mut tasks = Vec::new();
     for _ in 0..concurrency.max(1) {
-        let mut sender = Sender::new(&protocol, &addr, signal, gzip).await;
+        let mut sender = Sender::new(&protocol, &addr, signal, gzip, churn).await;
         let (pool, acked_bytes, stop, next) = (
             pool.clone(),
             acked_bytes.clone(),
@@ -746,9 +773,11 @@ async fn run() {
         "target_items_per_s": rate,
         "batch": batch,
         "concurrency": concurrency,
+        "churn": churn,
         "seconds": elapsed,
         "requests_ok": requests,
         "items_ok": items,
+        "items_sent": (requests + all.errors) * batch as u64,
         "errors": all.errors,
         "first_error": all.first_error,
         "items_per_s": items as f64 / elapsed,

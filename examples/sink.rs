@@ -7,8 +7,14 @@
 //! (default one hour), so a forgotten sink does not outlive its run. One thread: it competes
 //! with the agent and the load generator for the machine's cores as little as it can.
 //!
+//! An upstream that fails on a schedule (for soak runs, `bench/soak.sh`): with `--fail-every P
+//! --fail-for F` (seconds), every export in the first F seconds of each P-second period since
+//! the sink started gets `503` with `Retry-After: 1` and is counted as `refused`, not as
+//! delivered; the agent's backlog grows during the window and drains after it.
+//!
 //! ```sh
 //! cargo run --release --example sink -- --listen 127.0.0.1:14318 --seconds 600
+//! cargo run --release --example sink -- --listen 127.0.0.1:14318 --fail-every 60 --fail-for 15
 //! curl -s 127.0.0.1:14318/count
 //! ```
 
@@ -32,10 +38,29 @@ fn arg(name: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_string())
 }
 
+/// When the sink refuses: the first `fail_for` of every `every` since `started`.
+struct Schedule {
+    started: Instant,
+    every: Duration,
+    fail_for: Duration,
+}
+
+impl Schedule {
+    fn failing(&self) -> bool {
+        if self.every.is_zero() || self.fail_for.is_zero() {
+            return false;
+        }
+        let into = self.started.elapsed().as_nanos() % self.every.as_nanos();
+        into < self.fail_for.as_nanos()
+    }
+}
+
 #[derive(Default)]
 struct Counts {
     requests: AtomicU64,
     bad_requests: AtomicU64,
+    /// Exports answered 503 inside a failure window (their items are not counted).
+    refused: AtomicU64,
     items: [AtomicU64; 3],
     wire_bytes: AtomicU64,
     otlp_bytes: AtomicU64,
@@ -176,6 +201,7 @@ fn respond(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<
 
 async fn handle(
     counts: Arc<Counts>,
+    schedule: Arc<Schedule>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
@@ -184,6 +210,7 @@ async fn handle(
         let body = serde_json::json!({
             "requests": c.requests.load(Relaxed),
             "bad_requests": c.bad_requests.load(Relaxed),
+            "refused": c.refused.load(Relaxed),
             "traces": c.items[0].load(Relaxed),
             "metrics": c.items[1].load(Relaxed),
             "logs": c.items[2].load(Relaxed),
@@ -212,6 +239,15 @@ async fn handle(
         counts.bad_requests.fetch_add(1, Relaxed);
         return Ok(respond(400, "text/plain", "body"));
     };
+    // After reading the body, so the connection stays usable, as a real upstream's would.
+    if schedule.failing() {
+        counts.refused.fetch_add(1, Relaxed);
+        let mut refusal = respond(503, "text/plain", "sink: scheduled failure window");
+        refusal
+            .headers_mut()
+            .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
+        return Ok(refusal);
+    }
     let otlp = if gzip {
         let mut out = Vec::with_capacity(wire.len() * 8);
         if flate2::read::GzDecoder::new(&wire[..])
@@ -251,6 +287,18 @@ async fn handle(
 fn main() {
     let listen = arg("--listen", "127.0.0.1:14318");
     let seconds: u64 = arg("--seconds", "3600").parse().expect("--seconds N");
+    let secs = |name: &str| -> Duration {
+        let v = arg(name, "0");
+        Duration::from_secs_f64(v.parse().unwrap_or_else(|_| {
+            eprintln!("sink: {name} wants seconds, got {v:?}");
+            std::process::exit(2)
+        }))
+    };
+    let schedule = Arc::new(Schedule {
+        started: Instant::now(),
+        every: secs("--fail-every"),
+        fail_for: secs("--fail-for"),
+    });
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -274,10 +322,11 @@ fn main() {
                     }
                 };
                 let Ok((stream, _)) = accepted else { continue };
-                let counts = counts.clone();
+                let (counts, schedule) = (counts.clone(), schedule.clone());
                 tokio::spawn(async move {
-                    let service =
-                        hyper::service::service_fn(move |req| handle(counts.clone(), req));
+                    let service = hyper::service::service_fn(move |req| {
+                        handle(counts.clone(), schedule.clone(), req)
+                    });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;

@@ -5,6 +5,11 @@
 //! - `keys`: open, keys-only scan first, first/last
 //! - `drain`: what an export worker does (4 MiB range reads, remove, flush) with no scan first
 //! - `scandrain`: a full value scan first (as `Spool::open` does), then the drain
+//! - `fill BYTES [SEGMENT_SIZE [RECORD]]`: on a new directory, insert BYTES of RECORD-byte
+//!   (default 36,000, a 100-span request) records into
+//!   `traces` (a flush every 16, as the group commit does), printing VmRSS as it grows; sled's
+//!   `segment_size` is SEGMENT_SIZE (default sled's 512 KiB). Shows whether sled's cache stays
+//!   within `cache_capacity` while a backlog builds (bench/RESULTS.md, "Drain memory").
 //!
 //! Run it on a copy of a stopped agent's spool (it deletes records in the drain modes):
 //!
@@ -25,8 +30,18 @@ fn rss() -> String {
 }
 fn main() {
     let dir = std::env::args().nth(1).expect("dir");
+    let arg = |i: usize| {
+        std::env::args()
+            .nth(i)
+            .map(|a| a.parse::<u64>().expect("a number"))
+    };
+    let fill = std::env::args().nth(2).as_deref() == Some("fill");
     let t = Instant::now();
-    let db = sled::Config::new()
+    let mut config = sled::Config::new();
+    if let (true, Some(segment)) = (fill, arg(4).filter(|s| *s > 0)) {
+        config = config.segment_size(segment as usize);
+    }
+    let db = config
         .path(&dir)
         .cache_capacity(16 << 20)
         .flush_every_ms(None)
@@ -35,6 +50,40 @@ fn main() {
     let open = t.elapsed();
     println!("after open: {}", rss());
     let mode = std::env::args().nth(2).unwrap_or_default();
+    if fill {
+        let total = arg(3).expect("fill BYTES");
+        let record = arg(5).unwrap_or(36_000);
+        let tr = db.open_tree("traces").unwrap();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let (mut seq, mut bytes) = (0u64, 0u64);
+        while bytes < total {
+            let value: Vec<u8> = (0..record)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            seq += 1;
+            bytes += value.len() as u64;
+            tr.insert(seq.to_be_bytes(), value).unwrap();
+            if seq % 16 == 0 {
+                db.flush().unwrap();
+            }
+            if (bytes / record).is_multiple_of(2000) {
+                println!("inserted {seq} records, {} MB; {}", bytes >> 20, rss());
+            }
+        }
+        db.flush().unwrap();
+        println!(
+            "fill done: {seq} records, {} MB in {:.1}s; {}",
+            bytes >> 20,
+            t.elapsed().as_secs_f64(),
+            rss()
+        );
+        return;
+    }
     if mode == "scandrain" {
         let t = Instant::now();
         let mut b = 0u64;
