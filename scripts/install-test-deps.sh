@@ -8,6 +8,7 @@
 #   Prometheus: the Debian package `prometheus` (apt-get, the one system-wide install, skipped
 #           when a `prometheus` is already on PATH) for tests/prometheus.rs, which starts its
 #           own server on a loopback port; the package's own service is disabled again.
+#   libfaketime: the Debian package, for tests/clock.rs (skipped when already installed).
 #
 # Nothing is installed globally. Idempotent: a stamp (hash of the pin file +
 # interpreter version) lets a warm run finish in well under a second.
@@ -147,28 +148,29 @@ install_js() {
   echo "$JS_STAMP_WANT" >"$JS_STAMP_FILE"
 }
 
-# --- Prometheus -------------------------------------------------------------
-# tests/prometheus.rs runs a real Prometheus (remote write receiver). Debian's package; the
-# tests start their own instance on a free loopback port with a temporary TSDB, so the
-# system service the package sets up is stopped and disabled again where systemd runs.
+# --- Debian packages ----------------------------------------------------------
+# tests/prometheus.rs runs a real Prometheus (remote write receiver); the tests start their own
+# instance on a free loopback port with a temporary TSDB, so the system service the package sets
+# up is stopped and disabled again where systemd runs. tests/clock.rs preloads libfaketime.
+FAKETIME_LIB="${OTLP_SPOOL_TEST_FAKETIME:-/usr/lib/$(uname -m)-linux-gnu/faketime/libfaketime.so.1}"
 prometheus_ok() { command -v prometheus >/dev/null 2>&1; }
-install_prometheus() {
+faketime_ok() { [ -f "$FAKETIME_LIB" ]; }
+apt_install() { # package...
   local sudo=""
   if [ "$(id -u)" != 0 ]; then
-    command -v sudo >/dev/null 2>&1 || fail "prometheus is not installed and this is not root (no sudo): apt-get install prometheus, or set OTLP_SPOOL_TEST_PROMETHEUS to a prometheus binary"
+    command -v sudo >/dev/null 2>&1 || fail "$* not installed and this is not root (no sudo): apt-get install $*"
     sudo="sudo"
   fi
-  command -v apt-get >/dev/null 2>&1 || fail "prometheus is not installed and apt-get is missing: install Prometheus 2.x, or set OTLP_SPOOL_TEST_PROMETHEUS to its binary"
-  local alog="$CACHE/apt-prometheus.log"
-  log "Prometheus: apt-get install -y prometheus"
-  if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus; } >"$alog" 2>&1; then
+  command -v apt-get >/dev/null 2>&1 || fail "$* not installed and apt-get is missing: install them by hand"
+  local alog="$CACHE/apt-$1.log"
+  log "apt-get install -y $*"
+  if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@"; } >"$alog" 2>&1; then
     cat "$alog" >&2
-    fail "apt-get could not install prometheus (log: $alog)"
+    fail "apt-get could not install $* (log: $alog)"
   fi
-  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+  if [ "$1" = prometheus ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
     $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
   fi
-  prometheus_ok || fail "prometheus installed but not on PATH"
 }
 
 # --- run --------------------------------------------------------------------
@@ -177,6 +179,7 @@ if [ "$CHECK" = 1 ]; then
   py_ok || { echo "install-test-deps: Python clients missing or stale" >&2; rc=1; }
   js_ok || { echo "install-test-deps: JS clients missing or stale" >&2; rc=1; }
   [ -n "${OTLP_SPOOL_TEST_PROMETHEUS:-}" ] || prometheus_ok || { echo "install-test-deps: prometheus missing" >&2; rc=1; }
+  faketime_ok || { echo "install-test-deps: libfaketime missing ($FAKETIME_LIB)" >&2; rc=1; }
   [ -f "$ENV_FILE" ] || { echo "install-test-deps: $ENV_FILE missing" >&2; rc=1; }
   exit $rc
 fi
@@ -196,9 +199,16 @@ if [ -n "${OTLP_SPOOL_TEST_PROMETHEUS:-}" ]; then
 elif prometheus_ok; then
   log "Prometheus: up to date ($(command -v prometheus))"
 else
-  install_prometheus
+  apt_install prometheus
+  prometheus_ok || fail "prometheus installed but not on PATH"
 fi
 PROMETHEUS_BIN="${OTLP_SPOOL_TEST_PROMETHEUS:-$(command -v prometheus)}"
+if faketime_ok; then
+  log "libfaketime: up to date ($FAKETIME_LIB)"
+else
+  apt_install libfaketime
+  faketime_ok || fail "libfaketime installed but $FAKETIME_LIB is missing: set OTLP_SPOOL_TEST_FAKETIME"
+fi
 
 tmp="$(mktemp "$CACHE/test-env.sh.XXXXXX")"
 cat >"$tmp" <<EOF
@@ -210,6 +220,7 @@ export OTLP_SPOOL_TEST_NODE='$NODE_BIN'
 export OTLP_SPOOL_TEST_NODE_MODULES='$JS_DIR/node_modules'
 export OTLP_SPOOL_TEST_JS_EMIT='$JS_DIR/emit.mjs'
 export OTLP_SPOOL_TEST_PROMETHEUS='$PROMETHEUS_BIN'
+export OTLP_SPOOL_TEST_FAKETIME='$FAKETIME_LIB'
 EOF
 chmod 644 "$tmp"
 mv -f "$tmp" "$ENV_FILE"

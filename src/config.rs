@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::otlp::Signal;
 
 /// The whole configuration, as resolved from a file or the embedded defaults.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -35,7 +35,7 @@ pub struct Config {
     pub destinations: Vec<DestinationConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// OTLP/HTTP listen addresses.
@@ -49,6 +49,9 @@ pub struct ServerConfig {
     /// When set, every request must carry `Authorization: Bearer <token>` or `x-api-key: <token>`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_token: Option<Secret>,
+    /// Must be `true` (with `auth_token` set) for any listen address other than loopback: a
+    /// laptop agent reachable from the café's network is opt-in, twice.
+    pub allow_remote: bool,
 }
 
 impl Default for ServerConfig {
@@ -65,11 +68,12 @@ impl Default for ServerConfig {
             max_body: ByteSize(16 << 20),
             max_decompressed: ByteSize(64 << 20),
             auth_token: None,
+            allow_remote: false,
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
     pub dir: PathBuf,
@@ -102,7 +106,7 @@ pub enum WhenFull {
     Reject,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationConfig {
     pub name: DestinationName,
@@ -130,6 +134,14 @@ pub struct DestinationConfig {
     /// Per-attempt deadline for one upstream request.
     #[serde(default = "default_timeout", with = "human_duration")]
     pub timeout: Duration,
+    /// A PEM file of CA certificates to trust besides the built-in roots (an upstream behind a
+    /// private CA, a corporate TLS proxy); `${VAR}`s expanded. Checked by [`Config::validate`].
+    #[serde(
+        default,
+        deserialize_with = "expanded",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ca_file: Option<String>,
     // AWS keys: `sigv4` for `otlp_http` (and `prometheus_remote_write`), the credential keys
     // for anything signed, and the `cloudwatch` type's own. All optional; `Config::validate`
     // says which type wants which. Strings expand `${VAR}`.
@@ -223,7 +235,7 @@ impl DestinationConfig {
 }
 
 /// `sigv4 = { region, service }`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SigV4Config {
     #[serde(deserialize_with = "expanded_required")]
@@ -233,7 +245,7 @@ pub struct SigV4Config {
 }
 
 /// `endpoints = { traces = "…", metrics = "…", logs = "…" }`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignalEndpoints {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -291,6 +303,17 @@ impl DestinationConfig {
 }
 
 impl DestinationConfig {
+    /// `ca_file` names a readable PEM file of usable certificates: `Err((key, why))`, like
+    /// [`DestinationConfig::validate_aws`].
+    fn validate_ca_file(&self) -> Result<(), (&'static str, String)> {
+        let Some(path) = &self.ca_file else {
+            return Ok(());
+        };
+        crate::export::http::ca_certificates(path)
+            .map(drop)
+            .map_err(|why| ("ca_file", why))
+    }
+
     /// The per-type rules of the endpoint and AWS keys: `Err((key, why))`, the key relative to
     /// the destination.
     fn validate_aws(&self) -> Result<(), (&'static str, String)> {
@@ -637,7 +660,7 @@ pub enum Compression {
 }
 
 /// How a destination's worker groups stored records into one upstream request.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {
     /// Uncompressed payload bytes per request (a single larger record is still sent alone).
@@ -660,7 +683,7 @@ impl Default for BatchConfig {
 }
 
 /// Backoff bounds for retryable failures: exponential from `initial` to `max`, with jitter.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     #[serde(with = "human_duration")]
@@ -797,37 +820,51 @@ impl Serialize for Listen {
 /// `Debug` and `Serialize` mask credentials in the URL (`https://user:key@host` prints as
 /// `https://***@host`).
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Endpoint(String);
+pub struct Endpoint {
+    url: String,
+    /// Whether `user:password@` is written in the file rather than coming from `${VAR}`s.
+    credentials_in_file: bool,
+}
 
 impl Endpoint {
     /// No `endpoint` key was written (the default; [`Config::validate`] requires one where the
     /// destination type needs it).
     pub fn is_unset(&self) -> bool {
-        self.0.is_empty()
+        self.url.is_empty()
     }
 
     /// The URL as written (with `${VAR}`s expanded); credentials included.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.url
     }
 
     /// The URL with any `user:password@` replaced by `***@`.
     pub fn masked(&self) -> String {
-        mask_url_credentials(&self.0)
+        mask_url_credentials(&self.url)
     }
 
     /// The URL for one signal: the base with `/v1/<signal>` appended.
     pub fn signal_url(&self, signal: Signal) -> String {
-        format!("{}/v1/{}", self.0, signal.name())
+        format!("{}/v1/{}", self.url, signal.name())
     }
+}
+
+/// Where the `user:password` of a URL is, if it has one.
+fn url_credentials(url: &str) -> Option<std::ops::Range<usize>> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    authority.rfind('@').map(|at| start..start + at)
 }
 
 /// `url` with any `user:password@` replaced by `***@`, for logs, errors and `status`.
 pub fn mask_url_credentials(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+    match url_credentials(url) {
+        Some(credentials) => format!(
+            "{}***{}",
+            &url[..credentials.start],
+            &url[credentials.end..]
+        ),
         None => url.to_string(),
     }
 }
@@ -846,14 +883,18 @@ impl Serialize for Endpoint {
 
 impl<'de> Deserialize<'de> for Endpoint {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let url = expand_env(&String::deserialize(d)?).map_err(de::Error::custom)?;
+        let raw = String::deserialize(d)?;
+        let credentials_in_file =
+            url_credentials(&raw).is_some_and(|at| holds_literal_secret(&raw[at]));
+        let url = expand_env(&raw).map_err(de::Error::custom)?;
         let rest = url
             .strip_prefix("http://")
             .or_else(|| url.strip_prefix("https://"));
         match rest {
-            Some(host) if !host.is_empty() && !host.starts_with('/') => {
-                Ok(Endpoint(url.trim_end_matches('/').to_string()))
-            }
+            Some(host) if !host.is_empty() && !host.starts_with('/') => Ok(Endpoint {
+                url: url.trim_end_matches('/').to_string(),
+                credentials_in_file,
+            }),
             _ => Err(de::Error::custom(format!(
                 "invalid endpoint {url:?}: expected an http:// or https:// URL such as \
                  \"https://collector.example.com:4318\" (/v1/<signal> is appended)"
@@ -864,11 +905,16 @@ impl<'de> Deserialize<'de> for Endpoint {
 
 /// A string that must not be printed: a token, a key, a header value. `${VAR}`s are expanded.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret {
+    value: String,
+    /// Whether the file holds the secret itself rather than only `${VAR}` references (then the
+    /// file's permissions matter: [`Config::exposure_warning`]).
+    written_in_file: bool,
+}
 
 impl Secret {
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.value
     }
 }
 
@@ -886,9 +932,33 @@ impl Serialize for Secret {
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let value = expand_env(&String::deserialize(d)?).map_err(de::Error::custom)?;
-        Ok(Secret(value))
+        let raw = String::deserialize(d)?;
+        Ok(Secret {
+            value: expand_env(&raw).map_err(de::Error::custom)?,
+            written_in_file: holds_literal_secret(&raw),
+        })
     }
+}
+
+/// Whether `raw` (a config string before `${VAR}` expansion) holds secret text of its own:
+/// anything but `${VAR}` references and an authorization scheme word (`Bearer ${TOKEN}`).
+fn holds_literal_secret(raw: &str) -> bool {
+    let mut rest = raw;
+    let mut literal = String::new();
+    while let Some(start) = rest.find("${") {
+        literal.push_str(&rest[..start]);
+        literal.push(' ');
+        match rest[start..].find('}') {
+            Some(end) => rest = &rest[start + end + 1..],
+            None => break,
+        }
+    }
+    literal.push_str(rest);
+    literal.split_whitespace().any(|word| {
+        !["bearer", "basic", "token", "apikey"]
+            .iter()
+            .any(|scheme| word.eq_ignore_ascii_case(scheme))
+    })
 }
 
 /// A size: a whole number of bytes, or a string such as `"64MiB"`, `"1GiB"`, `"512KB"`.
@@ -1200,6 +1270,60 @@ impl Config {
         Ok(config)
     }
 
+    /// The keys whose secrets are written in the file itself (not `${VAR}` references).
+    fn secrets_written_in_file(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        if self
+            .server
+            .auth_token
+            .as_ref()
+            .is_some_and(|t| t.written_in_file)
+        {
+            keys.push("server.auth_token".to_string());
+        }
+        for d in &self.destinations {
+            let name = d.name.as_str();
+            if d.endpoint.credentials_in_file {
+                keys.push(format!("destination {name:?} endpoint credentials"));
+            }
+            let secrets = d
+                .headers
+                .iter()
+                .map(|(h, v)| (format!("headers.{h}"), v))
+                .chain(d.external_id.iter().map(|v| ("external_id".to_string(), v)))
+                .chain(
+                    d.bearer_token
+                        .iter()
+                        .map(|v| ("bearer_token".to_string(), v)),
+                );
+            for (key, secret) in secrets {
+                if secret.written_in_file {
+                    keys.push(format!("destination {name:?} {key}"));
+                }
+            }
+        }
+        keys
+    }
+
+    /// A warning when the file at `path`, which this config was read from, holds secrets and
+    /// other users of the machine may read it.
+    pub fn exposure_warning(&self, path: &Path) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        let keys = self.secrets_written_in_file();
+        if mode & 0o044 == 0 || keys.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "config {} holds secrets ({}) and other users of this machine can read it \
+             (mode {mode:04o}); run `chmod 600 {}`, or write them as ${{VAR}} references and \
+             set the variables in the agent's environment",
+            path.display(),
+            keys.join(", "),
+            path.display()
+        ))
+    }
+
     /// Rules that span several keys (one key's parser cannot see them).
     pub fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
         let rule = |key: &str, message: String| ConfigError::Invalid {
@@ -1208,24 +1332,31 @@ impl Config {
             key: Some(key.to_string()),
             message,
         };
-        if self.server.auth_token.is_none() {
-            let listens = [
-                ("server.listen", &self.server.listen),
-                ("server.grpc_listen", &self.server.grpc_listen),
-            ];
-            for (key, listen) in listens {
-                if let Some(remote) = listen.0.iter().find(|a| !a.ip().is_loopback()) {
-                    return Err(rule(
-                        key,
-                        format!(
-                            "{remote} is reachable from other machines, which needs \
-                             server.auth_token set so that only clients holding the token can \
-                             write; set server.auth_token (for example \
-                             auth_token = \"${{OTLP_SPOOL_TOKEN}}\"), or listen on 127.0.0.1 \
-                             and [::1] only"
-                        ),
-                    ));
-                }
+        if self.server.allow_remote && self.server.auth_token.is_none() {
+            return Err(rule(
+                "server.allow_remote",
+                "allow_remote = true needs server.auth_token set, so that only clients holding \
+                 the token can write; set server.auth_token (for example \
+                 auth_token = \"${OTLP_SPOOL_TOKEN}\")"
+                    .into(),
+            ));
+        }
+        let listens = [
+            ("server.listen", &self.server.listen),
+            ("server.grpc_listen", &self.server.grpc_listen),
+        ];
+        for (key, listen) in listens {
+            let remote = listen.0.iter().find(|a| !a.ip().is_loopback());
+            if let (Some(remote), false) = (remote, self.server.allow_remote) {
+                return Err(rule(
+                    key,
+                    format!(
+                        "{remote} is reachable from other machines; that needs \
+                         server.allow_remote = true and server.auth_token set, so that only \
+                         clients holding the token can write; set both, or listen on 127.0.0.1 \
+                         and [::1] only"
+                    ),
+                ));
             }
         }
         if self.server.listen.0.is_empty() && self.server.grpc_listen.0.is_empty() {
@@ -1235,12 +1366,14 @@ impl Config {
             ));
         }
         for (i, d) in self.destinations.iter().enumerate() {
-            d.validate_aws().map_err(|(key, message)| {
-                rule(
-                    &format!("destination.{i}.{key}"),
-                    format!("destination {:?}: {message}", d.name.as_str()),
-                )
-            })?;
+            d.validate_aws()
+                .and_then(|()| d.validate_ca_file())
+                .map_err(|(key, message)| {
+                    rule(
+                        &format!("destination.{i}.{key}"),
+                        format!("destination {:?}: {message}", d.name.as_str()),
+                    )
+                })?;
         }
         if self.server.max_decompressed < self.server.max_body {
             return Err(rule(
@@ -1513,6 +1646,38 @@ mod tests {
         assert_eq!(ByteSize::parse("10MB").unwrap(), ByteSize(10_000_000));
         assert_eq!(ByteSize(64 << 20).to_string(), "64MiB");
         assert_eq!(ByteSize(1000).to_string(), "1000B");
+    }
+
+    #[test]
+    fn ca_file_is_expanded_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.example".to_string()]).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).unwrap();
+        std::env::set_var("OTLP_SPOOL_TEST_CA_DIR", dir.path());
+        let config_file = dir.path().join("config.toml");
+        let write = |ca_file: &str| {
+            let text = format!(
+                "[[destination]]\nname = \"a\"\ntype = \"otlp_http\"\nendpoint = \"https://h\"\nca_file = \"{ca_file}\"\n"
+            );
+            std::fs::write(&config_file, text).unwrap();
+        };
+        write("${OTLP_SPOOL_TEST_CA_DIR}/ca.pem");
+        let c = Config::load(&config_file).unwrap();
+        let want = dir.path().join("ca.pem").display().to_string();
+        assert_eq!(c.destinations[0].ca_file.as_deref(), Some(want.as_str()));
+
+        write("${OTLP_SPOOL_TEST_CA_DIR}/nope.pem");
+        let e = Config::load(&config_file).unwrap_err().to_string();
+        let missing = dir.path().join("nope.pem").display().to_string();
+        for part in [
+            config_file.display().to_string(),
+            "line 5".into(),
+            "key destination.ca_file".into(),
+            format!("destination \"a\": ca_file {missing:?} cannot be read: "),
+            "; fix the file or remove ca_file".into(),
+        ] {
+            assert!(e.contains(&part), "{part:?} not in {e}");
+        }
     }
 
     #[test]

@@ -24,10 +24,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use config::Config;
+use config::{Config, DestinationConfig};
 use export::worker::Worker;
 use export::Upstream;
-use observe::{DestinationStats, Stats, WorkerStats};
+use observe::{DestinationStats, Stats};
 use receiver::grpc::GrpcReceiver;
 use receiver::http::HttpReceiver;
 use receiver::Ingest;
@@ -54,51 +54,47 @@ pub struct Agent {
     grpc_addrs: Vec<SocketAddr>,
     spool: Spool,
     stats: Arc<Stats>,
+    /// The config the agent started with, updated by [`Agent::reload`] (destinations only).
+    config: Config,
+    destinations: Vec<RunningDestination>,
     stop: CancellationToken,
     servers: JoinSet<()>,
     background: JoinSet<()>,
 }
 
+/// The export workers of one destination, stoppable on their own when a reload removes or
+/// changes it.
+struct RunningDestination {
+    stop: CancellationToken,
+    workers: JoinSet<()>,
+}
+
+/// What [`Agent::reload`] changed, by destination name.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    /// Keys that differ but only take effect at a restart (`server.*`, `spool.*`).
+    pub needs_restart: Vec<&'static str>,
+}
+
 impl Agent {
     /// Opens the spool, binds every listen address, and starts the receivers and workers.
     pub async fn start(config: Config) -> Result<Agent, StartError> {
-        let mut routes: spool::Routes = Default::default();
-        for d in &config.destinations {
-            for s in &d.signals {
-                routes[s.index()].push(d.name.to_string());
-            }
-        }
         let limits = Limits::from(&config.spool);
-        let spool = Spool::open(&config.spool.dir, limits, routes)?;
-
+        let spool = Spool::open(&config.spool.dir, limits, routes(&config))?;
+        let stats = Arc::new(Stats::new(Vec::new()));
         let stop = CancellationToken::new();
-        let mut background = JoinSet::new();
+        let mut destinations = Vec::new();
         let mut destination_stats = Vec::new();
         for d in &config.destinations {
-            let upstream = Arc::new(Upstream::new(d, &spool).map_err(StartError::Destination)?);
-            let mut workers = Vec::new();
-            for &signal in &d.signals {
-                let stats = Arc::new(WorkerStats::default());
-                workers.push((signal, Arc::clone(&stats)));
-                let worker = Worker {
-                    destination: d.name.to_string(),
-                    signal,
-                    spool: spool.clone(),
-                    upstream: Arc::clone(&upstream),
-                    batch: d.batch_for(signal),
-                    retry: (&d.retry).into(),
-                    stats,
-                };
-                background.spawn(worker.run(stop.clone()));
-            }
-            destination_stats.push(DestinationStats {
-                name: d.name.to_string(),
-                kind: d.kind.name(),
-                endpoint: d.endpoint_display(),
-                workers,
-            });
+            let (running, d_stats) = start_destination(d, &spool, &stats, &stop)?;
+            destinations.push(running);
+            destination_stats.push(d_stats);
         }
-        let stats = Arc::new(Stats::new(destination_stats));
+        stats.set_destinations(destination_stats);
+        let mut background = JoinSet::new();
         {
             let spool = spool.clone();
             let stop = stop.clone();
@@ -146,21 +142,111 @@ impl Agent {
         for listener in grpc_listeners {
             servers.spawn(Arc::clone(&grpc).serve(listener, stop.clone()));
         }
-        if config.destinations.is_empty() {
-            tracing::warn!(
-                "no destination is configured: holding received data in the spool (bounded by spool.max_bytes and spool.max_age) until one is added"
-            );
-        }
+        warn_if_holding(&config);
         tracing::info!(listen = ?http_addrs, grpc_listen = ?grpc_addrs, spool = %spool.dir().display(), destinations = config.destinations.len(), "otlp-spool is running");
         Ok(Agent {
             http_addrs,
             grpc_addrs,
             spool,
             stats,
+            config,
+            destinations,
             stop,
             servers,
             background,
         })
+    }
+
+    /// Applies a new config's destinations without a restart (SIGHUP). A destination is known
+    /// by its name, which keys its cursors in the spool:
+    /// - an added name starts from the oldest record the spool holds;
+    /// - a removed name's workers stop and its cursors are forgotten (records only it still
+    ///   needed are deleted); if it comes back later it starts from the oldest held record;
+    /// - a changed destination (any key but its name) restarts its workers, which continue from
+    ///   its cursors: a batch in flight at that moment may be sent twice, never lost;
+    /// - a signal dropped from a destination's `signals` forgets that signal's cursor.
+    ///
+    /// `server` and `spool` keys take effect at the next restart. If a new destination cannot
+    /// be built, nothing changes and the error is returned.
+    pub async fn reload(&mut self, config: Config) -> Result<Reloaded, StartError> {
+        let mut reloaded = Reloaded::default();
+        if self.config.server != config.server {
+            reloaded.needs_restart.push("server");
+        }
+        if self.config.spool != config.spool {
+            reloaded.needs_restart.push("spool");
+        }
+        let old = |name: &str| {
+            self.config
+                .destinations
+                .iter()
+                .position(|d| d.name.as_str() == name)
+        };
+        let mut keep = vec![None; config.destinations.len()];
+        let mut stopping = vec![true; self.config.destinations.len()];
+        for (i, d) in config.destinations.iter().enumerate() {
+            match old(d.name.as_str()) {
+                Some(j) if self.config.destinations[j] == *d => {
+                    keep[i] = Some(j);
+                    stopping[j] = false;
+                }
+                Some(_) => reloaded.changed.push(d.name.to_string()),
+                None => reloaded.added.push(d.name.to_string()),
+            }
+        }
+        for (j, d) in self.config.destinations.iter().enumerate() {
+            if stopping[j] && !config.destinations.iter().any(|n| n.name == d.name) {
+                reloaded.removed.push(d.name.to_string());
+            }
+        }
+        // Build every new upstream before stopping anything: a bad one leaves all as it was.
+        for (i, d) in config.destinations.iter().enumerate() {
+            if keep[i].is_none() {
+                Upstream::new(d, &self.spool).map_err(StartError::Destination)?;
+            }
+        }
+        // Stopped workers are awaited before the cursors change, so none acks afterwards.
+        let mut old_running: Vec<Option<RunningDestination>> =
+            std::mem::take(&mut self.destinations)
+                .into_iter()
+                .map(Some)
+                .collect();
+        for (j, running) in old_running.iter_mut().enumerate() {
+            if stopping[j] {
+                if let Some(mut r) = running.take() {
+                    r.stop.cancel();
+                    while r.workers.join_next().await.is_some() {}
+                }
+            }
+        }
+        if let Err(e) = self.spool.reroute(routes(&config)) {
+            // The new routes hold in memory; the cursors are forgotten at the next restart.
+            tracing::error!(error = %e, "saving the new destinations' cursors failed");
+        }
+        let mut destination_stats = Vec::new();
+        for (i, d) in config.destinations.iter().enumerate() {
+            let running = match keep[i].and_then(|j| old_running[j].take()) {
+                Some(running) => {
+                    destination_stats.push(destination_stats_of(d, &self.stats));
+                    running
+                }
+                None => {
+                    let (running, d_stats) =
+                        start_destination(d, &self.spool, &self.stats, &self.stop)?;
+                    destination_stats.push(d_stats);
+                    running
+                }
+            };
+            self.destinations.push(running);
+        }
+        self.stats.set_destinations(destination_stats);
+        self.config.destinations = config.destinations;
+        warn_if_holding(&self.config);
+        tracing::info!(added = ?reloaded.added, removed = ?reloaded.removed, changed = ?reloaded.changed, unchanged = self.config.destinations.len() - reloaded.added.len() - reloaded.changed.len(), "config reloaded");
+        if !reloaded.needs_restart.is_empty() {
+            tracing::warn!(sections = ?reloaded.needs_restart, "these config sections changed and take effect only at the next restart");
+        }
+        Ok(reloaded)
     }
 
     /// The bound OTLP/HTTP addresses (with real ports when the config said port 0).
@@ -187,7 +273,69 @@ impl Agent {
     pub async fn shutdown(mut self) {
         self.stop.cancel();
         while self.servers.join_next().await.is_some() {}
+        for mut d in self.destinations.drain(..) {
+            while d.workers.join_next().await.is_some() {}
+        }
         while self.background.join_next().await.is_some() {}
+    }
+}
+
+/// Which destinations read each signal.
+fn routes(config: &Config) -> spool::Routes {
+    let mut routes: spool::Routes = Default::default();
+    for d in &config.destinations {
+        for s in &d.signals {
+            routes[s.index()].push(d.name.to_string());
+        }
+    }
+    routes
+}
+
+fn warn_if_holding(config: &Config) {
+    if config.destinations.is_empty() {
+        tracing::warn!(
+            "no destination is configured: holding received data in the spool (bounded by spool.max_bytes and spool.max_age) until one is added"
+        );
+    }
+}
+
+/// Starts one worker per signal of `d`, each stopping with the agent or on its own.
+fn start_destination(
+    d: &DestinationConfig,
+    spool: &Spool,
+    stats: &Stats,
+    agent_stop: &CancellationToken,
+) -> Result<(RunningDestination, DestinationStats), StartError> {
+    let upstream = Arc::new(Upstream::new(d, spool).map_err(StartError::Destination)?);
+    let stop = agent_stop.child_token();
+    let mut workers = JoinSet::new();
+    let d_stats = destination_stats_of(d, stats);
+    for (signal, worker_stats) in &d_stats.workers {
+        let worker = Worker {
+            destination: d.name.to_string(),
+            signal: *signal,
+            spool: spool.clone(),
+            upstream: Arc::clone(&upstream),
+            batch: d.batch_for(*signal),
+            retry: (&d.retry).into(),
+            stats: Arc::clone(worker_stats),
+        };
+        workers.spawn(worker.run(stop.clone()));
+    }
+    Ok((RunningDestination { stop, workers }, d_stats))
+}
+
+/// The counters of `d`'s workers: the running ones' (across a reload), or new ones.
+fn destination_stats_of(d: &DestinationConfig, stats: &Stats) -> DestinationStats {
+    DestinationStats {
+        name: d.name.to_string(),
+        kind: d.kind.name(),
+        endpoint: d.endpoint_display(),
+        workers: d
+            .signals
+            .iter()
+            .map(|&s| (s, stats.worker(d.name.as_str(), s).unwrap_or_default()))
+            .collect(),
     }
 }
 

@@ -4,7 +4,7 @@
 //! Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -99,6 +99,13 @@ fn load(config: Option<PathBuf>) -> Result<(Config, Source), ExitCode> {
     })
 }
 
+fn exposure_warning(config: &Config, source: &Source) -> Option<String> {
+    match source {
+        Source::File(path) => config.exposure_warning(path),
+        Source::Defaults => None,
+    }
+}
+
 fn init_logging(format: Option<LogFormat>) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OTLP_SPOOL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -122,39 +129,63 @@ fn init_logging(format: Option<LogFormat>) {
     }
 }
 
-fn run(config: Option<PathBuf>, log_format: Option<LogFormat>) -> ExitCode {
+fn run(explicit: Option<PathBuf>, log_format: Option<LogFormat>) -> ExitCode {
     init_logging(log_format);
-    let (config, source) = match load(config) {
+    let (config, source) = match load(explicit.clone()) {
         Ok(c) => c,
         Err(code) => return code,
     };
     tracing::info!(config = %source, version = env!("CARGO_PKG_VERSION"), "starting");
+    if let Some(warning) = exposure_warning(&config, &source) {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("building the tokio runtime");
     runtime.block_on(async {
-        let agent = match Agent::start(config).await {
+        let mut agent = match Agent::start(config).await {
             Ok(a) => a,
             Err(e) => {
                 eprintln!("otlp-spool: {e}");
                 return ExitCode::from(1);
             }
         };
-        wait_for_stop_signal().await;
+        serve_until_stopped(&mut agent, explicit.as_deref()).await;
         tracing::info!("stopping: finishing in-flight requests and flushing the spool");
         agent.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_stop_signal() {
+/// Waits for SIGTERM or Ctrl-C, reloading the config on every SIGHUP meanwhile. The config is
+/// found again the way it was at start (`--config`, `$OTLP_SPOOL_CONFIG`, the search path); a
+/// config that does not load is reported and the running one kept.
+async fn serve_until_stopped(agent: &mut Agent, explicit: Option<&Path>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut hangup = signal(SignalKind::hangup()).expect("installing the SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hangup.recv() => {}
+        }
+        tracing::info!("SIGHUP: reloading the config");
+        let (config, source) = match Config::resolve(explicit) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::error!("reload failed, keeping the running config: {e}");
+                continue;
+            }
+        };
+        if let Some(warning) = exposure_warning(&config, &source) {
+            tracing::warn!("{warning}");
+        }
+        if let Err(e) = agent.reload(config).await {
+            tracing::error!("reload failed, keeping the running config: {e}");
+        }
     }
 }
 
@@ -163,6 +194,9 @@ fn check(config: Option<PathBuf>) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if let Some(warning) = exposure_warning(&config, &source) {
+        eprintln!("otlp-spool: warning: {warning}");
+    }
     println!("# config: {source}");
     println!("# spool directory: {}", config.spool.dir.display());
     println!(

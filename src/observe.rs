@@ -70,6 +70,12 @@ pub enum RetryState {
         consecutive_failures: u64,
         next_attempt_ms: u64,
     },
+    /// The upstream cannot be used as configured (it redirects, or its certificate is not
+    /// trusted): retrying slowly, data kept, until the config or the upstream changes.
+    Held {
+        consecutive_failures: u64,
+        next_attempt_ms: u64,
+    },
 }
 
 /// Counters of one export worker.
@@ -96,6 +102,7 @@ impl WorkerStats {
     }
 }
 
+#[derive(Clone)]
 pub struct DestinationStats {
     pub name: String,
     pub kind: &'static str,
@@ -108,7 +115,8 @@ pub struct Stats {
     started: Instant,
     received: [SignalCounters; 3],
     refused: RefusalCounters,
-    destinations: Vec<DestinationStats>,
+    /// Replaced as a whole when a config reload changes the destinations.
+    destinations: Mutex<Vec<DestinationStats>>,
 }
 
 pub fn now_ms() -> u64 {
@@ -124,8 +132,21 @@ impl Stats {
             started: Instant::now(),
             received: Default::default(),
             refused: Default::default(),
-            destinations,
+            destinations: Mutex::new(destinations),
         }
+    }
+
+    pub fn set_destinations(&self, destinations: Vec<DestinationStats>) {
+        *self.destinations.lock().expect("stats lock") = destinations;
+    }
+
+    /// The counters of a running worker, so that a worker restarted by a reload keeps counting
+    /// where it left off.
+    pub fn worker(&self, destination: &str, signal: Signal) -> Option<Arc<WorkerStats>> {
+        let destinations = self.destinations.lock().expect("stats lock");
+        let d = destinations.iter().find(|d| d.name == destination)?;
+        let (_, w) = d.workers.iter().find(|(s, _)| *s == signal)?;
+        Some(Arc::clone(w))
     }
 
     pub fn received(&self, signal: Signal, transport: Transport, items: u64, bytes: u64) {
@@ -171,6 +192,8 @@ impl Stats {
             .collect();
         let destinations: Vec<Value> = self
             .destinations
+            .lock()
+            .expect("stats lock")
             .iter()
             .map(|d| {
                 let signals: serde_json::Map<String, Value> = d
@@ -220,6 +243,10 @@ impl Stats {
                 "dead_letter_records": usage.dead_letter_records,
                 "dead_letter_bytes": usage.dead_letter_bytes,
                 "healthy": spool.healthy(),
+                "storage_error": usage.storage_error,
+                "reopens": usage.reopens,
+                "quarantined": usage.quarantined,
+                "quarantines": u64::from(usage.quarantined.is_some()),
             },
             "received": received,
             "refused_requests": {
@@ -232,7 +259,7 @@ impl Stats {
             "dropped": usage.dropped,
             "destinations": destinations,
         });
-        if self.destinations.is_empty() {
+        if destinations.is_empty() {
             status["holding"] = json!(
                 "no destination is configured: holding received data in the spool (bounded by \
                  spool.max_bytes and spool.max_age) until one is added"
@@ -268,6 +295,14 @@ impl Stats {
             ("disk_bytes", "Bytes the spool's files take on disk."),
             ("max_bytes", "The spool's logical byte cap."),
             ("dead_letter_records", "Records in the dead-letter tree."),
+            (
+                "reopens",
+                "Times the spool was reopened after a storage failure since the start.",
+            ),
+            (
+                "quarantines",
+                "1 if this start moved a corrupt spool directory aside (see /status spool.quarantined).",
+            ),
         ] {
             metric(
                 &format!("spool_{key}"),

@@ -9,6 +9,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -234,6 +235,43 @@ headers = { "x-api-key" = "${OTLP_API_KEY}", "x-other" = "hdr-Zq82-literal" }
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
+
+    // The file holds secrets of its own and others may read it: a warning that names the keys
+    // written in the file (not x-api-key, which comes from the environment) and the fix.
+    let run = |mode| {
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(mode)).unwrap();
+        sb.run(
+            &["check", "--config", config.to_str().unwrap()],
+            &[("OTLP_API_KEY", "key-Zq80-from-env")],
+        )
+    };
+    let out = run(0o644);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "otlp-spool: warning: config {path} holds secrets (server.auth_token, destination \
+             \"apigw\" endpoint credentials, destination \"apigw\" headers.x-other) and other \
+             users of this machine can read it (mode 0644); run `chmod 600 {path}`, or write \
+             them as ${{VAR}} references and set the variables in the agent's environment\n",
+            path = config.display()
+        )
+    );
+    let out = run(0o600);
+    assert_eq!(stderr(&out), "", "an owner-only file: no warning");
+
+    // Only references to the environment: nothing to protect in the file.
+    let referenced = sb.write(
+        "referenced.toml",
+        "[server]\nauth_token = \"${OTLP_API_KEY}\"\n[[destination]]\nname = \"a\"\ntype = \"otlp_http\"\nendpoint = \"http://127.0.0.1:1\"\nheaders = { authorization = \"Bearer ${OTLP_API_KEY}\" }\n",
+    );
+    std::fs::set_permissions(&referenced, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = sb.run(
+        &["check", "--config", referenced.to_str().unwrap()],
+        &[("OTLP_API_KEY", "k")],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(stderr(&out), "", "{}", show(&out));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -281,6 +319,18 @@ fn check_errors_are_precise() {
             "[server]\nlisten = [\"127.0.0.1:4318\", \"0.0.0.0:4318\"]\ngrpc_listen = \"\"\n".into(),
             "line 2, column 10",
             &["key server.listen", "0.0.0.0:4318 is reachable from other machines", "server.auth_token", "listen on 127.0.0.1"],
+        ),
+        (
+            "remote-with-token.toml",
+            "[server]\nauth_token = \"t\"\nlisten = \"[::]:4318\"\n".into(),
+            "line 3, column 10",
+            &["key server.listen", "needs server.allow_remote = true and server.auth_token"],
+        ),
+        (
+            "remote-without-token.toml",
+            "[server]\nallow_remote = true\nlisten = \"0.0.0.0:4318\"\n".into(),
+            "line 2, column 1",
+            &["key server.allow_remote", "needs server.auth_token set"],
         ),
         (
             "remote-grpc.toml",
@@ -645,7 +695,9 @@ fn env_follows_listen_and_auth_token() {
     ] {
         let config = sb.write(
             "wild.toml",
-            &format!("[server]\nlisten = \"{listen}\"\ngrpc_listen = \"\"\nauth_token = \"x\"\n"),
+            &format!(
+                "[server]\nlisten = \"{listen}\"\ngrpc_listen = \"\"\nauth_token = \"x\"\nallow_remote = true\n"
+            ),
         );
         let out = sb.run(&["env", "otel", "--config", config.to_str().unwrap()], &[]);
         assert!(

@@ -267,11 +267,11 @@ if [ "$CAN_INSTALL" = 1 ]; then
       'ExecStart=/usr/bin/otlp-spool run --config /etc/otlp-spool/config.toml' 'ProtectSystem=strict' \
       'ProtectHome=true' 'NoNewPrivileges=true' 'PrivateTmp=true' \
       'RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX' 'KillSignal=SIGTERM' 'TimeoutStopSec=10' \
-      'WantedBy=multi-user.target'; do
+      'ExecReload=/bin/kill -HUP $MAINPID' 'WantedBy=multi-user.target'; do
     check "system unit: $want" grep -qx -- "$want" "$SYSTEM_UNIT"
   done
   for want in 'ExecStart=/usr/bin/otlp-spool run' 'Restart=on-failure' 'KillSignal=SIGTERM' \
-      'TimeoutStopSec=10' 'WantedBy=default.target'; do
+      'ExecReload=/bin/kill -HUP $MAINPID' 'TimeoutStopSec=10' 'WantedBy=default.target'; do
     check "user unit: $want" grep -qx -- "$want" "$USER_UNIT"
   done
   check "user unit runs as the user (no User=, no StateDirectory= in the config dir)" \

@@ -1,7 +1,8 @@
 //! The exporting side: one [`worker`] per destination and signal reads the spool from its
 //! cursor, batches stored records, sends them through the destination's client
 //! ([`otlp_http`], which [`cloudwatch`] configures with AWS routes and signing; [`prw`] for
-//! Prometheus remote write), and acknowledges what the upstream accepted.
+//! Prometheus remote write), and acknowledges what the upstream accepted. Every client talks
+//! HTTP through [`http`] (one client builder, no redirects, a capped response body).
 //!
 //! Invariant: a cursor moves past a record only once the upstream accepted it, or refused it as
 //! malformed (then it is dead-lettered first). This module never writes records and never
@@ -9,6 +10,8 @@
 //! [`prw`]'s delta totals, in that destination's own state tree.
 
 pub mod cloudwatch;
+pub mod http;
+mod network;
 pub mod otlp_http;
 pub mod prw;
 pub mod retry;
@@ -16,7 +19,7 @@ pub mod worker;
 
 use std::time::Duration;
 
-use crate::config::{mask_url_credentials, DestinationConfig, DestinationKind};
+use crate::config::{DestinationConfig, DestinationKind};
 use crate::otlp::Signal;
 use crate::spool::Spool;
 use otlp_http::OtlpHttp;
@@ -69,30 +72,21 @@ pub enum Outcome {
     },
     /// 401/403: the credentials are refused. Keep the data, retry slowly.
     AuthFailed(String),
+    /// A failure only a change of setting (or of network) fixes: a redirect, an untrusted
+    /// certificate. Keep the data, retry slowly.
+    Held(String),
     /// 413: the request was too large for the upstream; split it.
     TooLarge(String),
     /// Any other 4xx: the upstream refuses this data; retrying would never succeed.
     Refused(String),
 }
 
-/// A failed request to `url`, with the error's cause chain (reqwest's top level says only "error
-/// sending request"), and the URL's credentials masked.
-pub fn transport_error(url: &str, e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut text = format!("sending to {}: {e}", mask_url_credentials(url));
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 impl Outcome {
     /// What a non-2xx HTTP status means, the same for OTLP/HTTP and remote write.
     pub fn from_failure_status(code: u16, retry_after: Option<Duration>, error: String) -> Outcome {
         match code {
+            // Not followed (see `http`): the endpoint is wrong, not the data.
+            300..=399 => Outcome::Held(error),
             401 | 403 => Outcome::AuthFailed(error),
             413 => Outcome::TooLarge(error),
             408 | 429 | 500..=599 => Outcome::Retry { retry_after, error },

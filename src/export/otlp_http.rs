@@ -1,6 +1,7 @@
 //! The `otlp_http` destination: one POST of an `Export*ServiceRequest` to `<endpoint>/v1/<signal>`,
 //! encoded (protobuf or JSON), compressed (gzip or none), with the configured headers; the
-//! answer classified into an [`Outcome`] per the OTLP/HTTP spec.
+//! answer classified into an [`Outcome`] per the OTLP/HTTP spec. Sent and read through
+//! [`super::http`]: redirects are not followed, at most a capped prefix of an answer is read.
 //!
 //! One attempt per call: retrying, splitting and acknowledging are the worker's. Header values
 //! are secrets and never logged.
@@ -18,12 +19,10 @@ use std::time::Duration;
 
 use flate2::write::GzEncoder;
 use prost::Message;
-use reqwest::header::{
-    HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER,
-};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
 
-use super::retry::parse_retry_after;
-use super::{transport_error, Outcome};
+use super::http::{self, exchange};
+use super::Outcome;
 use crate::aws::credentials::{CachedCredentials, CredentialSettings};
 use crate::aws::sigv4::{SignError, Signer};
 use crate::config::{mask_url_credentials, Compression, DestinationConfig, Encoding};
@@ -84,18 +83,7 @@ impl OtlpHttp {
         routes: [Route; 3],
         explain: Explain,
     ) -> Result<OtlpHttp, String> {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("otlp-spool/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            // Idle keep-alive connections die across sleep and network changes; keep them short.
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| {
-                format!(
-                    "destination {}: building the HTTP client failed: {e}",
-                    config.name
-                )
-            })?;
+        let client = http::client(config)?;
         Ok(OtlpHttp {
             client,
             routes,
@@ -142,52 +130,25 @@ impl OtlpHttp {
             .client
             .post(&route.url)
             .timeout(self.timeout)
-            .headers(headers);
-        let response = match request.body(body).send().await {
-            Ok(r) => r,
-            Err(e) => {
-                return Outcome::Retry {
-                    retry_after: None,
-                    error: transport_error(&route.url, e),
-                }
-            }
+            .headers(headers)
+            .body(body);
+        let answer = match exchange(request, &route.url).await {
+            Ok(answer) => answer,
+            Err(failure) => return failure,
         };
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| parse_retry_after(v.to_str().ok()?));
-        let is_json = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"));
-        let body = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) if status.is_success() => {
-                // The upstream answered 2xx, so it has the data; only its details were lost.
-                tracing::debug!(error = %e, "reading a 2xx response body failed");
-                Default::default()
-            }
-            Err(e) => {
-                return Outcome::Retry {
-                    retry_after,
-                    error: transport_error(&route.url, e),
-                }
-            }
-        };
-        let code = status.as_u16();
+        let code = answer.status.as_u16();
+        if let (200..=299, Some(cut)) = (code, &answer.body_cut) {
+            // The upstream answered 2xx, so it has the data; only its details were lost.
+            tracing::debug!(url = %mask_url_credentials(&route.url), "2xx response body {cut}");
+        }
         let advice = || {
-            let message = error_message(&body, is_json);
+            let message = error_message(&answer.body, answer.is_json);
             let advice = (self.explain)(signal, code, &message);
             (message, advice)
         };
         let error = || {
             let (message, advice) = advice();
-            let mut text = format!(
-                "HTTP {status} from {}: {message}",
-                mask_url_credentials(&route.url)
-            );
+            let mut text = answer.error(&route.url, &message);
             if let Some(advice) = advice {
                 text.push_str(" — ");
                 text.push_str(advice.hint);
@@ -202,7 +163,7 @@ impl OtlpHttp {
         };
         match code {
             200..=299 => {
-                let (rejected, message) = partial_success(signal, &body, is_json);
+                let (rejected, message) = partial_success(signal, &answer.body, answer.is_json);
                 Outcome::Delivered {
                     rejected_items: rejected,
                     message,
@@ -216,10 +177,10 @@ impl OtlpHttp {
                 Outcome::AuthFailed(error())
             }
             400..=499 if advice().1.is_some_and(|a| a.hold) => Outcome::Retry {
-                retry_after,
+                retry_after: answer.retry_after,
                 error: error(),
             },
-            _ => Outcome::from_failure_status(code, retry_after, error()),
+            _ => Outcome::from_failure_status(code, answer.retry_after, error()),
         }
     }
 }
@@ -257,7 +218,8 @@ fn gzip(body: &[u8]) -> Vec<u8> {
     encoder.finish().expect("writing to a Vec cannot fail")
 }
 
-/// The human part of an error body: a `google.rpc.Status` message if it is one, else its text.
+/// The human part of an error body: a `google.rpc.Status` message if it is one, else its text
+/// (shortened and cleaned by [`http::Answer::error`]).
 fn error_message(body: &[u8], is_json: bool) -> String {
     if is_json {
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
@@ -270,13 +232,7 @@ fn error_message(body: &[u8], is_json: bool) -> String {
             return status.message;
         }
     }
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    if text.is_empty() {
-        "(empty body)".to_string()
-    } else {
-        text.chars().take(300).collect()
-    }
+    String::from_utf8_lossy(body).into_owned()
 }
 
 /// Rejected items and the upstream's message from a 2xx `Export*ServiceResponse`.

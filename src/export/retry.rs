@@ -8,7 +8,8 @@
 //! Waits survive sleep: tokio's timers follow the monotonic clock, which stops while a laptop
 //! is suspended, so a 5-minute backoff would last 5 more minutes after waking.
 //! [`pause_unless_woken`] checks, only while a wait is under way, whether wall-clock time ran
-//! ahead of monotonic time, and ends the wait early if it did (promise 6).
+//! ahead of monotonic time, and ends the wait early if it did, or if the network changed
+//! ([`super::network`]) (promise 6).
 //!
 //! Pure timing policy; knows nothing of HTTP beyond parsing a `Retry-After` value.
 
@@ -60,7 +61,7 @@ impl RetryPolicy {
     }
 
     /// The slow, steady pace for failures only a person can fix (401/403: an expired SSO
-    /// session, a revoked key).
+    /// session, a revoked key; a redirect; an untrusted certificate).
     pub fn slow(&self) -> Duration {
         self.max
     }
@@ -86,21 +87,47 @@ const WAKE_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// the clock was set forward: retrying early then is harmless).
 const SUSPEND_THRESHOLD: Duration = Duration::from_secs(5);
 
-/// Waits `pause`, or less if the machine was suspended meanwhile. Returns whether it was.
-pub async fn pause_unless_woken(pause: Duration) -> bool {
+/// Why a pause ended early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woken {
+    /// The machine was suspended during the pause.
+    FromSleep,
+    /// A new local address appeared (a network joined, a VPN up).
+    ByNetworkChange,
+}
+
+/// Waits `pause`, or less if the machine was suspended or the network changed meanwhile.
+pub async fn pause_unless_woken(pause: Duration) -> Option<Woken> {
     let (mono, wall) = (Instant::now(), SystemTime::now());
+    let mut network = super::network::changes();
     loop {
         let left = pause.saturating_sub(mono.elapsed());
         if left.is_zero() {
-            return false;
+            return None;
         }
-        tokio::time::sleep(left.min(WAKE_CHECK_EVERY)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(left.min(WAKE_CHECK_EVERY)) => {}
+            changed = network.changed() => match changed {
+                Ok(()) => return Some(Woken::ByNetworkChange),
+                // No watcher: wait out the pause on the clocks alone.
+                Err(_) => network = watch_nothing(),
+            },
+        }
         // A wall clock set backwards reads as no time passed: that never ends a wait early.
         let wall_elapsed = wall.elapsed().unwrap_or_default();
         if slept_through(mono.elapsed(), wall_elapsed) {
-            return true;
+            return Some(Woken::FromSleep);
         }
     }
+}
+
+/// A receiver that never changes (its sender lives forever), for when there is no watcher.
+fn watch_nothing() -> tokio::sync::watch::Receiver<u64> {
+    static NOTHING: std::sync::OnceLock<tokio::sync::watch::Sender<u64>> =
+        std::sync::OnceLock::new();
+    NOTHING
+        .get_or_init(|| tokio::sync::watch::channel(0).0)
+        .subscribe()
 }
 
 fn slept_through(monotonic: Duration, wall: Duration) -> bool {
@@ -174,7 +201,7 @@ mod tests {
     #[tokio::test]
     async fn an_undisturbed_pause_lasts_its_time() {
         let started = Instant::now();
-        assert!(!pause_unless_woken(Duration::from_millis(120)).await);
+        assert_eq!(pause_unless_woken(Duration::from_millis(120)).await, None);
         assert!(started.elapsed() >= Duration::from_millis(120));
     }
 

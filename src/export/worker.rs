@@ -4,15 +4,17 @@
 //! loop: read records after the cursor ─▶ (linger if the batch could still grow) ─▶ send
 //!       delivered ─▶ ack (cursor moves, spool may delete)      413 ─▶ split and send halves
 //!       retryable ─▶ back off (jittered, Retry-After)          401/403 ─▶ wait retry.max
-//!       refused   ─▶ dead-letter, then ack
+//!       refused   ─▶ dead-letter, then ack                     held (3xx, untrusted
+//!                                                                certificate) ─▶ wait retry.max
 //! ```
 //!
 //! A 413 halves the batch at resource boundaries until the pieces fit. A piece the upstream
 //! refuses (400-class, or one resource still too large) is dead-lettered while the other
-//! pieces are still sent; a retryable or auth failure of any piece retries the whole batch.
+//! pieces are still sent; a retryable, auth or held failure of any piece retries the whole
+//! batch.
 //!
-//! A backoff or 401/403 wait ends early when the machine was suspended during it
-//! ([`pause_unless_woken`]), so a laptop that wakes retries at once.
+//! A backoff or 401/403 wait ends early when the machine was suspended during it or the network
+//! changed ([`pause_unless_woken`]), so a laptop that wakes or joins a network retries at once.
 //!
 //! Each attempt re-reads the batch from the spool, so records expired or evicted while the
 //! worker waited are not sent. With nothing to send the worker sleeps on the spool's durable
@@ -25,7 +27,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::retry::{pause_unless_woken, RetryPolicy};
+use super::retry::{pause_unless_woken, RetryPolicy, Woken};
 use super::{Outcome, Upstream};
 use crate::config::BatchConfig;
 use crate::observe::{now_ms, RetryState, WorkerStats};
@@ -86,14 +88,17 @@ impl Worker {
             }
             if let Err(failure) = self.deliver(&batch).await {
                 failures += 1;
-                let pause = if failure.auth {
-                    self.retry.slow()
-                } else {
-                    backoff.next_delay(failure.retry_after)
+                let pause = match failure.kind {
+                    FailureKind::Retryable => backoff.next_delay(failure.retry_after),
+                    FailureKind::Auth | FailureKind::Held => self.retry.slow(),
                 };
                 self.report_failure(failure, failures, pause);
-                if pause_unless_woken(pause).await {
-                    tracing::info!(destination = %self.destination, signal = self.signal.name(), "the machine was asleep; retrying now instead of finishing the backoff");
+                if let Some(woken) = pause_unless_woken(pause).await {
+                    let why = match woken {
+                        Woken::FromSleep => "the machine was asleep",
+                        Woken::ByNetworkChange => "the network changed",
+                    };
+                    tracing::info!(destination = %self.destination, signal = self.signal.name(), "{why}; retrying now instead of finishing the backoff");
                     backoff = self.retry.backoff();
                 }
                 continue;
@@ -120,9 +125,11 @@ impl Worker {
         if more_behind || items >= self.batch.max_items || bytes >= self.batch.max_bytes.0 {
             return None;
         }
-        let due = batch[0].header.received_ms + self.batch.linger.as_millis() as u64;
-        let now = now_ms();
-        (now < due).then(|| Duration::from_millis(due - now))
+        let linger = self.batch.linger.as_millis() as u64;
+        let left = (batch[0].header.received_ms + linger).saturating_sub(now_ms());
+        // More than `linger` left means the wall clock was set back since the record arrived
+        // (its receive time lies in the future): waiting could strand it for hours, so go now.
+        (left > 0 && left <= linger).then(|| Duration::from_millis(left))
     }
 
     /// Sends one batch. `Ok` when the cursor may move past it: every piece of it was delivered
@@ -138,22 +145,17 @@ impl Worker {
         let mut sent = Sent::default();
         match self.send_splitting(&payload, 0, &mut sent).await {
             Ok(()) => {}
-            Err(Outcome::AuthFailed(error)) => {
-                return Err(Failure {
-                    error,
-                    retry_after: None,
-                    auth: true,
-                })
-            }
+            Err(Outcome::AuthFailed(error)) => return Err(Failure::slow(FailureKind::Auth, error)),
+            Err(Outcome::Held(error)) => return Err(Failure::slow(FailureKind::Held, error)),
             Err(Outcome::Retry { retry_after, error }) => {
                 return Err(Failure {
                     error,
                     retry_after,
-                    auth: false,
+                    kind: FailureKind::Retryable,
                 })
             }
             Err(other) => {
-                unreachable!("send_splitting fails only with Retry or AuthFailed: {other:?}")
+                unreachable!("send_splitting fails only with Retry, AuthFailed or Held: {other:?}")
             }
         }
         let refused_items: u64 = sent.refused.iter().map(|p| p.items).sum();
@@ -212,8 +214,9 @@ impl Worker {
     /// Sends `payload` (which starts at byte `offset` of the batch), halving it at resource
     /// boundaries on every 413 until the pieces fit. A piece the upstream refuses (4xx, or a
     /// single resource still too large) is noted in `sent` and the other pieces still go: one
-    /// bad resource does not sink its batch. A retryable or auth failure of any piece stops
-    /// the batch (`Err`), to be retried whole (pieces already delivered may arrive twice).
+    /// bad resource does not sink its batch. A retryable, auth or held failure of any piece
+    /// stops the batch (`Err`), to be retried whole (pieces already delivered may arrive
+    /// twice).
     async fn send_splitting(
         &self,
         payload: &[u8],
@@ -256,7 +259,9 @@ impl Worker {
                 Box::pin(self.send_splitting(first, offset, sent)).await?;
                 Box::pin(self.send_splitting(second, offset + first.len(), sent)).await
             }
-            failure @ (Outcome::Retry { .. } | Outcome::AuthFailed(_)) => Err(failure),
+            failure @ (Outcome::Retry { .. } | Outcome::AuthFailed(_) | Outcome::Held(_)) => {
+                Err(failure)
+            }
         }
     }
 
@@ -264,16 +269,19 @@ impl Worker {
         tracing::warn!(destination = %self.destination, signal = self.signal.name(), error = %failure.error, retry_in = ?pause, failures, "upstream attempt failed; data kept");
         let next_attempt_ms = now_ms() + pause.as_millis() as u64;
         self.stats.set_last_error(failure.error);
-        self.stats.set_retry(if failure.auth {
-            RetryState::AuthFailed {
+        self.stats.set_retry(match failure.kind {
+            FailureKind::Auth => RetryState::AuthFailed {
                 consecutive_failures: failures,
                 next_attempt_ms,
-            }
-        } else {
-            RetryState::Backoff {
+            },
+            FailureKind::Held => RetryState::Held {
                 consecutive_failures: failures,
                 next_attempt_ms,
-            }
+            },
+            FailureKind::Retryable => RetryState::Backoff {
+                consecutive_failures: failures,
+                next_attempt_ms,
+            },
         });
     }
 }
@@ -311,6 +319,26 @@ impl RefusedPiece {
 struct Failure {
     error: String,
     retry_after: Option<Duration>,
-    /// 401/403: wait the slow pace, not the backoff.
-    auth: bool,
+    kind: FailureKind,
+}
+
+impl Failure {
+    fn slow(kind: FailureKind, error: String) -> Failure {
+        Failure {
+            error,
+            retry_after: None,
+            kind,
+        }
+    }
+}
+
+/// Which pace a failure is retried at.
+#[derive(Clone, Copy)]
+enum FailureKind {
+    /// Connection failures, timeouts, 408, 429, 5xx: the jittered backoff.
+    Retryable,
+    /// 401/403: the slow pace (`retry.max`), shown as `auth_failed`.
+    Auth,
+    /// A redirect or an untrusted certificate: the slow pace, shown as a backoff.
+    Held,
 }

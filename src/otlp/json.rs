@@ -4,9 +4,9 @@
 //! This module owns every difference between OTLP/JSON and plain proto3 JSON: trace and span ids
 //! are hex rather than base64, and the number, null and unknown-field quirks of real exporters are
 //! accepted while anything that does not fit the OTLP schema is rejected with the JSON path of the
-//! offending value. Parsing and rendering are prost-reflect's, driven by the descriptors shipped in
-//! `opentelemetry-proto`, so the protobuf side is always the same canonical encoding whatever JSON
-//! dialect arrived. Invariant relied on: OTLP messages have no proto `map` fields, so every JSON
+//! offending value; nesting is bounded ([`MAX_JSON_DEPTH`]). Parsing and rendering are
+//! prost-reflect's, driven by the descriptors shipped in `opentelemetry-proto`, so the protobuf
+//! side is always the same canonical encoding whatever JSON dialect arrived. Invariant relied on: OTLP messages have no proto `map` fields, so every JSON
 //! object key is a field name and id fields can be found by key name alone. This module does no
 //! I/O, decompression or HTTP; callers hand it whole, decompressed bodies.
 
@@ -32,6 +32,18 @@ use super::Signal;
 pub enum JsonError {
     #[error("body is not valid JSON ({0}); an OTLP/JSON body must be a single JSON object")]
     Syntax(#[source] serde_json::Error),
+    /// Arrays and objects nested deeper than [`MAX_JSON_DEPTH`]. `at` is the JSON path of the
+    /// first too-deep value, or a line and column when serde_json's own parser limit (128
+    /// levels) stopped the parse before any path was known.
+    #[error(
+        "invalid OTLP/JSON {message_type} at {at}: arrays and objects nested more than \
+         {MAX_JSON_DEPTH} levels deep; OTLP data never needs that: flatten deeply nested \
+         attribute values"
+    )]
+    TooDeep {
+        message_type: &'static str,
+        at: String,
+    },
     #[error("body is {found}, but an OTLP/JSON {message_type} must be a JSON object")]
     NotAnObject {
         message_type: &'static str,
@@ -52,6 +64,18 @@ pub enum JsonError {
         source: prost::DecodeError,
     },
 }
+
+/// The deepest nesting of JSON arrays and objects accepted in a body (the top-level object is
+/// level 1). A real request stays near 10 (a log body holding a map of lists is about 16); 64
+/// leaves room for 14 levels of nested `kvlistValue`s. Depth costs stack, not just time: our walk
+/// and prost-reflect's deserializer recurse per level, and the deepest body accepted here takes
+/// about 600 KiB of a tokio worker's 2 MiB in an unoptimized build (under 128 KiB optimized),
+/// so serde_json's own parser limit of 128 would be too deep to rely on. 64 is also below the two
+/// limits that would otherwise answer less clearly: serde_json's (reported as
+/// [`JsonError::TooDeep`] with a line and column, as no path is known yet) and prost's 100 nested
+/// messages; each JSON object is at most one protobuf message, so JSON accepted here always
+/// transcodes to protobuf that the receiver's validation and the export path can decode.
+pub const MAX_JSON_DEPTH: usize = 64;
 
 /// Transcodes an OTLP/JSON `Export{Trace,Metrics,Logs}ServiceRequest` body into canonical protobuf bytes.
 pub fn json_to_protobuf(signal: Signal, body: &[u8]) -> Result<Vec<u8>, JsonError> {
@@ -140,7 +164,17 @@ fn message_descriptor(full_name: &str) -> MessageDescriptor {
 
 /// Parses an OTLP/JSON body into a message of type `message_type`.
 fn decode_json(message_type: &'static str, body: &[u8]) -> Result<DynamicMessage, JsonError> {
-    let mut json: Value = serde_json::from_slice(body).map_err(JsonError::Syntax)?;
+    let mut json: Value = serde_json::from_slice(body).map_err(|error| {
+        // serde_json's recursion guard: a syntax error only in name.
+        if error.to_string().starts_with("recursion limit exceeded") {
+            JsonError::TooDeep {
+                message_type,
+                at: format!("line {}, column {}", error.line(), error.column()),
+            }
+        } else {
+            JsonError::Syntax(error)
+        }
+    })?;
     if !json.is_object() {
         return Err(JsonError::NotAnObject {
             message_type,
@@ -152,7 +186,7 @@ fn decode_json(message_type: &'static str, body: &[u8]) -> Result<DynamicMessage
         path: error.path.unwrap_or_else(|| JsonPath::Root.to_string()),
         problem: error.problem,
     };
-    hex_ids_to_base64(&mut json, &JsonPath::Root).map_err(invalid)?;
+    check_depth_and_convert_ids(&mut json, &JsonPath::Root, 1, message_type)?;
     // Unknown fields come from newer OTLP versions and must be ignored, not refused.
     let options = DeserializeOptions::new().deny_unknown_fields(false);
     let located = LocatedValue {
@@ -196,26 +230,46 @@ impl IdKind {
     }
 }
 
-/// Rewrites every hex id under `value` into the base64 that proto3 JSON expects for `bytes`.
-fn hex_ids_to_base64(value: &mut Value, path: &JsonPath) -> Result<(), LocatedError> {
+/// Refuses nesting deeper than [`MAX_JSON_DEPTH`] (`depth` is `value`'s level) and rewrites every
+/// hex id under `value` into the base64 that proto3 JSON expects for `bytes`: one walk before
+/// prost-reflect's, so that its recursion is bounded too.
+fn check_depth_and_convert_ids(
+    value: &mut Value,
+    path: &JsonPath,
+    depth: usize,
+    message_type: &'static str,
+) -> Result<(), JsonError> {
+    if depth > MAX_JSON_DEPTH && (value.is_object() || value.is_array()) {
+        return Err(JsonError::TooDeep {
+            message_type,
+            at: format!("`{path}`"),
+        });
+    }
     match value {
         Value::Object(fields) => {
             for (key, field_value) in fields.iter_mut() {
                 let field_path = JsonPath::Field(path, key);
                 match IdKind::of_key(key) {
-                    Some(kind) => {
-                        hex_id_to_base64(field_value, kind).map_err(|problem| LocatedError {
-                            path: Some(field_path.to_string()),
+                    Some(kind) => hex_id_to_base64(field_value, kind).map_err(|problem| {
+                        JsonError::Invalid {
+                            message_type,
+                            path: field_path.to_string(),
                             problem,
-                        })?
-                    }
-                    None => hex_ids_to_base64(field_value, &field_path)?,
+                        }
+                    })?,
+                    None => check_depth_and_convert_ids(
+                        field_value,
+                        &field_path,
+                        depth + 1,
+                        message_type,
+                    )?,
                 }
             }
         }
         Value::Array(items) => {
             for (index, item) in items.iter_mut().enumerate() {
-                hex_ids_to_base64(item, &JsonPath::Index(path, index))?;
+                let item_path = JsonPath::Index(path, index);
+                check_depth_and_convert_ids(item, &item_path, depth + 1, message_type)?;
             }
         }
         _ => {}
@@ -1078,6 +1132,77 @@ mod tests {
                 "out of range",
             ],
         );
+    }
+
+    /// `{"future": [[…]]}` with its innermost array at nesting level `depth` (the object is level
+    /// 1): an unknown field, so nothing but its depth can get it refused.
+    fn nested_unknown_field(depth: usize) -> Vec<u8> {
+        let (open, close) = ("[".repeat(depth - 1), "]".repeat(depth - 1));
+        format!(r#"{{"future":{open}{close}}}"#).into_bytes()
+    }
+
+    /// A log request whose body is a `kvlistValue` nested `levels` deep (level 0: a string).
+    fn nested_kvlist_body(levels: usize) -> Vec<u8> {
+        let open = r#"{"kvlistValue":{"values":[{"key":"k","value":"#.repeat(levels);
+        let close = "}]}}".repeat(levels);
+        let value = format!(r#"{open}{{"stringValue":"leaf"}}{close}"#);
+        format!(r#"{{"resourceLogs":[{{"scopeLogs":[{{"logRecords":[{{"body":{value}}}]}}]}}]}}"#)
+            .into_bytes()
+    }
+
+    #[test]
+    fn nesting_to_the_limit_is_accepted_and_deeper_is_refused_naming_the_path() {
+        json_to_protobuf(Signal::Traces, &nested_unknown_field(MAX_JSON_DEPTH)).unwrap();
+        let error = json_to_protobuf(Signal::Traces, &nested_unknown_field(MAX_JSON_DEPTH + 1))
+            .unwrap_err();
+        assert!(matches!(error, JsonError::TooDeep { .. }), "{error:?}");
+        let path = format!("`future{}`", "[0]".repeat(MAX_JSON_DEPTH - 1));
+        assert_mentions(
+            &error.to_string(),
+            &[&path, "more than 64 levels deep", "flatten"],
+        );
+
+        // The body sits at level 8 and each kvlistValue adds 4: 14 fit, the 15th does not.
+        let deepest = nested_kvlist_body(14);
+        let protobuf = json_to_protobuf(Signal::Logs, &deepest).unwrap();
+        assert_eq!(
+            crate::otlp::count_items(Signal::Logs, &protobuf).unwrap(),
+            1
+        );
+        protobuf_to_json(Signal::Logs, &protobuf).unwrap();
+        let error = json_to_protobuf(Signal::Logs, &nested_kvlist_body(15)).unwrap_err();
+        let path = format!(
+            "`resourceLogs[0].scopeLogs[0].logRecords[0].body{}.kvlistValue`",
+            ".kvlistValue.values[0].value".repeat(14)
+        );
+        assert_mentions(&error.to_string(), &[&path, "ExportLogsServiceRequest"]);
+    }
+
+    #[test]
+    fn nesting_past_the_parser_limit_is_refused_with_its_line_and_column() {
+        let error = json_to_protobuf(Signal::Logs, &nested_kvlist_body(100_000)).unwrap_err();
+        assert!(matches!(error, JsonError::TooDeep { .. }), "{error:?}");
+        assert_mentions(
+            &error.to_string(),
+            &["line 1, column ", "more than 64 levels"],
+        );
+        let error =
+            json_to_protobuf(Signal::Traces, &"[".repeat(1 << 20).into_bytes()).unwrap_err();
+        assert!(matches!(error, JsonError::TooDeep { .. }), "{error:?}");
+    }
+
+    /// The receiver decodes on a tokio worker thread (2 MiB of stack): the deepest body the
+    /// limit lets through must transcode in half of it, in an unoptimized build too (it takes
+    /// about 600 KiB there, under 128 KiB optimized).
+    #[test]
+    fn the_deepest_accepted_body_transcodes_in_half_a_worker_stack() {
+        let deepest = nested_kvlist_body(14);
+        std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(move || json_to_protobuf(Signal::Logs, &deepest).unwrap())
+            .unwrap()
+            .join()
+            .expect("transcoding within 1 MiB of stack");
     }
 
     #[test]

@@ -2,13 +2,19 @@
 //! (gzip or identity), size limits, validation and item counting.
 //!
 //! Invariant: what comes out is a valid `Export*ServiceRequest` of the route's signal, no larger
-//! than `max_decompressed`; protobuf input is passed through byte for byte once it decodes, JSON
-//! input is transcoded once here. Knows no transport: takes header values and bytes.
+//! than `max_decompressed`, whose trace and span ids have their OTLP lengths; protobuf input is
+//! passed through byte for byte once it validates, JSON input is transcoded once here. Knows no
+//! transport: takes header values and bytes.
 
 use std::io::Read;
 
+use opentelemetry_proto::tonic::metrics::v1::{metric::Data, Exemplar};
+
 use crate::observe::Refusal;
-use crate::otlp::{self, Signal};
+use crate::otlp::{
+    self, ExportLogsServiceRequest, ExportMetricsServiceRequest, ExportRequest,
+    ExportTraceServiceRequest, Signal,
+};
 
 use super::Rejection;
 
@@ -86,9 +92,153 @@ pub fn decode(
         Format::Json => otlp::json::json_to_protobuf(signal, &raw)
             .map_err(|e| Rejection::new(400, Refusal::Invalid, e.to_string()))?,
     };
-    let items = otlp::count_items(signal, &payload)
-        .map_err(|e| Rejection::new(400, Refusal::Invalid, e.to_string()))?;
+    let items = validate(signal, &payload)?;
     Ok(Decoded { payload, items })
+}
+
+/// Decodes canonical protobuf as `signal`'s `Export*ServiceRequest`, checks its ids, and counts
+/// its items: the validation every request passes before it is stored.
+///
+/// Ids are checked because prost's decoding does not, and a wrong-length id is not a local
+/// problem: the record would be merged into batches with other clients' data, and upstreams (the
+/// OpenTelemetry Collector, CloudWatch, any OTLP/JSON receiver) refuse the whole batch over it.
+pub fn validate(signal: Signal, payload: &[u8]) -> Result<u64, Rejection> {
+    match signal {
+        Signal::Traces => {
+            let request: ExportTraceServiceRequest =
+                decode_request(payload, "ExportTraceServiceRequest")?;
+            check_trace_ids(&request)?;
+            Ok(request.items())
+        }
+        Signal::Metrics => {
+            let request: ExportMetricsServiceRequest =
+                decode_request(payload, "ExportMetricsServiceRequest")?;
+            check_exemplar_ids(&request)?;
+            Ok(request.items())
+        }
+        Signal::Logs => {
+            let request: ExportLogsServiceRequest =
+                decode_request(payload, "ExportLogsServiceRequest")?;
+            check_log_ids(&request)?;
+            Ok(request.items())
+        }
+    }
+}
+
+fn decode_request<R: ExportRequest>(payload: &[u8], kind: &str) -> Result<R, Rejection> {
+    R::decode(payload).map_err(|e| {
+        Rejection::new(
+            400,
+            Refusal::Invalid,
+            format!("invalid OTLP protobuf {kind}: {e}"),
+        )
+    })
+}
+
+/// The two OTLP ids and their lengths in bytes; empty means "no id", as in OTLP/JSON.
+#[derive(Clone, Copy)]
+enum Id {
+    Trace,
+    Span,
+}
+
+impl Id {
+    /// Refuses `bytes` unless empty or of this id's length; `at` names the field (only rendered
+    /// on refusal).
+    fn check(self, bytes: &[u8], at: impl FnOnce() -> String) -> Result<(), Rejection> {
+        let (len, name) = match self {
+            Id::Trace => (16, "trace id"),
+            Id::Span => (8, "span id"),
+        };
+        if bytes.is_empty() || bytes.len() == len {
+            return Ok(());
+        }
+        Err(Rejection::new(
+            400,
+            Refusal::Invalid,
+            format!(
+                "invalid OTLP protobuf at `{}`: a {name} must be {len} bytes (or empty), found {} \
+                 bytes",
+                at(),
+                bytes.len()
+            ),
+        ))
+    }
+}
+
+fn check_trace_ids(request: &ExportTraceServiceRequest) -> Result<(), Rejection> {
+    for (r, resource) in request.resource_spans.iter().enumerate() {
+        for (s, scope) in resource.scope_spans.iter().enumerate() {
+            for (i, span) in scope.spans.iter().enumerate() {
+                let at =
+                    |field: &str| format!("resourceSpans[{r}].scopeSpans[{s}].spans[{i}].{field}");
+                Id::Trace.check(&span.trace_id, || at("traceId"))?;
+                Id::Span.check(&span.span_id, || at("spanId"))?;
+                Id::Span.check(&span.parent_span_id, || at("parentSpanId"))?;
+                for (l, link) in span.links.iter().enumerate() {
+                    Id::Trace.check(&link.trace_id, || at(&format!("links[{l}].traceId")))?;
+                    Id::Span.check(&link.span_id, || at(&format!("links[{l}].spanId")))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_log_ids(request: &ExportLogsServiceRequest) -> Result<(), Rejection> {
+    for (r, resource) in request.resource_logs.iter().enumerate() {
+        for (s, scope) in resource.scope_logs.iter().enumerate() {
+            for (i, record) in scope.log_records.iter().enumerate() {
+                let at = |field: &str| {
+                    format!("resourceLogs[{r}].scopeLogs[{s}].logRecords[{i}].{field}")
+                };
+                Id::Trace.check(&record.trace_id, || at("traceId"))?;
+                Id::Span.check(&record.span_id, || at("spanId"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Metrics carry ids only in exemplars (summaries have none).
+fn check_exemplar_ids(request: &ExportMetricsServiceRequest) -> Result<(), Rejection> {
+    for (r, resource) in request.resource_metrics.iter().enumerate() {
+        for (s, scope) in resource.scope_metrics.iter().enumerate() {
+            for (m, metric) in scope.metrics.iter().enumerate() {
+                let (kind, points): (&str, Vec<&[Exemplar]>) = match &metric.data {
+                    Some(Data::Gauge(g)) => (
+                        "gauge",
+                        g.data_points.iter().map(|p| &p.exemplars[..]).collect(),
+                    ),
+                    Some(Data::Sum(g)) => (
+                        "sum",
+                        g.data_points.iter().map(|p| &p.exemplars[..]).collect(),
+                    ),
+                    Some(Data::Histogram(h)) => (
+                        "histogram",
+                        h.data_points.iter().map(|p| &p.exemplars[..]).collect(),
+                    ),
+                    Some(Data::ExponentialHistogram(h)) => (
+                        "exponentialHistogram",
+                        h.data_points.iter().map(|p| &p.exemplars[..]).collect(),
+                    ),
+                    Some(Data::Summary(_)) | None => continue,
+                };
+                for (p, exemplars) in points.into_iter().enumerate() {
+                    for (e, exemplar) in exemplars.iter().enumerate() {
+                        let at = |field: &str| {
+                            format!(
+                                "resourceMetrics[{r}].scopeMetrics[{s}].metrics[{m}].{kind}.dataPoints[{p}].exemplars[{e}].{field}"
+                            )
+                        };
+                        Id::Trace.check(&exemplar.trace_id, || at("traceId"))?;
+                        Id::Span.check(&exemplar.span_id, || at("spanId"))?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn too_large(limit: u64) -> Rejection {
@@ -113,4 +263,129 @@ fn gunzip(body: &[u8], limit: u64) -> Result<Vec<u8>, Rejection> {
         return Err(too_large(limit));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Histogram, HistogramDataPoint, Metric, ResourceMetrics, ScopeMetrics,
+    };
+    use opentelemetry_proto::tonic::trace::v1::{span::Link, ResourceSpans, ScopeSpans, Span};
+    use prost::Message;
+
+    use super::*;
+
+    fn traces(span: Span) -> Vec<u8> {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![Span::default(), span],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec()
+    }
+
+    fn refusal(signal: Signal, payload: &[u8]) -> String {
+        let rejection = validate(signal, payload).expect_err("the ids must be refused");
+        assert_eq!(rejection.status, 400);
+        rejection.message
+    }
+
+    /// Found by fuzzing (fuzz/regressions/decode_logs/): a 35-byte trace id passed prost, was
+    /// stored, and made every batch holding it unsendable.
+    #[test]
+    fn wrong_length_ids_are_refused_naming_the_field() {
+        let span = |trace_id: Vec<u8>, span_id: Vec<u8>| Span {
+            trace_id,
+            span_id,
+            ..Default::default()
+        };
+        assert_eq!(
+            validate(Signal::Traces, &traces(span(vec![1; 16], vec![2; 8]))).unwrap(),
+            2
+        );
+        assert_eq!(
+            validate(Signal::Traces, &traces(span(vec![], vec![]))).unwrap(),
+            2,
+            "empty means no id"
+        );
+
+        let message = refusal(Signal::Traces, &traces(span(vec![1; 35], vec![2; 8])));
+        assert!(
+            message.contains("`resourceSpans[0].scopeSpans[0].spans[1].traceId`")
+                && message.contains("16 bytes (or empty), found 35"),
+            "{message}"
+        );
+        let with_link = Span {
+            links: vec![Link {
+                trace_id: vec![1; 16],
+                span_id: vec![2; 16],
+                ..Default::default()
+            }],
+            ..span(vec![1; 16], vec![2; 8])
+        };
+        let message = refusal(Signal::Traces, &traces(with_link));
+        assert!(message.contains("spans[1].links[0].spanId`"), "{message}");
+
+        let logs = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![LogRecord {
+                        span_id: vec![0; 7],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let message = refusal(Signal::Logs, &logs.encode_to_vec());
+        assert!(
+            message.contains("`resourceLogs[0].scopeLogs[0].logRecords[0].spanId`")
+                && message.contains("8 bytes"),
+            "{message}"
+        );
+
+        let metrics = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        data: Some(Data::Histogram(Histogram {
+                            data_points: vec![HistogramDataPoint {
+                                exemplars: vec![Exemplar {
+                                    trace_id: vec![0; 8],
+                                    ..Default::default()
+                                }],
+                                ..Default::default()
+                            }],
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let message = refusal(Signal::Metrics, &metrics.encode_to_vec());
+        assert!(
+            message.contains(
+                "`resourceMetrics[0].scopeMetrics[0].metrics[0].histogram.dataPoints[0].exemplars[0].traceId`"
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_request_are_refused_naming_the_message() {
+        let message = refusal(Signal::Metrics, b"\x0a\x05ab");
+        assert!(
+            message.contains("invalid OTLP protobuf ExportMetricsServiceRequest"),
+            "{message}"
+        );
+    }
 }

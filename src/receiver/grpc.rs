@@ -37,7 +37,10 @@ use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, En
 use tonic::codegen::{http, BoxFuture, StdError};
 use tonic::{Code, Request, Response, Status};
 
-use super::{token_matches, Ingest, Rejection, RETRY_AFTER_SECS, TOKEN_HINT};
+use super::{
+    token_matches, Ingest, Rejection, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, MAX_HEADER_BYTES,
+    RETRY_AFTER_SECS, TOKEN_HINT,
+};
 use crate::observe::{Refusal, Transport};
 use crate::otlp::{self, RpcStatus, Signal};
 
@@ -88,11 +91,12 @@ impl GrpcReceiver {
             listener,
             backoff: None,
         };
-        let served = tonic::transport::Server::builder().serve_with_incoming_shutdown(
-            service,
-            incoming,
-            stop.clone().cancelled_owned(),
-        );
+        let served = tonic::transport::Server::builder()
+            .http2_max_header_list_size(MAX_HEADER_BYTES as u32)
+            .timeout(HEADER_READ_TIMEOUT + BODY_READ_TIMEOUT)
+            // Reaps connections whose peer went away without closing (a laptop lid shut).
+            .http2_keepalive_interval(Some(Duration::from_secs(60)))
+            .serve_with_incoming_shutdown(service, incoming, stop.clone().cancelled_owned());
         tokio::pin!(served);
         let drained = tokio::select! {
             result = &mut served => Some(result),

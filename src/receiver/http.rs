@@ -25,12 +25,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::decode::{self, Format};
-use super::{token_matches, Ingest, Rejection, RETRY_AFTER_SECS, TOKEN_HINT};
+use super::{
+    token_matches, Ingest, Rejection, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, MAX_HEADERS,
+    MAX_HEADER_BYTES, RETRY_AFTER_SECS, TOKEN_HINT,
+};
 use crate::observe::{Refusal, Transport};
 use crate::otlp::{RpcStatus, Signal};
 
-/// How long a client may take to send its request headers (slow-loris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight requests get to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -48,9 +49,12 @@ impl HttpReceiver {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut builder = hyper::server::conn::http1::Builder::new();
+        // Over MAX_HEADERS or MAX_HEADER_BYTES, hyper answers 431 and closes the connection.
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_headers(MAX_HEADERS)
+            .max_buf_size(MAX_HEADER_BYTES);
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -88,6 +92,23 @@ impl HttpReceiver {
     }
 
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Reply {
+        // hyper's read buffer bounds the head only roughly (it may hold a few reads more).
+        let header_bytes: usize = req
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        if header_bytes > MAX_HEADER_BYTES {
+            let mut reply = text(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "text/plain",
+                format!("request headers are larger than {MAX_HEADER_BYTES} bytes\n"),
+            );
+            reply
+                .headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            return reply;
+        }
         let path = req.uri().path();
         // Refusals made before the body is looked at (404, 405, 401) still answer in the
         // request's format when it names one; JSON otherwise.
@@ -197,9 +218,19 @@ impl HttpReceiver {
         let encoding = headers
             .get(CONTENT_ENCODING)
             .map(|v| v.to_str().unwrap_or("(not ASCII)").to_string());
-        let body = Limited::new(req.into_body(), self.max_body as usize)
-            .collect()
+        let body = Limited::new(req.into_body(), self.max_body as usize).collect();
+        let body = tokio::time::timeout(BODY_READ_TIMEOUT, body)
             .await
+            .map_err(|_| {
+                fail(Rejection::new(
+                    408,
+                    Refusal::Invalid,
+                    format!(
+                        "the request body did not arrive within {}s of its headers",
+                        BODY_READ_TIMEOUT.as_secs()
+                    ),
+                ))
+            })?
             .map_err(|e| {
                 if e.is::<http_body_util::LengthLimitError>() {
                     too_large()
@@ -277,6 +308,7 @@ fn grpc_code(http_status: u16) -> i32 {
         401 => 16,      // UNAUTHENTICATED
         404 => 5,       // NOT_FOUND
         405 => 12,      // UNIMPLEMENTED
+        408 => 4,       // DEADLINE_EXCEEDED
         413 => 8,       // RESOURCE_EXHAUSTED
         503 => 14,      // UNAVAILABLE
         _ => 2,         // UNKNOWN

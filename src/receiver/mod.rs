@@ -18,6 +18,15 @@ use crate::spool::{AppendError, Spool};
 /// How long a client is asked to wait when the spool cannot take its data now.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
+/// Limits on a request's head, on both transports. OTel SDKs send about ten short headers; the
+/// limits only stop a client from making the agent buffer or parse without end.
+pub const MAX_HEADERS: usize = 100;
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
+/// How long a client may take to send its request headers, and then its body (slow-loris
+/// guards; a 16 MiB body on loopback takes milliseconds).
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A refusal as every transport must express it: the HTTP status is the reference; gRPC maps it.
 #[derive(Debug)]
 pub struct Rejection {
@@ -83,7 +92,9 @@ impl Ingest {
                     AppendError::TooLarge { .. } => {
                         Rejection::new(413, Refusal::TooLarge, e.to_string())
                     }
-                    AppendError::Storage(_) => Rejection::new(503, Refusal::Storage, e.to_string()),
+                    AppendError::NoSpace { .. } | AppendError::Storage(_) => {
+                        Rejection::new(503, Refusal::Storage, e.to_string())
+                    }
                 })?;
         }
         self.stats

@@ -15,8 +15,12 @@
 //! files and their directory first. Blobs written by other trees (dead letters, export state)
 //! are synced by the housekeeping pass, within [`HOUSEKEEPING_EVERY`].
 //!
-//! A failed flush fails the tickets it covered; a later successful flush also covers them (sled
-//! flushes everything dirty), so a waiter that wakes after a later success is durable.
+//! A failed flush fails the tickets it covered and is reported to the spool (the `on_failure`
+//! callback), which reopens the database: sled 0.34 latches the first write error and fails every
+//! later operation. A waiter never waits longer than [`STUCK_AFTER`]: sled 0.34 can also wedge
+//! for good (an `ENOSPC` while writing a blob leaves its log buffer unwritable, and every later
+//! flush blocks), and a client must then hear 503, not hang; [`GroupCommit::healthy`] turns false
+//! while a flush runs longer than that.
 //!
 //! The same thread runs the spool's file housekeeping (a callback: owner-only permissions on the
 //! files sled creates as it goes) after flushes, at most once per [`HOUSEKEEPING_EVERY`], once
@@ -40,7 +44,15 @@ struct Progress {
     done: u64,
     /// The tickets `(from, to]` covered by the most recent flush, if it failed, and why.
     failed: Option<(u64, u64, String)>,
+    /// When the flush now running started (`None` between flushes).
+    flushing_since: Option<Instant>,
 }
+
+/// How long a flush may take before its waiters are refused and the spool reports unhealthy.
+pub const STUCK_AFTER: Duration = Duration::from_secs(10);
+
+/// Told why, after every failed flush.
+pub type OnFailure = Box<dyn Fn(String) + Send + 'static>;
 
 /// The longest a file sled created may wait for its housekeeping pass while the spool is written.
 pub const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
@@ -69,8 +81,14 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the flushing thread for `db`, which also runs `housekeeping` (see the module docs).
-    pub fn start(db: sled::Db, disk: DiskSync, housekeeping: Housekeeping) -> GroupCommit {
+    /// Starts the flushing thread for `db`, which also runs `housekeeping` and reports failed
+    /// flushes to `on_failure` (see the module docs).
+    pub fn start(
+        db: sled::Db,
+        disk: DiskSync,
+        housekeeping: Housekeeping,
+        on_failure: OnFailure,
+    ) -> GroupCommit {
         let shared = Arc::new(Shared {
             requests: Mutex::new(Requests {
                 newest: 0,
@@ -83,7 +101,7 @@ impl GroupCommit {
         let flusher = Arc::clone(&shared);
         let flusher = std::thread::Builder::new()
             .name("spool-commit".into())
-            .spawn(move || flush_loop(&flusher, &db, disk, &report, &housekeeping))
+            .spawn(move || flush_loop(&flusher, &db, disk, &report, &housekeeping, &on_failure))
             .expect("spawning the spool commit thread");
         GroupCommit {
             shared,
@@ -99,23 +117,35 @@ impl GroupCommit {
         requests.newest
     }
 
-    /// Waits until everything inserted before this call is durable on disk.
+    /// Waits until everything inserted before this call is durable on disk; an error if the flush
+    /// failed or did not finish within [`STUCK_AFTER`] (the data may still become durable).
     pub async fn wait(&self) -> Result<(), String> {
         let ticket = self.take_ticket();
         let mut progress = self.progress.clone();
-        let state = progress
-            .wait_for(|p| p.done >= ticket)
-            .await
-            .map_err(|_| "the spool commit thread has stopped".to_string())?;
+        let waited = tokio::time::timeout(STUCK_AFTER, progress.wait_for(|p| p.done >= ticket));
+        let state = match waited.await {
+            Ok(state) => state.map_err(|_| "the spool commit thread has stopped".to_string())?,
+            Err(_) => {
+                return Err(format!(
+                    "the spool's flush did not finish within {STUCK_AFTER:?}: its disk is very \
+                     slow, or sled wedged after a write error; if this goes on, restart the \
+                     agent (acknowledged data is safe)"
+                ))
+            }
+        };
         match &state.failed {
             Some((from, to, why)) if *from < ticket && ticket <= *to => Err(why.clone()),
             _ => Ok(()),
         }
     }
 
-    /// Whether the most recent flush succeeded.
+    /// Whether the most recent flush succeeded and none has been running for [`STUCK_AFTER`].
     pub fn healthy(&self) -> bool {
-        self.progress.borrow().failed.is_none()
+        let progress = self.progress.borrow();
+        progress.failed.is_none()
+            && progress
+                .flushing_since
+                .is_none_or(|since| since.elapsed() < STUCK_AFTER)
     }
 
     /// Says that a value large enough for sled to put in a blob file is about to be written, so
@@ -213,6 +243,7 @@ fn flush_loop(
     mut disk: DiskSync,
     report: &watch::Sender<Progress>,
     housekeeping: &Housekeeping,
+    on_failure: &OnFailure,
 ) {
     let mut done = 0;
     let mut last_housekeeping = Instant::now();
@@ -255,15 +286,25 @@ fn flush_loop(
             continue;
         }
         let blobs = shared.large_value_written.swap(false, SeqCst);
+        // Without waking anyone: waiters look at `done`, which does not change here.
+        report.send_if_modified(|p| {
+            p.flushing_since = Some(Instant::now());
+            false
+        });
         let failed = match flush(db, &mut disk, blobs) {
             Ok(()) => None,
             Err(e) => {
                 tracing::error!(error = %e, "requests waiting on this flush get 503");
+                on_failure(e.clone());
                 Some((done, target, e))
             }
         };
         done = target;
-        report.send_replace(Progress { done, failed });
+        report.send_replace(Progress {
+            done,
+            failed,
+            flushing_since: None,
+        });
         untidy = true;
         if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
             if let Err(e) = disk.sync_blobs() {

@@ -6,7 +6,8 @@
 //!   [`record`] (header + canonical OTLP protobuf). Sequence numbers are global across the
 //!   three trees and only grow, also across restarts (they resume above every key and cursor).
 //! - `cursors`: `"<destination>/<signal>"` → the last sequence that destination acknowledged.
-//! - `dead_letter`: records an upstream refused as malformed (JSON description, newline, payload).
+//! - `dead_letter`: records an upstream refused as malformed, and records that no longer decode
+//!   (JSON description, newline, payload).
 //! - `meta`: `format` → the layout version.
 //! - `state/<name>`: opaque state a destination keeps ([`Spool::state_tree`]; today
 //!   `state/prw/<destination>`, Prometheus remote write's delta totals). Not counted in
@@ -20,10 +21,42 @@
 //! - [`Spool::append`] returns only after the record is fsynced (`commit.rs` shares one flush
 //!   among concurrent appenders). Callers acknowledge their client only after it returns.
 //! - A record is deleted only when every destination routing its signal has a cursor at or past
-//!   it, or when it is expired (`max_age`) or evicted for space (`drop_oldest`) — both counted.
-//!   A signal no destination routes is held (bounded by the caps) until one does.
+//!   it, or when it is expired (`max_age`), evicted for space (`drop_oldest`) or unreadable — all
+//!   counted. A signal no destination routes is held (bounded by the caps) until one does.
 //! - Logical bytes (headers + payloads) stay under `max_bytes`; sled's on-disk size, which never
-//!   shrinks by itself, is checked against [`Limits::disk_cap`] too.
+//!   shrinks by itself, is checked against [`Limits::disk_cap`] too; and an append is refused
+//!   while the file system has less than [`FREE_SPACE_RESERVE`] free, so the spool never fills
+//!   the disk itself and acknowledgements (whose deletions write, sled being log-structured) keep
+//!   working on a full spool.
+//! - Receive times (which `max_age` and "oldest pending" read) never go backwards, across
+//!   restarts too: a wall clock set back stamps records with the newest time already used, so
+//!   they do not look old, and expire early, once the clock is set right.
+//!
+//! Routes ([`Spool::reroute`], and [`Spool::open`] at a start): a destination newly routing a
+//! signal has no cursor and starts from the oldest record held; a destination no longer routing a
+//! signal has its cursor removed (durable with the next flush), so if it comes back it starts
+//! from the oldest record held too; after a change, records every routed destination has
+//! acknowledged are deleted, as [`Spool::ack`] does; a signal routed nowhere is held.
+//!
+//! Storage faults. sled 0.34 latches the first write error (`ENOSPC`, `EIO`) and fails every
+//! later write, and the flush with it, until the database is opened again. So any such error
+//! (from an operation or a flush) makes the spool refuse appends at once (503), report unhealthy,
+//! and reopen the database in place on its own thread once the file system has the reserve free
+//! again. Only durable data survives a reopen, which is exactly what was acknowledged (nothing
+//! is acknowledged before a successful flush); the usage counts are rebuilt from the reopened
+//! files; sequence numbers keep growing from their in-memory value (a worker may have sent, and
+//! moved past, a record that never became durable); and the cursors in memory — the newest
+//! acknowledgements — are written back, so at worst a batch is sent twice. sled can also wedge
+//! for good (an `ENOSPC` while writing a blob file leaves a log buffer that is never written):
+//! flushes then block, waiters are refused after `commit::STUCK_AFTER`, and only a restart
+//! recovers — the reserve exists to keep the spool from getting there.
+//!
+//! At open, files sled reports as corrupt (or panics on) are moved aside to a sibling directory
+//! `<spool.dir>.quarantine-<UTC timestamp>` and an empty spool starts: the agent must come up
+//! rather than crash-loop. Other open errors (lock held, permission denied, read-only file
+//! system, disk full) are not corruption and stop the start with a message saying what to do.
+//! sled does not detect every damage: a truncated or overwritten log tail reads as a torn write,
+//! and the records in it are silently gone.
 //!
 //! The spool knows bytes, sequence numbers and cursors. It does not parse OTLP or speak HTTP.
 
@@ -31,9 +64,10 @@ mod commit;
 pub mod record;
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{watch, Notify};
@@ -51,6 +85,13 @@ const CACHE_CAPACITY: u64 = 16 << 20;
 const LARGE_VALUE: u64 = 64 << 10;
 /// How often the on-disk size is re-read (it costs a few syscalls).
 const DISK_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Free space the spool leaves on its file system: appends are refused below it (plus twice the
+/// record, which sled writes once in its log and again when it rewrites the node), so that
+/// deletions, cursor moves and sled's own segment and node rewrites still have room.
+pub const FREE_SPACE_RESERVE: u64 = 8 << 20;
+/// The first and the longest pause between attempts to reopen a failed database.
+const REOPEN_FIRST: Duration = Duration::from_millis(200);
+const REOPEN_MAX: Duration = Duration::from_secs(5);
 
 /// Caps on what the spool holds.
 #[derive(Debug, Clone)]
@@ -81,20 +122,41 @@ impl From<&SpoolConfig> for Limits {
 /// Which destinations read each signal; a record is deleted once all of them have it.
 pub type Routes = [Vec<String>; 3];
 
+const PERMISSION_HINT: &str = "set spool.dir to a directory this user can write, or make this \
+     user the owner of the directory (otlp-spool keeps it at mode 0700)";
+const READ_ONLY_HINT: &str =
+    "its file system is mounted read-only: set spool.dir to a directory on a writable file system";
+
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("cannot create spool directory {dir}: {source}")]
-    CreateDir {
+    #[error("cannot use spool directory {dir}: {source}; {hint}")]
+    Unwritable {
         dir: PathBuf,
         source: std::io::Error,
+        hint: &'static str,
     },
     #[error(
         "spool directory {0} is in use by another otlp-spool process (its lock is held); stop \
          that agent, or give this one its own spool.dir"
     )]
     Locked(PathBuf),
+    #[error(
+        "cannot open spool at {0}: the disk is full; free some space on it, or set spool.dir to \
+         a directory on another disk"
+    )]
+    NoSpace(PathBuf),
     #[error("cannot open spool at {dir}: {message}")]
     Storage { dir: PathBuf, message: String },
+    #[error(
+        "spool at {dir} is corrupt ({why}) and could not be moved aside to {aside}: {source}; \
+         move or delete the directory by hand, or set spool.dir to another directory"
+    )]
+    Quarantine {
+        dir: PathBuf,
+        aside: PathBuf,
+        why: String,
+        source: std::io::Error,
+    },
     #[error(
         "spool at {dir} has layout version {found}, this build reads version 1; it was written \
          by a newer otlp-spool: upgrade, or move the directory aside"
@@ -108,6 +170,14 @@ pub enum AppendError {
     Full { used: u64, cap: u64 },
     #[error("request of {size} bytes is larger than the whole spool (spool.max_bytes = {cap})")]
     TooLarge { size: u64, cap: u64 },
+    #[error(
+        "the disk holding the spool ({dir}) has {free} bytes free, less than this request needs \
+         on top of the {reserve} bytes the spool keeps free for its own bookkeeping; free some \
+         space on it, or set spool.dir to a larger disk",
+        dir = .dir.display(),
+        reserve = FREE_SPACE_RESERVE
+    )]
+    NoSpace { dir: PathBuf, free: u64 },
     #[error("spool storage failed: {0}")]
     Storage(String),
 }
@@ -146,6 +216,8 @@ pub struct Dropped {
     pub expired_items: u64,
     pub dead_letter_records: u64,
     pub dead_letter_items: u64,
+    /// Records whose header no longer decodes, moved to the dead-letter tree (item count unknown).
+    pub unreadable_records: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -158,6 +230,12 @@ pub struct Usage {
     pub dead_letter_records: u64,
     pub dead_letter_bytes: u64,
     pub dropped: Dropped,
+    /// Where this start moved a corrupt spool directory, if it did.
+    pub quarantined: Option<PathBuf>,
+    /// Why storage is failing now (appends get 503 until the spool is reopened).
+    pub storage_error: Option<String>,
+    /// Times the database was reopened after a storage failure since the start.
+    pub reopens: u64,
 }
 
 /// What one destination still has to send of one signal.
@@ -178,23 +256,291 @@ struct TreeUsage {
 #[derive(Default)]
 struct State {
     trees: [TreeUsage; 3],
+    /// The newest acknowledgement of every routed destination: ahead of the cursors tree until
+    /// the next flush, and written back to it after a reopen.
     cursors: HashMap<String, u64>,
+    routes: Routes,
     dead_letter: TreeUsage,
     dropped: Dropped,
     disk_bytes: u64,
     disk_checked: Option<Instant>,
+    reopens: u64,
 }
 
-struct Inner {
-    dir: PathBuf,
+/// One open sled database with its trees and its commit thread. Replaced whole by a reopen.
+struct Store {
+    /// Tells which store a failure report is about (reports from a replaced one are stale).
+    generation: u64,
     db: sled::Db,
     records: [sled::Tree; 3],
     cursors: sled::Tree,
     dead_letter: sled::Tree,
     commit: GroupCommit,
+}
+
+/// What a scan of a freshly opened database found.
+struct Scan {
+    trees: [TreeUsage; 3],
+    dead_letter: TreeUsage,
+    max_seq: u64,
+    /// The latest receive time of any record (see [`Spool::receive_time`]).
+    newest_received_ms: u64,
+    cursors: HashMap<String, u64>,
+}
+
+enum StoreError {
+    /// The files are damaged: sled reported corruption, or panicked reading them.
+    Corrupt(String),
+    Other(OpenError),
+}
+
+impl StoreError {
+    /// For errors past the point where corruption means quarantine.
+    fn into_open_error(self, dir: &Path) -> OpenError {
+        match self {
+            StoreError::Other(e) => e,
+            StoreError::Corrupt(why) => OpenError::Storage {
+                dir: dir.to_path_buf(),
+                message: why,
+            },
+        }
+    }
+}
+
+/// A storage failure reported to the reopening thread.
+struct Failure {
+    generation: u64,
+    why: String,
+}
+
+impl Store {
+    /// Opens the database in `dir`, checks its layout, scans it, and starts its commit thread,
+    /// which reports failed flushes on `failures`. A panic inside sled counts as corruption.
+    fn open(
+        dir: &Path,
+        generation: u64,
+        failures: &mpsc::Sender<Failure>,
+    ) -> Result<(Store, Scan), StoreError> {
+        let opened = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            Store::open_unguarded(dir, generation, failures)
+        }));
+        opened.unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Err(StoreError::Corrupt(format!(
+                "sled failed reading its files: {what}"
+            )))
+        })
+    }
+
+    fn open_unguarded(
+        dir: &Path,
+        generation: u64,
+        failures: &mpsc::Sender<Failure>,
+    ) -> Result<(Store, Scan), StoreError> {
+        // sled takes much damage for a torn write and opens what it can read, maybe nothing.
+        // The layout marker is the first thing written: a database file that existed without
+        // it lost its beginning.
+        let existed = std::fs::metadata(dir.join("db")).is_ok_and(|m| m.len() > 0);
+        let db = open_db(dir)?;
+        let fail = |e| sled_error(dir, e);
+        let meta = db.open_tree("meta").map_err(fail)?;
+        match meta.get("format").map_err(fail)? {
+            None if existed => {
+                return Err(StoreError::Corrupt(
+                    "sled opened the database without its layout marker: the start of its log \
+                     is damaged, and the records in it are lost"
+                        .into(),
+                ))
+            }
+            None => {
+                meta.insert("format", LAYOUT_VERSION).map_err(fail)?;
+            }
+            Some(v) if v.as_ref() == LAYOUT_VERSION => {}
+            Some(v) => {
+                return Err(StoreError::Other(OpenError::Layout {
+                    dir: dir.to_path_buf(),
+                    found: String::from_utf8_lossy(&v).into_owned(),
+                }))
+            }
+        }
+        let [t, m, l] = Signal::ALL.map(|s| db.open_tree(s.name()));
+        let records = [t.map_err(fail)?, m.map_err(fail)?, l.map_err(fail)?];
+        let cursors = db.open_tree("cursors").map_err(fail)?;
+        let dead_letter = db.open_tree("dead_letter").map_err(fail)?;
+
+        let mut scan = Scan {
+            trees: Default::default(),
+            dead_letter: TreeUsage::default(),
+            max_seq: 0,
+            newest_received_ms: 0,
+            cursors: HashMap::new(),
+        };
+        for (i, tree) in records.iter().enumerate() {
+            for entry in tree.iter() {
+                let (key, value) = entry.map_err(fail)?;
+                scan.trees[i].records += 1;
+                scan.trees[i].bytes += value.len() as u64;
+                scan.max_seq = scan.max_seq.max(seq_of(&key));
+                if let Ok((header, _)) = RecordHeader::decode(&value) {
+                    scan.newest_received_ms = scan.newest_received_ms.max(header.received_ms);
+                }
+            }
+        }
+        for entry in dead_letter.iter() {
+            let (_, value) = entry.map_err(fail)?;
+            scan.dead_letter.records += 1;
+            scan.dead_letter.bytes += value.len() as u64;
+        }
+        for entry in cursors.iter() {
+            let (key, value) = entry.map_err(fail)?;
+            let seq = seq_of(&value);
+            scan.max_seq = scan.max_seq.max(seq);
+            scan.cursors
+                .insert(String::from_utf8_lossy(&key).into_owned(), seq);
+        }
+        set_private_files(dir);
+
+        let disk = DiskSync::open(dir).map_err(|e| {
+            StoreError::Other(OpenError::Storage {
+                dir: dir.to_path_buf(),
+                message: format!("syncing the spool's files: {e}"),
+            })
+        })?;
+        // sled creates files as it goes (blobs for large values, snapshots): keep them private.
+        let private = dir.to_path_buf();
+        let failures = failures.clone();
+        let commit = GroupCommit::start(
+            db.clone(),
+            disk,
+            Box::new(move || set_private_files(&private)),
+            Box::new(move |why| {
+                let _ = failures.send(Failure { generation, why });
+            }),
+        );
+        let store = Store {
+            generation,
+            db,
+            records,
+            cursors,
+            dead_letter,
+            commit,
+        };
+        Ok((store, scan))
+    }
+
+    /// Removes one record, keeping the accounting; `None` if it was already gone.
+    fn remove(
+        &self,
+        state: &mut State,
+        tree: usize,
+        seq: u64,
+    ) -> sled::Result<Option<RecordHeader>> {
+        let removed = self.records[tree].remove(seq.to_be_bytes())?;
+        Ok(removed.map(|value| {
+            state.trees[tree].records -= 1;
+            state.trees[tree].bytes -= value.len() as u64;
+            RecordHeader::decode(&value)
+                .map(|(h, _)| h)
+                .unwrap_or(RecordHeader {
+                    items: 0,
+                    received_ms: 0,
+                })
+        }))
+    }
+
+    /// Deletes the records of `signal` that every destination routing it has acknowledged.
+    fn delete_acknowledged(&self, state: &mut State, signal: Signal) -> sled::Result<()> {
+        let floor = state.routes[signal.index()]
+            .iter()
+            .map(|d| {
+                state
+                    .cursors
+                    .get(&cursor_key(d, signal))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .min()
+            .unwrap_or(0);
+        let tree = &self.records[signal.index()];
+        while let Some((k, _)) = tree.first()? {
+            let first = seq_of(&k);
+            if first > floor {
+                break;
+            }
+            self.remove(state, signal.index(), first)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the cursors of destinations that no longer route their signal, so a destination
+    /// that comes back starts from the oldest record held.
+    fn forget_unrouted(&self, state: &mut State) -> sled::Result<()> {
+        let wanted: Vec<String> = Signal::ALL
+            .iter()
+            .flat_map(|s| {
+                state.routes[s.index()]
+                    .iter()
+                    .map(move |d| cursor_key(d, *s))
+            })
+            .collect();
+        let unwanted: Vec<String> = state
+            .cursors
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .cloned()
+            .collect();
+        for name in unwanted {
+            self.cursors.remove(name.as_bytes())?;
+            state.cursors.remove(&name);
+            tracing::info!(cursor = %name, "forgot the cursor of a destination that no longer routes its signal");
+        }
+        Ok(())
+    }
+
+    /// Adds a dead letter (`description`, newline, `payload`), then trims the tree to `cap` bytes
+    /// from the oldest.
+    fn put_dead_letter(
+        &self,
+        state: &mut State,
+        description: serde_json::Value,
+        payload: &[u8],
+        cap: u64,
+    ) -> sled::Result<()> {
+        let mut value = serde_json::to_vec(&description).expect("json");
+        value.push(b'\n');
+        value.extend_from_slice(payload);
+        let tree = &self.dead_letter;
+        let key = tree.last()?.map_or(1, |(k, _)| seq_of(&k) + 1);
+        state.dead_letter.records += 1;
+        state.dead_letter.bytes += value.len() as u64;
+        tree.insert(key.to_be_bytes(), value)?;
+        while state.dead_letter.bytes > cap {
+            let Some((_, v)) = tree.pop_min()? else {
+                break;
+            };
+            state.dead_letter.records -= 1;
+            state.dead_letter.bytes -= v.len() as u64;
+        }
+        Ok(())
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
     limits: Limits,
-    routes: Routes,
+    /// The open database; `None` only while a reopen is under way.
+    store: RwLock<Option<Arc<Store>>>,
+    /// Why storage is failing, from the first report until a reopen succeeds.
+    failure: Mutex<Option<String>>,
+    failures: mpsc::Sender<Failure>,
+    quarantined: Option<PathBuf>,
     next_seq: AtomicU64,
+    /// The newest receive time stamped on a record: stamps never go below it.
+    newest_received_ms: AtomicU64,
     state: Mutex<State>,
     /// Per signal: the newest durable sequence, which export workers wait on.
     durable: [watch::Sender<u64>; 3],
@@ -224,105 +570,69 @@ fn seq_of(key: &[u8]) -> u64 {
 
 impl Spool {
     /// Opens (or creates) the spool in `dir`. Cursors of destinations no longer in `routes` are
-    /// forgotten, so a destination added later starts from the oldest held record.
+    /// forgotten, so a destination added later starts from the oldest held record. Corrupt files
+    /// are quarantined (see the module docs); other failures are returned.
     pub fn open(dir: &Path, limits: Limits, routes: Routes) -> Result<Spool, OpenError> {
         create_private_dir(dir)?;
-        let db = open_db(dir)?;
-        let storage = |e: sled::Error| OpenError::Storage {
-            dir: dir.to_path_buf(),
-            message: e.to_string(),
+        let (failures, reports) = mpsc::channel();
+        let (store, scan, quarantined) = match Store::open(dir, 1, &failures) {
+            Ok((store, scan)) => (store, scan, None),
+            Err(StoreError::Other(e)) => return Err(e),
+            Err(StoreError::Corrupt(why)) => {
+                let aside = quarantine(dir, &why)?;
+                tracing::error!(
+                    spool = %dir.display(),
+                    quarantine = %aside.display(),
+                    error = %why,
+                    "the spool's files are corrupt: moved them aside and started an empty spool; \
+                     records not yet delivered stay in the quarantined directory, which \
+                     otlp-spool does not read again: keep it for a bug report, then delete it"
+                );
+                create_private_dir(dir)?;
+                let (store, scan) =
+                    Store::open(dir, 1, &failures).map_err(|e| e.into_open_error(dir))?;
+                (store, scan, Some(aside))
+            }
         };
-        let meta = db.open_tree("meta").map_err(storage)?;
-        match meta.get("format").map_err(storage)? {
-            None => {
-                meta.insert("format", LAYOUT_VERSION).map_err(storage)?;
-            }
-            Some(v) if v.as_ref() == LAYOUT_VERSION => {}
-            Some(v) => {
-                return Err(OpenError::Layout {
-                    dir: dir.to_path_buf(),
-                    found: String::from_utf8_lossy(&v).into_owned(),
-                })
-            }
-        }
-        let records = Signal::ALL.map(|s| db.open_tree(s.name()));
-        let [t, m, l] = records;
-        let records = [
-            t.map_err(storage)?,
-            m.map_err(storage)?,
-            l.map_err(storage)?,
-        ];
-        let cursors = db.open_tree("cursors").map_err(storage)?;
-        let dead_letter = db.open_tree("dead_letter").map_err(storage)?;
-
-        let mut state = State::default();
-        let mut max_seq = 0;
-        for (i, tree) in records.iter().enumerate() {
-            for entry in tree.iter() {
-                let (key, value) = entry.map_err(storage)?;
-                state.trees[i].records += 1;
-                state.trees[i].bytes += value.len() as u64;
-                max_seq = max_seq.max(seq_of(&key));
-            }
-        }
-        for entry in dead_letter.iter() {
-            let (_, value) = entry.map_err(storage)?;
-            state.dead_letter.records += 1;
-            state.dead_letter.bytes += value.len() as u64;
-        }
-        let wanted: Vec<String> = Signal::ALL
-            .iter()
-            .flat_map(|s| routes[s.index()].iter().map(move |d| cursor_key(d, *s)))
-            .collect();
-        for entry in cursors.iter() {
-            let (key, value) = entry.map_err(storage)?;
-            let name = String::from_utf8_lossy(&key).into_owned();
-            let seq = seq_of(&value);
-            max_seq = max_seq.max(seq);
-            if wanted.contains(&name) {
-                state.cursors.insert(name, seq);
-            } else {
-                cursors.remove(key).map_err(storage)?;
-                tracing::info!(cursor = %name, "forgot the cursor of a destination no longer configured");
-            }
-        }
-        state.disk_bytes = db.size_on_disk().unwrap_or(0);
-        set_private_files(dir);
-
-        // sled creates files as it goes (blobs for large values, snapshots): keep them private.
-        let private = dir.to_path_buf();
-        let disk = DiskSync::open(dir).map_err(|e| OpenError::Storage {
-            dir: dir.to_path_buf(),
-            message: format!("syncing the spool's files: {e}"),
-        })?;
-        let commit = GroupCommit::start(
-            db.clone(),
-            disk,
-            Box::new(move || set_private_files(&private)),
-        );
+        let mut state = State {
+            trees: scan.trees,
+            cursors: scan.cursors,
+            routes,
+            dead_letter: scan.dead_letter,
+            disk_bytes: store.db.size_on_disk().unwrap_or(0),
+            ..State::default()
+        };
+        store
+            .forget_unrouted(&mut state)
+            .map_err(|e| sled_error(dir, e).into_open_error(dir))?;
         let durable = Signal::ALL.map(|s| {
-            let last = records[s.index()].last().ok().flatten();
+            let last = store.records[s.index()].last().ok().flatten();
             watch::channel(last.map_or(0, |(k, _)| seq_of(&k))).0
         });
-        let spool = Spool {
-            inner: Arc::new(Inner {
-                dir: dir.to_path_buf(),
-                db,
-                records,
-                cursors,
-                dead_letter,
-                commit,
-                limits,
-                routes,
-                next_seq: AtomicU64::new(max_seq + 1),
-                state: Mutex::new(state),
-                durable,
-                appended: Notify::new(),
-            }),
-        };
         // Make forgotten cursors and the layout marker durable before anything else happens.
-        spool.inner.commit.flush_soon();
-        Ok(spool)
+        store.commit.flush_soon();
+        let inner = Arc::new(Inner {
+            dir: dir.to_path_buf(),
+            limits,
+            store: RwLock::new(Some(Arc::new(store))),
+            failure: Mutex::new(None),
+            failures,
+            quarantined,
+            next_seq: AtomicU64::new(scan.max_seq + 1),
+            newest_received_ms: AtomicU64::new(scan.newest_received_ms),
+            state: Mutex::new(state),
+            durable,
+            appended: Notify::new(),
+        });
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("spool-reopen".into())
+            .spawn(move || reopen_on_failure(&weak, &reports))
+            .map_err(|e| OpenError::Storage {
+                dir: dir.to_path_buf(),
+                message: format!("starting the spool's recovery thread: {e}"),
+            })?;
+        Ok(Spool { inner })
     }
 
     pub fn dir(&self) -> &Path {
@@ -332,8 +642,10 @@ impl Spool {
     /// A tree for a destination's own state, named `state/<name>` (used by
     /// `prometheus_remote_write` for its delta totals). The spool neither reads nor caps it;
     /// its writes become durable with the next group commit (an `ack`'s, at the latest).
+    /// The tree keeps the database it came from open: while the holder keeps it, a reopen after
+    /// a storage failure cannot take sled's lock (and keeps retrying).
     pub fn state_tree(&self, name: &str) -> Result<sled::Tree, String> {
-        self.inner
+        self.store()?
             .db
             .open_tree(format!("state/{name}"))
             .map_err(|e| format!("opening spool tree state/{name}: {e}"))
@@ -343,6 +655,40 @@ impl Spool {
         self.inner.state.lock().expect("spool state lock poisoned")
     }
 
+    /// The open database, or why there is none (a reopen is under way).
+    fn store(&self) -> Result<Arc<Store>, String> {
+        let store = self.inner.store.read().expect("spool store lock poisoned");
+        store.clone().ok_or_else(|| {
+            let failure = self.inner.failure.lock().expect("spool failure lock");
+            format!(
+                "{}; the spool is being reopened",
+                failure.as_deref().unwrap_or("spool storage failed")
+            )
+        })
+    }
+
+    /// Describes a sled error, and when it means sled is unusable until reopened (I/O errors,
+    /// corruption), refuses appends from now on and asks for a reopen.
+    fn storage_error(&self, store: &Store, what: &str, e: sled::Error) -> String {
+        let why = format!("{what}: {e}");
+        let unusable = matches!(
+            e,
+            sled::Error::Io(_) | sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)
+        );
+        if unusable {
+            self.inner
+                .failure
+                .lock()
+                .expect("spool failure lock")
+                .get_or_insert_with(|| why.clone());
+            let _ = self.inner.failures.send(Failure {
+                generation: store.generation,
+                why: why.clone(),
+            });
+        }
+        why
+    }
+
     /// Stores one request's payload and returns its sequence number once it is durable.
     pub async fn append(
         &self,
@@ -350,32 +696,41 @@ impl Spool {
         items: u32,
         payload: &[u8],
     ) -> Result<u64, AppendError> {
+        if let Some(why) = self
+            .inner
+            .failure
+            .lock()
+            .expect("spool failure lock")
+            .clone()
+        {
+            return Err(AppendError::Storage(format!(
+                "{why}; refusing data until the spool is reopened, which happens by itself once \
+                 the disk is healthy and has room"
+            )));
+        }
+        let store = self.store().map_err(AppendError::Storage)?;
         let header = RecordHeader {
             items,
-            received_ms: now_ms(),
+            received_ms: self.receive_time(),
         };
         let value = header.encode(payload);
         let size = value.len() as u64;
         if size > LARGE_VALUE {
-            self.inner.commit.note_large_value();
+            store.commit.note_large_value();
         }
         let seq = {
             let mut state = self.state();
-            self.make_room(&mut state, size)?;
+            self.make_room(&store, &mut state, size)?;
             let seq = self.inner.next_seq.fetch_add(1, Ordering::SeqCst);
-            self.inner.records[signal.index()]
+            store.records[signal.index()]
                 .insert(seq.to_be_bytes(), value)
-                .map_err(|e| AppendError::Storage(e.to_string()))?;
+                .map_err(|e| AppendError::Storage(self.storage_error(&store, "storing", e)))?;
             let tree = &mut state.trees[signal.index()];
             tree.records += 1;
             tree.bytes += size;
             seq
         };
-        self.inner
-            .commit
-            .wait()
-            .await
-            .map_err(AppendError::Storage)?;
+        store.commit.wait().await.map_err(AppendError::Storage)?;
         self.inner.durable[signal.index()].send_if_modified(|newest| {
             let advanced = seq > *newest;
             *newest = (*newest).max(seq);
@@ -385,8 +740,22 @@ impl Spool {
         Ok(seq)
     }
 
+    /// Now, on the wall clock, but never earlier than a time already stamped on a record. A clock
+    /// set back (by hand, or NTP stepping a fast clock) would otherwise stamp records in the
+    /// past, and once the clock is right again they would look old and expire early (`max_age`)
+    /// or be reported as stranded. A clock set ahead and back makes stamps lag behind for that
+    /// long instead, which only delays expiry: the byte cap still holds.
+    fn receive_time(&self) -> u64 {
+        let now = now_ms();
+        let newest = self
+            .inner
+            .newest_received_ms
+            .fetch_max(now, Ordering::SeqCst);
+        newest.max(now)
+    }
+
     /// Applies the caps before an append of `size` bytes, evicting under `drop_oldest`.
-    fn make_room(&self, state: &mut State, size: u64) -> Result<(), AppendError> {
+    fn make_room(&self, store: &Store, state: &mut State, size: u64) -> Result<(), AppendError> {
         let limits = &self.inner.limits;
         if size > limits.max_bytes {
             return Err(AppendError::TooLarge {
@@ -394,11 +763,21 @@ impl Spool {
                 cap: limits.max_bytes,
             });
         }
+        // Checked on every append (one statfs): a burst could otherwise fill the disk between
+        // two checks.
+        if let Some(free) = free_space(&self.inner.dir) {
+            if free < FREE_SPACE_RESERVE + 2 * size {
+                return Err(AppendError::NoSpace {
+                    dir: self.inner.dir.clone(),
+                    free,
+                });
+            }
+        }
         let checked_recently = state
             .disk_checked
             .is_some_and(|at| at.elapsed() < DISK_CHECK_EVERY);
         if !checked_recently {
-            state.disk_bytes = self.inner.db.size_on_disk().unwrap_or(state.disk_bytes);
+            state.disk_bytes = store.db.size_on_disk().unwrap_or(state.disk_bytes);
             state.disk_checked = Some(Instant::now());
         }
         let used = |s: &State| s.trees.iter().map(|t| t.bytes).sum::<u64>();
@@ -422,44 +801,23 @@ impl Spool {
                 cap: limits.max_bytes,
             });
         }
+        let evict_failed =
+            |e| AppendError::Storage(self.storage_error(store, "evicting for space", e));
         while used(state) + size > target {
-            let oldest = self
-                .inner
+            let oldest = store
                 .records
                 .iter()
                 .enumerate()
                 .filter_map(|(i, t)| t.first().ok().flatten().map(|(k, _)| (seq_of(&k), i)))
                 .min();
             let Some((seq, i)) = oldest else { break };
-            if let Some(header) = self.remove(state, i, seq).map_err(AppendError::Storage)? {
+            if let Some(header) = store.remove(state, i, seq).map_err(evict_failed)? {
                 state.dropped.full_records += 1;
                 state.dropped.full_items += u64::from(header.items);
             }
         }
         // Even an empty spool may be over the disk cap; sled reuses the space, so go ahead.
         Ok(())
-    }
-
-    /// Removes one record, keeping the accounting; `None` if it was already gone.
-    fn remove(
-        &self,
-        state: &mut State,
-        tree: usize,
-        seq: u64,
-    ) -> Result<Option<RecordHeader>, String> {
-        let removed = self.inner.records[tree]
-            .remove(seq.to_be_bytes())
-            .map_err(|e| e.to_string())?;
-        Ok(removed.map(|value| {
-            state.trees[tree].records -= 1;
-            state.trees[tree].bytes -= value.len() as u64;
-            RecordHeader::decode(&value)
-                .map(|(h, _)| h)
-                .unwrap_or(RecordHeader {
-                    items: 0,
-                    received_ms: 0,
-                })
-        }))
     }
 
     /// The last sequence `destination` acknowledged for `signal` (0: none yet).
@@ -472,7 +830,9 @@ impl Spool {
     }
 
     /// Records of `signal` after sequence `after`: at least one if any exist, then more while
-    /// they fit in `max_bytes` payload bytes and `max_items` items.
+    /// they fit in `max_bytes` payload bytes and `max_items` items. A record whose header does
+    /// not decode is moved to the dead-letter tree and counted (`unreadable_records`), so no
+    /// reader stops on it.
     pub fn read(
         &self,
         signal: Signal,
@@ -480,15 +840,18 @@ impl Spool {
         max_bytes: u64,
         max_items: u64,
     ) -> Result<Vec<Record>, String> {
+        let store = self.store()?;
         let mut out = Vec::new();
+        let mut unreadable = Vec::new();
         let (mut bytes, mut items) = (0u64, 0u64);
-        for entry in self.inner.records[signal.index()].range((after + 1).to_be_bytes()..) {
-            let (key, value) =
-                entry.map_err(|e| format!("reading the {} spool: {e}", signal.name()))?;
+        for entry in store.records[signal.index()].range((after + 1).to_be_bytes()..) {
+            let (key, value) = entry.map_err(|e| {
+                self.storage_error(&store, &format!("reading the {} spool", signal.name()), e)
+            })?;
             let header = match RecordHeader::decode(&value) {
                 Ok((h, _)) => h,
                 Err(e) => {
-                    tracing::error!(seq = seq_of(&key), error = %e, "skipping an unreadable spool record");
+                    unreadable.push((seq_of(&key), e));
                     continue;
                 }
             };
@@ -506,7 +869,54 @@ impl Spool {
                 value,
             });
         }
+        if !unreadable.is_empty() {
+            self.set_aside_unreadable(&store, signal, unreadable)?;
+        }
         Ok(out)
+    }
+
+    /// Moves unreadable records of `signal` to the dead-letter tree; each is counted once, by
+    /// whichever reader removes it.
+    fn set_aside_unreadable(
+        &self,
+        store: &Store,
+        signal: Signal,
+        records: Vec<(u64, record::RecordError)>,
+    ) -> Result<(), String> {
+        let failed = |e| self.storage_error(store, "setting aside an unreadable record", e);
+        let mut state = self.state();
+        for (seq, error) in records {
+            let tree = &store.records[signal.index()];
+            let Some(value) = tree.get(seq.to_be_bytes()).map_err(failed)? else {
+                continue;
+            };
+            if store
+                .remove(&mut state, signal.index(), seq)
+                .map_err(failed)?
+                .is_none()
+            {
+                continue;
+            }
+            state.dropped.unreadable_records += 1;
+            tracing::error!(
+                signal = signal.name(),
+                seq,
+                %error,
+                "moved an unreadable spool record to the dead-letter tree; it will not be sent"
+            );
+            let description = serde_json::json!({
+                "signal": signal.name(),
+                "seqs": [seq, seq],
+                "dead_lettered_ms": now_ms(),
+                "reason": format!("unreadable spool record: {error}"),
+            });
+            store
+                .put_dead_letter(&mut state, description, &value, self.dead_letter_cap())
+                .map_err(failed)?;
+        }
+        drop(state);
+        store.commit.flush_soon();
+        Ok(())
     }
 
     /// Wakes when new durable records of `signal` exist; the value is the newest sequence.
@@ -517,35 +927,48 @@ impl Spool {
     /// Records that `destination` has everything of `signal` up to `seq`, and deletes what every
     /// routed destination now has.
     pub fn ack(&self, destination: &str, signal: Signal, seq: u64) -> Result<(), String> {
+        let store = self.store()?;
         let key = cursor_key(destination, signal);
-        self.inner
+        let mut state = self.state();
+        // In memory first: if saving fails, a reopen writes it back.
+        state.cursors.insert(key.clone(), seq);
+        store
             .cursors
             .insert(key.as_bytes(), &seq.to_be_bytes())
-            .map_err(|e| format!("saving cursor {key}: {e}"))?;
+            .map_err(|e| self.storage_error(&store, &format!("saving cursor {key}"), e))?;
+        store
+            .delete_acknowledged(&mut state, signal)
+            .map_err(|e| self.storage_error(&store, "deleting acknowledged records", e))?;
+        drop(state);
+        store.commit.flush_soon();
+        Ok(())
+    }
+
+    /// Changes which destinations read each signal, at run time (a config reload): see the
+    /// module docs for what happens to cursors and records. The changes become durable with the
+    /// next flush, started here. Workers of a destination that no longer routes a signal should
+    /// be stopped first: an acknowledgement from one afterwards re-creates its cursor (which the
+    /// next reroute or restart forgets again).
+    pub fn reroute(&self, routes: Routes) -> Result<(), String> {
+        let store = self.store()?;
         let mut state = self.state();
-        state.cursors.insert(key, seq);
-        let floor = self.inner.routes[signal.index()]
-            .iter()
-            .map(|d| {
-                state
-                    .cursors
-                    .get(&cursor_key(d, signal))
-                    .copied()
-                    .unwrap_or(0)
-            })
-            .min()
-            .unwrap_or(0);
-        let tree = &self.inner.records[signal.index()];
-        while let Some((k, _)) = tree.first().map_err(|e| e.to_string())? {
-            let first = seq_of(&k);
-            if first > floor {
-                break;
-            }
-            self.remove(&mut state, signal.index(), first)?;
+        state.routes = routes;
+        store
+            .forget_unrouted(&mut state)
+            .map_err(|e| self.storage_error(&store, "forgetting cursors", e))?;
+        for signal in Signal::ALL {
+            store
+                .delete_acknowledged(&mut state, signal)
+                .map_err(|e| self.storage_error(&store, "deleting acknowledged records", e))?;
         }
         drop(state);
-        self.inner.commit.flush_soon();
+        store.commit.flush_soon();
         Ok(())
+    }
+
+    /// The dead-letter tree's cap: a sixteenth of the spool, at least 1 MiB.
+    fn dead_letter_cap(&self) -> u64 {
+        (self.inner.limits.max_bytes / 16).max(1 << 20)
     }
 
     /// Keeps data that `destination` refused as malformed, with the reason, in the capped
@@ -556,8 +979,7 @@ impl Spool {
         signal: Signal,
         letter: DeadLetter<'_>,
     ) -> Result<(), String> {
-        let cap = (self.inner.limits.max_bytes / 16).max(1 << 20);
-        let tree = &self.inner.dead_letter;
+        let store = self.store()?;
         let description = serde_json::json!({
             "destination": destination,
             "signal": signal.name(),
@@ -566,29 +988,19 @@ impl Spool {
             "dead_lettered_ms": now_ms(),
             "reason": letter.reason,
         });
-        let mut value = serde_json::to_vec(&description).expect("json");
-        value.push(b'\n');
-        value.extend_from_slice(letter.payload);
         let mut state = self.state();
-        let key = tree
-            .last()
-            .map_err(|e| e.to_string())?
-            .map_or(1, |(k, _)| seq_of(&k) + 1);
-        state.dead_letter.records += 1;
-        state.dead_letter.bytes += value.len() as u64;
-        tree.insert(key.to_be_bytes(), value)
-            .map_err(|e| e.to_string())?;
+        store
+            .put_dead_letter(
+                &mut state,
+                description,
+                letter.payload,
+                self.dead_letter_cap(),
+            )
+            .map_err(|e| self.storage_error(&store, "storing a dead letter", e))?;
         state.dropped.dead_letter_records += 1;
         state.dropped.dead_letter_items += letter.items;
-        while state.dead_letter.bytes > cap {
-            let Some((_, v)) = tree.pop_min().map_err(|e| e.to_string())? else {
-                break;
-            };
-            state.dead_letter.records -= 1;
-            state.dead_letter.bytes -= v.len() as u64;
-        }
         drop(state);
-        self.inner.commit.flush_soon();
+        store.commit.flush_soon();
         Ok(())
     }
 
@@ -597,16 +1009,25 @@ impl Spool {
     pub fn pending(&self, destination: &str, signal: Signal) -> Pending {
         let cursor = self.cursor(destination, signal);
         let total = self.state().trees[signal.index()];
-        let tree = &self.inner.records[signal.index()];
+        let Ok(store) = self.store() else {
+            return Pending {
+                records: total.records,
+                bytes: total.bytes,
+                oldest_ms: None,
+            };
+        };
+        let tree = &store.records[signal.index()];
+        // Up to the first error only: on a failed database sled's iterator can return the same
+        // error for ever without moving on, and this runs for every `/status`.
         let (mut done_records, mut done_bytes) = (0, 0);
-        for (_, value) in tree.range(..=cursor.to_be_bytes()).flatten() {
+        for (_, value) in tree.range(..=cursor.to_be_bytes()).map_while(Result::ok) {
             done_records += 1;
             done_bytes += value.len() as u64;
         }
         let oldest_ms = tree
             .range((cursor + 1).to_be_bytes()..)
-            .flatten()
             .next()
+            .and_then(Result::ok)
             .and_then(|(_, v)| RecordHeader::decode(&v).ok().map(|(h, _)| h.received_ms));
         Pending {
             records: total.records.saturating_sub(done_records),
@@ -616,6 +1037,12 @@ impl Spool {
     }
 
     pub fn usage(&self) -> Usage {
+        let storage_error = self
+            .inner
+            .failure
+            .lock()
+            .expect("spool failure lock")
+            .clone();
         let state = self.state();
         Usage {
             records: state.trees.iter().map(|t| t.records).sum(),
@@ -626,12 +1053,23 @@ impl Spool {
             dead_letter_records: state.dead_letter.records,
             dead_letter_bytes: state.dead_letter.bytes,
             dropped: state.dropped,
+            quarantined: self.inner.quarantined.clone(),
+            storage_error,
+            reopens: state.reopens,
         }
     }
 
-    /// Whether the last flush succeeded (for `/healthz`).
+    /// Whether the spool can take data now (for `/healthz`): storage is not failing, the last
+    /// flush succeeded and none is stuck, and the disk has the reserve free.
     pub fn healthy(&self) -> bool {
-        self.inner.commit.healthy()
+        let failing = self
+            .inner
+            .failure
+            .lock()
+            .expect("spool failure lock")
+            .is_some();
+        let low = free_space(&self.inner.dir).is_some_and(|free| free < FREE_SPACE_RESERVE);
+        !failing && !low && self.store().is_ok_and(|s| s.commit.healthy())
     }
 
     /// Deletes records older than `max_age`, sleeping until the oldest one is due; with an empty
@@ -639,13 +1077,18 @@ impl Spool {
     pub async fn expire_forever(self) {
         let max_age_ms = self.inner.limits.max_age.as_millis() as u64;
         loop {
-            let oldest = self
-                .inner
+            let Ok(store) = self.store() else {
+                // A reopen is under way (storage failed); it takes seconds at most.
+                tokio::time::sleep(REOPEN_MAX).await;
+                continue;
+            };
+            let oldest = store
                 .records
                 .iter()
                 .filter_map(|t| t.first().ok().flatten())
                 .filter_map(|(_, v)| RecordHeader::decode(&v).ok().map(|(h, _)| h.received_ms))
                 .min();
+            drop(store);
             let Some(oldest) = oldest else {
                 self.inner.appended.notified().await;
                 continue;
@@ -666,17 +1109,19 @@ impl Spool {
     }
 
     fn expire_older_than(&self, cutoff_ms: u64) -> Result<(), String> {
+        let store = self.store()?;
+        let failed = |e| self.storage_error(&store, "expiring records", e);
         let mut state = self.state();
         let (mut records, mut items) = (0, 0);
-        for (i, tree) in self.inner.records.iter().enumerate() {
-            while let Some((k, v)) = tree.first().map_err(|e| e.to_string())? {
+        for (i, tree) in store.records.iter().enumerate() {
+            while let Some((k, v)) = tree.first().map_err(failed)? {
                 let received = RecordHeader::decode(&v)
                     .map(|(h, _)| h.received_ms)
                     .unwrap_or(0);
                 if received > cutoff_ms {
                     break;
                 }
-                if let Some(h) = self.remove(&mut state, i, seq_of(&k))? {
+                if let Some(h) = store.remove(&mut state, i, seq_of(&k)).map_err(failed)? {
                     records += 1;
                     items += u64::from(h.items);
                 }
@@ -691,9 +1136,119 @@ impl Spool {
                 items,
                 "expired spool records older than spool.max_age"
             );
-            self.inner.commit.flush_soon();
+            store.commit.flush_soon();
         }
         Ok(())
+    }
+
+    /// Replaces a failed database with a freshly opened one (see the module docs), once the
+    /// file system has the reserve free. Appends are refused meanwhile.
+    fn reopen(&self) -> Result<(), String> {
+        let inner = &self.inner;
+        if let Some(free) = free_space(&inner.dir).filter(|&f| f < FREE_SPACE_RESERVE) {
+            return Err(format!(
+                "waiting for free space: {free} bytes free, {FREE_SPACE_RESERVE} needed"
+            ));
+        }
+        // Empty while a previous attempt failed after letting go of the old store.
+        let old = inner.store.write().expect("spool store lock").take();
+        if let Some(mut old) = old {
+            // Operations in flight hold the store for moments (an append's flush fails fast on
+            // a failed database); sled's lock is free only once the last handle is gone.
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(store) => break drop(store),
+                    Err(shared) => old = shared,
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        // Stores are numbered from 1 at open, one more per successful reopen.
+        let generation = self.state().reopens + 2;
+        let (store, scan) =
+            Store::open(&inner.dir, generation, &inner.failures).map_err(|e| match e {
+                StoreError::Corrupt(why) => why,
+                StoreError::Other(OpenError::Locked(_)) => "sled's lock on the spool is still \
+                    held, by this process (a destination's state tree keeps the failed database \
+                    open): restart the agent"
+                    .into(),
+                StoreError::Other(e) => e.to_string(),
+            })?;
+        let mut state = self.state();
+        state.trees = scan.trees;
+        state.dead_letter = scan.dead_letter;
+        state.disk_checked = None;
+        inner.next_seq.fetch_max(scan.max_seq + 1, Ordering::SeqCst);
+        inner
+            .newest_received_ms
+            .fetch_max(scan.newest_received_ms, Ordering::SeqCst);
+        // The cursors in memory are the newest acknowledgements; the files may lack the last
+        // moves, or still hold a cursor that was being forgotten.
+        let write_back = || -> sled::Result<()> {
+            for name in scan.cursors.keys() {
+                if !state.cursors.contains_key(name) {
+                    store.cursors.remove(name.as_bytes())?;
+                }
+            }
+            for (name, seq) in &state.cursors {
+                store.cursors.insert(name.as_bytes(), &seq.to_be_bytes())?;
+            }
+            Ok(())
+        };
+        write_back().map_err(|e| format!("writing the cursors back: {e}"))?;
+        state.reopens += 1;
+        store.commit.flush_soon();
+        *inner.store.write().expect("spool store lock") = Some(Arc::new(store));
+        *inner.failure.lock().expect("spool failure lock") = None;
+        Ok(())
+    }
+}
+
+/// The spool's recovery thread: on a failure report about the current database, reopens it,
+/// retrying with backoff until it works. Ends when the spool is dropped.
+fn reopen_on_failure(spool: &Weak<Inner>, reports: &mpsc::Receiver<Failure>) {
+    while let Ok(report) = reports.recv() {
+        let Some(inner) = spool.upgrade() else { return };
+        let current = inner
+            .store
+            .read()
+            .expect("spool store lock")
+            .as_ref()
+            .map(|s| s.generation);
+        if current != Some(report.generation) {
+            continue; // about a database already replaced
+        }
+        inner
+            .failure
+            .lock()
+            .expect("spool failure lock")
+            .get_or_insert_with(|| report.why.clone());
+        tracing::error!(
+            spool = %inner.dir.display(),
+            error = %report.why,
+            "spool storage failed: refusing new data (503) and reopening the spool once its disk \
+             has {FREE_SPACE_RESERVE} bytes free; acknowledged data is safe"
+        );
+        drop(inner);
+        let mut pause = REOPEN_FIRST;
+        let mut attempts = 0u64;
+        loop {
+            std::thread::sleep(pause);
+            let Some(inner) = spool.upgrade() else { return };
+            attempts += 1;
+            match (Spool { inner }).reopen() {
+                Ok(()) => {
+                    tracing::info!(attempts, "spool reopened: accepting data again");
+                    break;
+                }
+                // Every attempt at first, then every tenth: a full disk can last hours.
+                Err(e) if attempts < 5 || attempts.is_multiple_of(10) => {
+                    tracing::warn!(error = %e, attempts, "reopening the spool failed; retrying");
+                }
+                Err(_) => {}
+            }
+            pause = (pause * 2).min(REOPEN_MAX);
+        }
     }
 }
 
@@ -702,7 +1257,7 @@ impl Spool {
 /// moment after the `Db` is dropped.
 const LOCK_WAIT: Duration = Duration::from_secs(1);
 
-fn open_db(dir: &Path) -> Result<sled::Db, OpenError> {
+fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
     let started = Instant::now();
     loop {
         let opened = sled::Config::new()
@@ -710,9 +1265,9 @@ fn open_db(dir: &Path) -> Result<sled::Db, OpenError> {
             .cache_capacity(CACHE_CAPACITY)
             .flush_every_ms(None)
             .open()
-            .map_err(|e| open_error(dir, e));
+            .map_err(|e| sled_error(dir, e));
         match opened {
-            Err(OpenError::Locked(_)) if started.elapsed() < LOCK_WAIT => {
+            Err(StoreError::Other(OpenError::Locked(_))) if started.elapsed() < LOCK_WAIT => {
                 std::thread::sleep(Duration::from_millis(20));
             }
             other => return other,
@@ -720,38 +1275,96 @@ fn open_db(dir: &Path) -> Result<sled::Db, OpenError> {
     }
 }
 
-fn open_error(dir: &Path, e: sled::Error) -> OpenError {
-    match &e {
-        sled::Error::Io(io)
-            if io.kind() == std::io::ErrorKind::WouldBlock || io.raw_os_error() == Some(11) =>
-        {
-            OpenError::Locked(dir.to_path_buf())
+/// Sorts a sled error at open: corruption (quarantined) or a failure to report.
+fn sled_error(dir: &Path, e: sled::Error) -> StoreError {
+    match e {
+        sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => {
+            StoreError::Corrupt(e.to_string())
         }
-        sled::Error::Io(io) if io.to_string().contains("lock") => {
-            OpenError::Locked(dir.to_path_buf())
-        }
-        _ => OpenError::Storage {
+        sled::Error::Io(io) => StoreError::Other(io_error(dir, io)),
+        other => StoreError::Other(OpenError::Storage {
             dir: dir.to_path_buf(),
+            message: other.to_string(),
+        }),
+    }
+}
+
+/// Names what an I/O error at open means for the user: the lock, access, a full disk.
+fn io_error(dir: &Path, e: std::io::Error) -> OpenError {
+    let dir = dir.to_path_buf();
+    match e.raw_os_error() {
+        _ if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") => {
+            OpenError::Locked(dir)
+        }
+        Some(libc::EACCES | libc::EPERM) => OpenError::Unwritable {
+            dir,
+            source: e,
+            hint: PERMISSION_HINT,
+        },
+        Some(libc::EROFS) => OpenError::Unwritable {
+            dir,
+            source: e,
+            hint: READ_ONLY_HINT,
+        },
+        Some(libc::ENOSPC | libc::EDQUOT) => OpenError::NoSpace(dir),
+        _ => OpenError::Storage {
+            dir,
             message: e.to_string(),
         },
     }
 }
 
+/// Moves a corrupt spool directory aside to `<dir>.quarantine-<UTC timestamp>` (a sibling: a
+/// rename on the same file system, which keeps its 0700 mode and contents as they were).
+fn quarantine(dir: &Path, why: &str) -> Result<PathBuf, OpenError> {
+    let stamp: String = humantime::format_rfc3339_seconds(SystemTime::now())
+        .to_string()
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':'))
+        .collect();
+    let name = dir
+        .file_name()
+        .map_or("spool".into(), |n| n.to_string_lossy().into_owned());
+    let mut aside = dir.with_file_name(format!("{name}.quarantine-{stamp}"));
+    let mut n = 1;
+    while aside.exists() {
+        n += 1;
+        aside = dir.with_file_name(format!("{name}.quarantine-{stamp}-{n}"));
+    }
+    std::fs::rename(dir, &aside).map_err(|source| OpenError::Quarantine {
+        dir: dir.to_path_buf(),
+        aside: aside.clone(),
+        why: why.to_string(),
+        source,
+    })?;
+    Ok(aside)
+}
+
+/// Bytes available to this user on the file system holding `dir` (`None` if it cannot be asked).
+fn free_space(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `statvfs` is plain data, for which all zeroes is a valid value.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `stat` is a valid place to write the result.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    // The field types differ by platform (u32 on macOS): widen them all.
+    #[allow(clippy::useless_conversion)]
+    Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+}
+
 /// The spool holds other people's prompts and telemetry: owner-only.
 fn create_private_dir(dir: &Path) -> Result<(), OpenError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let err = |source| OpenError::CreateDir {
-        dir: dir.to_path_buf(),
-        source,
-    };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(err)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| io_error(dir, e))
 }
-
 /// Makes every file under `dir` 0600 and every directory 0700 (sled creates them with the
 /// process umask). Only entries with other modes are changed, so a pass over a tidy spool costs
 /// a directory listing and a `stat` per file.
@@ -815,11 +1428,12 @@ mod tests {
         // The highest key (the held log record, 4) is above every cursor.
         let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
         assert_eq!(spool.cursor("a", Signal::Traces), 3);
-        assert_eq!(spool.append(Signal::Traces, 1, b"t").await.unwrap(), 5);
-        assert_eq!(*spool.subscribe(Signal::Traces).borrow(), 5);
+        let next = spool.append(Signal::Traces, 1, b"t").await.unwrap();
+        assert!(next > 4, "{next}");
+        assert_eq!(*spool.subscribe(Signal::Traces).borrow(), next);
         drop(spool);
 
-        // Every record gone: the cursor alone keeps the sequence from going back.
+        // Every record gone: the sequence still does not go back.
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
         for _ in 0..2 {
@@ -831,9 +1445,10 @@ mod tests {
         let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
         assert_eq!(spool.usage().records, 0);
         assert_eq!(spool.cursor("a", Signal::Traces), 2);
-        assert_eq!(spool.append(Signal::Traces, 1, b"t").await.unwrap(), 3);
+        let next = spool.append(Signal::Traces, 1, b"t").await.unwrap();
+        assert!(next > 2, "{next}");
         let read = spool.read(Signal::Traces, 2, u64::MAX, u64::MAX).unwrap();
-        assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), [3]);
+        assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), [next]);
     }
 
     #[tokio::test]
@@ -865,7 +1480,7 @@ mod tests {
         assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), [2]);
         assert_eq!(spool.pending("a", Signal::Traces).records, 1);
         // The sequence still resumes above the forgotten cursor's old value.
-        assert_eq!(spool.append(Signal::Traces, 1, b"t").await.unwrap(), 3);
+        assert!(spool.append(Signal::Traces, 1, b"t").await.unwrap() > 2);
     }
 
     #[tokio::test]
@@ -906,5 +1521,303 @@ mod tests {
         let read = spool.read(Signal::Logs, 0, u64::MAX, u64::MAX).unwrap();
         assert_eq!(read.len(), 1);
         assert_eq!(read[0].payload(), &big[..]);
+    }
+
+    fn all_routes(traces: &[&str]) -> Routes {
+        let names: Vec<String> = traces.iter().map(|d| d.to_string()).collect();
+        [names.clone(), names.clone(), names]
+    }
+
+    fn seqs(spool: &Spool, signal: Signal) -> Vec<u64> {
+        let read = spool.read(signal, 0, u64::MAX, u64::MAX).unwrap();
+        read.iter().map(|r| r.seq).collect()
+    }
+
+    #[tokio::test]
+    async fn reroute_adds_starts_from_the_oldest_forgets_and_deletes_what_all_have() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), limits(), routes(&["a", "b"])).unwrap();
+        for _ in 0..4 {
+            spool.append(Signal::Traces, 1, b"t").await.unwrap();
+        }
+        spool.append(Signal::Logs, 1, b"l").await.unwrap(); // seq 5, logs routed nowhere
+        spool.ack("a", Signal::Traces, 3).unwrap();
+        spool.ack("b", Signal::Traces, 1).unwrap();
+        assert_eq!(seqs(&spool, Signal::Traces), [2, 3, 4], "b holds 2 and 3");
+
+        // b leaves: its cursor goes, and what a alone has acknowledged is deleted at once.
+        spool.reroute(routes(&["a", "c"])).unwrap();
+        assert_eq!(
+            spool.cursor("b", Signal::Traces),
+            0,
+            "b's cursor is forgotten"
+        );
+        assert_eq!(
+            spool.cursor("c", Signal::Traces),
+            0,
+            "c starts from the oldest"
+        );
+        assert_eq!(
+            seqs(&spool, Signal::Traces),
+            [2, 3, 4],
+            "c has none of them yet"
+        );
+        assert_eq!(spool.pending("c", Signal::Traces).records, 3);
+        spool.ack("c", Signal::Traces, 4).unwrap();
+        assert_eq!(
+            seqs(&spool, Signal::Traces),
+            [4],
+            "a has 2 and 3, c everything"
+        );
+
+        // c leaves: a alone decides, and the records a has go.
+        spool.reroute(routes(&["a"])).unwrap();
+        assert_eq!(seqs(&spool, Signal::Traces), [4]);
+        spool.ack("a", Signal::Traces, 4).unwrap();
+        assert!(seqs(&spool, Signal::Traces).is_empty());
+        // Logs were routed nowhere all along: held.
+        assert_eq!(seqs(&spool, Signal::Logs), [5]);
+
+        // b comes back for logs: it starts from the oldest held log record.
+        spool.reroute(all_routes(&["b"])).unwrap();
+        assert_eq!(
+            spool.cursor("a", Signal::Traces),
+            0,
+            "a no longer routes traces"
+        );
+        assert_eq!(spool.pending("b", Signal::Logs).records, 1);
+        spool.ack("b", Signal::Logs, 5).unwrap();
+        assert_eq!(spool.usage().records, 0);
+        drop(spool);
+
+        // Durable: the forgotten cursors stay forgotten across a restart with every route.
+        let spool = Spool::open(dir.path(), limits(), all_routes(&["a", "b", "c"])).unwrap();
+        assert_eq!(spool.cursor("a", Signal::Traces), 0);
+        assert_eq!(spool.cursor("c", Signal::Traces), 0);
+        assert_eq!(spool.cursor("b", Signal::Logs), 5);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_record_is_set_aside_counted_and_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
+        spool.append(Signal::Traces, 2, b"good-1").await.unwrap(); // 1
+        let store = spool.store().unwrap();
+        // What a newer format, or damage inside a value, looks like: 2 is unreadable.
+        let bad_seq = spool.inner.next_seq.fetch_add(1, Ordering::SeqCst);
+        let mut bad = RecordHeader {
+            items: 3,
+            received_ms: now_ms(),
+        }
+        .encode(b"from the future");
+        bad[0] = 9;
+        store.records[0].insert(bad_seq.to_be_bytes(), bad).unwrap();
+        spool.state().trees[0].records += 1;
+        spool.state().trees[0].bytes += 29;
+        spool.append(Signal::Traces, 2, b"good-3").await.unwrap(); // 3
+
+        let read = spool.read(Signal::Traces, 0, u64::MAX, u64::MAX).unwrap();
+        assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 3]);
+        let usage = spool.usage();
+        assert_eq!(usage.dropped.unreadable_records, 1);
+        assert_eq!(
+            usage.records, 2,
+            "the unreadable record left the records tree"
+        );
+        assert_eq!(usage.dead_letter_records, 1, "kept for inspection");
+        let (_, letter) = store.dead_letter.first().unwrap().unwrap();
+        let text = String::from_utf8_lossy(&letter);
+        assert!(text.contains("unreadable spool record"), "{text}");
+        assert!(text.ends_with("from the future"), "{text}");
+
+        // Read again (another destination, or after a restart): counted once.
+        let read = spool.read(Signal::Traces, 0, u64::MAX, u64::MAX).unwrap();
+        assert_eq!(read.len(), 2);
+        assert_eq!(spool.usage().dropped.unreadable_records, 1);
+        // The cursor moves past it with the batch, and everything is deleted.
+        spool.ack("a", Signal::Traces, 3).unwrap();
+        assert_eq!(spool.usage().records, 0);
+    }
+
+    /// A report of a storage failure makes the spool refuse appends and reopen its database in
+    /// place; what was durable survives, and the cursors in memory win over the files.
+    #[tokio::test]
+    async fn a_storage_failure_reopens_the_database_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
+        for _ in 0..3 {
+            spool.append(Signal::Traces, 1, b"t").await.unwrap();
+        }
+        spool.ack("a", Signal::Traces, 1).unwrap();
+        let generation = spool.store().unwrap().generation;
+        *spool.inner.failure.lock().unwrap() = Some("injected failure".into());
+        spool
+            .inner
+            .failures
+            .send(Failure {
+                generation,
+                why: "injected failure".into(),
+            })
+            .unwrap();
+        let refused = spool.append(Signal::Traces, 1, b"t").await;
+        assert!(
+            matches!(&refused, Err(AppendError::Storage(m)) if m.contains("injected failure")),
+            "{refused:?}"
+        );
+        assert!(!spool.healthy());
+        assert_eq!(
+            spool.usage().storage_error.as_deref(),
+            Some("injected failure")
+        );
+
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !spool.healthy() {
+            assert!(Instant::now() < deadline, "the spool did not reopen");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let usage = spool.usage();
+        assert_eq!((usage.reopens, usage.storage_error), (1, None));
+        assert_eq!(spool.store().unwrap().generation, generation + 1);
+        assert_eq!(usage.records, 2);
+        assert_eq!(spool.cursor("a", Signal::Traces), 1);
+        assert_eq!(seqs(&spool, Signal::Traces), [2, 3]);
+        // Accepting again (the refused append took no sequence number); a stale report about
+        // the old database is ignored.
+        assert_eq!(spool.append(Signal::Traces, 1, b"t").await.unwrap(), 4);
+        spool
+            .inner
+            .failures
+            .send(Failure {
+                generation,
+                why: "stale".into(),
+            })
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(spool.healthy());
+        assert_eq!(spool.usage().reopens, 1);
+    }
+
+    fn corrupt_spool(
+        corrupt: impl Fn(&Path),
+    ) -> (tempfile::TempDir, PathBuf, Result<Spool, OpenError>) {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("spool");
+        {
+            let spool = Spool::open(&dir, limits(), routes(&["a"])).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            for i in 0..1000u32 {
+                rt.block_on(spool.append(Signal::Traces, i, &[(i % 251) as u8; 300]))
+                    .unwrap();
+            }
+        }
+        corrupt(&dir);
+        let opened = Spool::open(&dir, limits(), routes(&["a"]));
+        (parent, dir, opened)
+    }
+
+    fn quarantines(parent: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(parent)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().contains("spool.quarantine-"))
+            .collect()
+    }
+
+    /// What sled does with damaged files, and what the spool makes of it: an error it reports as
+    /// corruption (a garbled `conf`), a panic, or a database without its layout marker (garbage
+    /// over the log's start) means quarantine and a fresh spool. A truncated log reads as a torn write: sled opens it with the tail
+    /// gone, undetected. (So does garbage in parts of the log, or a garbled blob file.)
+    #[test]
+    fn corrupt_files_are_quarantined_and_a_fresh_spool_starts() {
+        use std::os::unix::fs::PermissionsExt;
+        // (A `conf` of 8 bytes or fewer is taken as missing, and rewritten.)
+        let garbled_conf =
+            |dir: &Path| std::fs::write(dir.join("conf"), b"garbage garbage garbage").unwrap();
+        // A large record lives in a blob file, which sled checks (CRC) when it reads it.
+        // Garbage over the log's first segment: sled opens an empty database (or, with other
+        // contents, panics); the missing layout marker tells.
+        let garbage_at_start = |dir: &Path| {
+            use std::io::Write;
+            let mut db = std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join("db"))
+                .unwrap();
+            db.write_all(&[0xA5; 4096]).unwrap();
+        };
+        for (name, corrupt) in [
+            ("garbled conf", &garbled_conf as &dyn Fn(&Path)),
+            ("garbage at the start of the log", &garbage_at_start),
+        ] {
+            let (parent, dir, opened) = corrupt_spool(corrupt);
+            let spool = opened.unwrap_or_else(|e| panic!("{name}: the spool must open: {e}"));
+            let aside = quarantines(parent.path());
+            assert_eq!(
+                aside.len(),
+                1,
+                "{name}: one quarantine directory: {aside:?}"
+            );
+            assert_eq!(spool.usage().quarantined.as_ref(), Some(&aside[0]));
+            assert_eq!(spool.usage().records, 0, "{name}: a fresh spool");
+            let mode = std::fs::metadata(&aside[0]).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{name}: the quarantine stays private");
+            assert!(
+                aside[0].join("db").exists(),
+                "{name}: the files were moved whole"
+            );
+            assert!(dir.join("db").exists());
+        }
+
+        // A log cut in half: depending on where the cut falls, sled panics (quarantined) or
+        // takes it for a torn write and opens what is left, undetected. Either way: it opens.
+        let (parent, _dir, opened) = corrupt_spool(|dir| {
+            let db = std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join("db"))
+                .unwrap();
+            let len = db.metadata().unwrap().len();
+            db.set_len(len / 2).unwrap();
+        });
+        let spool = opened.expect("a truncated spool opens");
+        let quarantined = quarantines(parent.path()).len();
+        assert!(
+            quarantined == 1 || (quarantined == 0 && spool.usage().records < 1000),
+            "quarantined {quarantined}, usage {:?}",
+            spool.usage()
+        );
+    }
+
+    #[test]
+    fn open_errors_that_are_not_corruption_are_reported_not_quarantined() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("spool");
+        let _held = Spool::open(&dir, limits(), routes(&[])).unwrap();
+        let second = Spool::open(&dir, limits(), routes(&[]));
+        assert!(matches!(second, Err(OpenError::Locked(_))));
+        assert!(quarantines(parent.path()).is_empty());
+
+        let io = |errno| std::io::Error::from_raw_os_error(errno);
+        for (errno, expected) in [
+            (
+                libc::EACCES,
+                "Permission denied (os error 13); set spool.dir to a directory this user can write",
+            ),
+            (
+                libc::EROFS,
+                "Read-only file system (os error 30); its file system is mounted read-only",
+            ),
+            (libc::ENOSPC, "the disk is full"),
+        ] {
+            let message = io_error(&dir, io(errno)).to_string();
+            assert!(message.contains(expected), "{message}");
+            assert!(message.contains(&*dir.to_string_lossy()), "{message}");
+        }
+        assert!(matches!(
+            sled_error(&dir, sled::Error::Io(io(libc::EIO))),
+            StoreError::Other(OpenError::Storage { .. })
+        ));
     }
 }

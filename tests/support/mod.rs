@@ -1,7 +1,17 @@
 //! Shared test parts: an upstream sink that decodes what it receives *independently* of the
 //! agent (prost types for protobuf, plain serde_json walking for OTLP/JSON) and misbehaves on
 //! request, and helpers to start an agent in-process on loopback ports.
+//!
+//! The sink is hyper on loopback, plain or TLS. Each request is read whole, recorded, and answered
+//! by the next scripted [`Reply`] (then the fallback, then 200). Replies hyper cannot write — a
+//! hang, a TCP reset, a trickled status line, an endless body — are played on the raw socket:
+//! hyper shares it ([`SharedStream`]) and is dropped mid-request. A deaf sink
+//! ([`Sink::set_deaf`]) accepts connections and never reads them. The sink counts connections
+//! and raw bytes written, so tests can bound how often an agent tried and how much it could
+//! have buffered.
 #![allow(dead_code)] // each test binary uses its own subset
+
+pub mod process;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -30,6 +40,47 @@ pub enum Reply {
     Partial(i64, &'static str),
     /// Wait this long, then answer 200 (for timeouts).
     Stall(Duration),
+    /// Read the request, then never answer: the connection stays open until the client leaves.
+    Hang,
+    /// `code` (a 3xx) with `Location: <location>` and no body.
+    Redirect(u16, String),
+    /// Read the request, then reset the connection (TCP RST): at once with `None`; with
+    /// `Some(code)`, after that status, headers announcing a 1 MiB body, and 100 bytes of it.
+    Reset(Option<u16>),
+    /// Read the request, then send a 503 response one byte per second from the first byte of its
+    /// status line on, never finishing.
+    Trickle,
+    /// Read the request, send `code` and its headers at once, then a body one byte per second,
+    /// forever.
+    TrickleBody(u16),
+    /// Read the request, send `code` and its headers, then an endless body as fast as the client
+    /// reads it (the bytes written are counted: [`Sink::raw_bytes_sent`]).
+    EndlessBody(u16),
+}
+
+impl Reply {
+    /// The status the client gets to see, if any (a hang, a reset before the answer, and a
+    /// trickled status line show none).
+    fn status(&self) -> Option<u16> {
+        match self {
+            Reply::Ok | Reply::Partial(..) | Reply::Stall(_) => Some(200),
+            Reply::Status(code, _) | Reply::Redirect(code, _) => Some(*code),
+            Reply::Reset(code) => *code,
+            Reply::TrickleBody(code) | Reply::EndlessBody(code) => Some(*code),
+            Reply::Hang | Reply::Trickle => None,
+        }
+    }
+}
+
+/// A reply written on the raw socket, past what hyper can do: hyper answers the request's
+/// HTTP, then hands its connection over (see [`serve`]).
+#[derive(Debug)]
+enum Raw {
+    Hang,
+    Reset(Option<u16>),
+    Trickle,
+    TrickleBody(u16),
+    EndlessBody(u16),
 }
 
 /// One request the sink received.
@@ -54,10 +105,20 @@ struct SinkState {
     script: VecDeque<Reply>,
     /// Answer every request, after the script, with this (default: `Reply::Ok`).
     fallback: Option<Reply>,
+    /// When each connection was accepted.
+    connections: Vec<Instant>,
+    /// Accept connections but never read from them (see [`Sink::set_deaf`]).
+    deaf: bool,
+    /// Connections accepted while deaf, kept open (unread) for as long as the sink lives.
+    unread: Vec<tokio::net::TcpStream>,
+    /// Bytes written by raw replies ([`Reply::Reset`], [`Reply::Trickle`], …).
+    raw_bytes_sent: u64,
 }
 
 pub struct Sink {
     pub addr: SocketAddr,
+    /// Whether the sink speaks HTTPS ([`Sink::start_tls`]).
+    tls: bool,
     state: Arc<Mutex<SinkState>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -76,6 +137,21 @@ impl Sink {
     /// Starts on a given address (to come back on a port that was refusing connections), with
     /// its first replies scripted before it accepts anything (no race with a retrying agent).
     pub async fn start_on(addr: SocketAddr, script: impl IntoIterator<Item = Reply>) -> Sink {
+        Sink::start_with(addr, script, None).await
+    }
+
+    /// An HTTPS sink on a free loopback port, presenting `acceptor`'s certificate. Raw replies
+    /// ([`Reply::Hang`], [`Reply::Reset`], the trickles, [`Reply::EndlessBody`]) need a plain
+    /// sink: a TLS sink panics on them.
+    pub async fn start_tls(acceptor: tokio_rustls::TlsAcceptor) -> Sink {
+        Sink::start_with("127.0.0.1:0".parse().unwrap(), [], Some(acceptor)).await
+    }
+
+    async fn start_with(
+        addr: SocketAddr,
+        script: impl IntoIterator<Item = Reply>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Sink {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .expect("binding the sink");
@@ -85,28 +161,48 @@ impl Sink {
             ..SinkState::default()
         }));
         let shared = Arc::clone(&state);
+        let is_tls = tls.is_some();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                {
+                    let mut s = shared.lock().unwrap();
+                    s.connections.push(Instant::now());
+                    if s.deaf {
+                        s.unread.push(stream);
+                        continue;
+                    }
+                }
                 let state = Arc::clone(&shared);
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let state = Arc::clone(&state);
-                        async move { Ok::<_, Infallible>(handle(state, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+                match &tls {
+                    None => {
+                        tokio::spawn(serve(stream, state));
+                    }
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            // A client that refuses the certificate ends the handshake here.
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                serve_http(stream, state, None).await;
+                            }
+                        });
+                    }
+                }
             }
         });
-        Sink { addr, state, task }
+        Sink {
+            addr,
+            tls: is_tls,
+            state,
+            task,
+        }
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Replies for the next requests, in order; afterwards the fallback (200 by default).
@@ -116,6 +212,24 @@ impl Sink {
 
     pub fn set_fallback(&self, reply: Option<Reply>) {
         self.state.lock().unwrap().fallback = reply;
+    }
+
+    /// While deaf, the sink accepts connections (counted in [`Sink::connections`]) and never
+    /// reads or answers them: an upstream stalled right after accepting. Connections accepted
+    /// meanwhile stay unread; later ones are served again.
+    pub fn set_deaf(&self, deaf: bool) {
+        self.state.lock().unwrap().deaf = deaf;
+    }
+
+    /// When each connection was accepted.
+    pub fn connections(&self) -> Vec<Instant> {
+        self.state.lock().unwrap().connections.clone()
+    }
+
+    /// Bytes written by raw replies so far (an upper bound on what a client could buffer of
+    /// them).
+    pub fn raw_bytes_sent(&self) -> u64 {
+        self.state.lock().unwrap().raw_bytes_sent
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -156,9 +270,195 @@ impl Sink {
     }
 }
 
+/// Serves one plain connection with hyper until a request's reply is [`Raw`]: then hyper is
+/// dropped mid-request and the reply is written on the socket itself, which hyper shared.
+async fn serve(stream: tokio::net::TcpStream, state: Arc<Mutex<SinkState>>) {
+    let stream = Arc::new(stream);
+    let (raw_tx, mut raw_rx) = tokio::sync::mpsc::unbounded_channel();
+    let connection = serve_http(
+        SharedStream(Arc::clone(&stream)),
+        Arc::clone(&state),
+        Some(raw_tx),
+    );
+    let raw = tokio::select! {
+        _ = connection => None,
+        raw = raw_rx.recv() => raw,
+    };
+    if let Some(raw) = raw {
+        play(raw, &RawSocket { stream, state }).await;
+    }
+}
+
+/// Serves HTTP/1 on `io` until the client leaves; raw replies go to `raw`.
+async fn serve_http<I>(
+    io: I,
+    state: Arc<Mutex<SinkState>>,
+    raw: Option<tokio::sync::mpsc::UnboundedSender<Raw>>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let (state, raw) = (Arc::clone(&state), raw.clone());
+        async move { Ok::<_, Infallible>(handle(state, req, raw).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+}
+
+/// Writes a raw reply. Ends when the client goes away (or at once, for a reset).
+async fn play(raw: Raw, socket: &RawSocket) {
+    let head = |code: u16, length: &str| {
+        format!("HTTP/1.1 {code} Sink\r\ncontent-type: text/plain\r\n{length}\r\n").into_bytes()
+    };
+    let announced = "content-length: 1048576\r\n";
+    match raw {
+        Raw::Hang => {
+            // Read (and drop) until the client closes, so the task ends with the connection.
+            while socket.read_some().await {}
+        }
+        Raw::Reset(code) => {
+            if let Some(code) = code {
+                let mut bytes = head(code, announced);
+                bytes.extend_from_slice(&[b'x'; 100]);
+                let _ = socket.write(&bytes).await;
+                // Let the client read the head before the reset discards what it has not read.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            // SO_LINGER 0: closing sends an RST, not a FIN.
+            socket.stream.set_zero_linger().expect("setting SO_LINGER");
+        }
+        Raw::Trickle => {
+            let mut bytes = head(503, announced);
+            bytes.extend(std::iter::repeat_n(b'x', 1 << 20));
+            for byte in bytes {
+                if socket.write(&[byte]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        Raw::TrickleBody(code) => {
+            let mut next = socket.write(&head(code, announced)).await;
+            while next.is_ok() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                next = socket.write(b"x").await;
+            }
+        }
+        Raw::EndlessBody(code) => {
+            let chunk = [
+                format!("{:x}\r\n", 64 << 10).into_bytes(),
+                vec![b'x'; 64 << 10],
+                b"\r\n".to_vec(),
+            ]
+            .concat();
+            let mut next = socket
+                .write(&head(code, "transfer-encoding: chunked\r\n"))
+                .await;
+            while next.is_ok() {
+                next = socket.write(&chunk).await;
+            }
+        }
+    }
+}
+
+/// The socket of a connection hyper let go, with the sink's byte count of raw replies.
+struct RawSocket {
+    stream: Arc<tokio::net::TcpStream>,
+    state: Arc<Mutex<SinkState>>,
+}
+
+impl RawSocket {
+    /// Reads and drops what the client sends; false once it has closed (or failed).
+    async fn read_some(&self) -> bool {
+        let mut buf = [0u8; 1024];
+        loop {
+            if self.stream.readable().await.is_err() {
+                return false;
+            }
+            match self.stream.try_read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Ok(0) | Err(_) => return false,
+                Ok(_) => return true,
+            }
+        }
+    }
+
+    /// Writes all of `bytes`, counting them in [`Sink::raw_bytes_sent`] as they go.
+    async fn write(&self, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            self.stream.writable().await?;
+            match self.stream.try_write(bytes) {
+                Ok(n) => {
+                    self.state.lock().unwrap().raw_bytes_sent += n as u64;
+                    bytes = &bytes[n..];
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A TCP stream hyper can serve while [`serve`] keeps a handle to it for a raw reply.
+struct SharedStream(Arc<tokio::net::TcpStream>);
+
+impl tokio::io::AsyncRead for SharedStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        loop {
+            std::task::ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return std::task::Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for SharedStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                other => return std::task::Poll::Ready(other),
+            }
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    // The socket closes when [`serve`] drops its last handle, right after hyper is done.
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 async fn handle(
     state: Arc<Mutex<SinkState>>,
     req: Request<hyper::body::Incoming>,
+    raw: Option<tokio::sync::mpsc::UnboundedSender<Raw>>,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     let headers = req.headers().clone();
@@ -178,22 +478,39 @@ async fn handle(
     if let Reply::Stall(d) = reply {
         tokio::time::sleep(d).await;
     }
-    let (status, retry_after, rejected) = match reply {
-        Reply::Ok | Reply::Stall(_) => (200, None, None),
-        Reply::Status(code, after) => (code, after, None),
-        Reply::Partial(n, msg) => (200, None, Some((n, msg))),
-    };
     let (items, names) = decode(&path, &headers, &body);
     state.lock().unwrap().received.push(Received {
         path: path.clone(),
         headers: headers.clone(),
         items,
         names,
-        accepted: (200..300).contains(&status),
+        accepted: reply.status().is_some_and(|s| (200..300).contains(&s)),
         at: Instant::now(),
         body_len: body.len(),
         body: body.clone(),
     });
+    let raw_reply = match reply {
+        Reply::Hang => Some(Raw::Hang),
+        Reply::Reset(code) => Some(Raw::Reset(code)),
+        Reply::Trickle => Some(Raw::Trickle),
+        Reply::TrickleBody(code) => Some(Raw::TrickleBody(code)),
+        Reply::EndlessBody(code) => Some(Raw::EndlessBody(code)),
+        _ => None,
+    };
+    if let Some(raw_reply) = raw_reply {
+        // `serve` drops this handler (and hyper) and writes the reply itself.
+        if let Some(raw) = raw {
+            let _ = raw.send(raw_reply);
+            std::future::pending::<()>().await;
+        }
+        panic!("sink: raw replies need a plain-TCP sink (Sink::start, not start_tls)");
+    }
+    let (status, retry_after, rejected, location) = match reply {
+        Reply::Status(code, after) => (code, after, None, None),
+        Reply::Partial(n, msg) => (200, None, Some((n, msg)), None),
+        Reply::Redirect(code, location) => (code, None, None, Some(location)),
+        _ => (200, None, None, None),
+    };
     let is_json = headers
         .get("content-type")
         .is_some_and(|v| v.to_str().unwrap_or("").starts_with("application/json"));
@@ -249,6 +566,12 @@ async fn handle(
         .insert("content-type", ct.parse().unwrap());
     if let Some(secs) = retry_after {
         response.headers_mut().insert("retry-after", secs.into());
+    }
+    if let Some(location) = location {
+        response.headers_mut().insert(
+            "location",
+            location.parse().expect("sink: a valid Location"),
+        );
     }
     response
 }

@@ -6,8 +6,9 @@
 //! POST it to `endpoint` as written (nothing appended) with `Content-Encoding: snappy`,
 //! `Content-Type: application/x-protobuf`, `X-Prometheus-Remote-Write-Version: 0.1.0`, signed
 //! with SigV4 when `sigv4` is set (`service = "aps"` for Amazon Managed Service for
-//! Prometheus; the signer is [`crate::aws::sigv4`]). The answer is classified for the worker:
-//! 2xx delivered; 408, 429, 5xx and connection failures retried; 401/403 held; 413 split; any
+//! Prometheus; the signer is [`crate::aws::sigv4`]), through [`super::http`] (no redirects, a
+//! capped answer). The answer is classified for the worker: 2xx delivered; 408, 429, 5xx and
+//! connection failures retried; 401/403, 3xx and untrusted certificates held; 413 split; any
 //! other 4xx refused (dead-lettered). Prometheus answers 400 to samples it will never take
 //! (out of order, out of bounds), so retrying those would never end.
 //!
@@ -25,14 +26,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
-use reqwest::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
 
+use super::http::{self, exchange};
 use super::otlp_http::configured_headers;
-use super::retry::parse_retry_after;
-use super::{transport_error, Outcome};
+use super::Outcome;
 use crate::aws::credentials::{CachedCredentials, CredentialSettings};
 use crate::aws::sigv4::{SignError, Signer};
-use crate::config::{mask_url_credentials, DestinationConfig};
+use crate::config::DestinationConfig;
 use crate::otlp::{ExportMetricsServiceRequest, Signal};
 use crate::spool::Spool;
 use cumulative::{Cumulative, Txn};
@@ -88,12 +89,7 @@ impl PrometheusRemoteWrite {
             ));
             Signer::new(&sigv4.region, &sigv4.service, credentials)
         });
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("otlp-spool/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| format!("destination {name}: building the HTTP client failed: {e}"))?;
+        let client = http::client(config)?;
         Ok(PrometheusRemoteWrite {
             client,
             url: config.endpoint.as_str().to_string(),
@@ -156,37 +152,18 @@ impl PrometheusRemoteWrite {
                 }
             }
         }
-        let response = match self
+        let request = self
             .client
             .post(&self.url)
             .timeout(self.timeout)
             .headers(headers)
-            .body(body)
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                return Outcome::Retry {
-                    retry_after: None,
-                    error: transport_error(&self.url, e),
-                }
-            }
+            .body(body);
+        let answer = match exchange(request, &self.url).await {
+            Ok(answer) => answer,
+            Err(failure) => return failure,
         };
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| parse_retry_after(v.to_str().ok()?));
-        let text = response.text().await.unwrap_or_default();
-        let error = || {
-            let text: String = text.trim().chars().take(300).collect();
-            format!(
-                "HTTP {status} from {}: {text}",
-                mask_url_credentials(&self.url)
-            )
-        };
-        match status.as_u16() {
+        let error = || answer.error(&self.url, &String::from_utf8_lossy(&answer.body));
+        match answer.status.as_u16() {
             200..=299 => {
                 self.cumulative.commit(changes);
                 delivered()
@@ -197,7 +174,7 @@ impl PrometheusRemoteWrite {
                         signer.credentials().invalidate();
                     }
                 }
-                let outcome = Outcome::from_failure_status(code, retry_after, error());
+                let outcome = Outcome::from_failure_status(code, answer.retry_after, error());
                 if matches!(outcome, Outcome::Refused(_)) {
                     // Refused for good and dead-lettered: the deltas still happened, so the
                     // running totals keep them.

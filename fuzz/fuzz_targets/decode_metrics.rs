@@ -1,0 +1,6 @@
+//! The OTLP/HTTP request decoder on metrics requests; the body is [`otlp_spool_fuzz::decode_request`].
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    otlp_spool_fuzz::decode_request(otlp_spool::otlp::Signal::Metrics, data)
+});

@@ -1,0 +1,171 @@
+//! SIGHUP reloads the config of a running agent (issue 8, "Shutdown and reload"): destinations
+//! are added, removed and changed without a restart, with the cursor semantics of
+//! `Agent::reload`, and a config that does not load changes nothing.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use support::process::{agent_command, free_port, AgentProcess};
+use support::{destination, spans, Reply, Sink, PROTOBUF};
+
+fn write_config(path: &Path, port: u16, spool: &Path, destinations: &str) {
+    write_config_with(path, port, spool, "", destinations)
+}
+
+fn write_config_with(path: &Path, port: u16, spool: &Path, server: &str, destinations: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ngrpc_listen = \"\"\n{server}\n[spool]\ndir = \"{}\"\n{destinations}",
+            spool.display()
+        ),
+    )
+    .unwrap();
+}
+
+async fn send(agent: &AgentProcess, prefix: &str, requests: usize) {
+    let client = reqwest::Client::new();
+    for i in 0..requests {
+        let status = client
+            .post(agent.url("/v1/traces"))
+            .header(PROTOBUF.0, PROTOBUF.1)
+            .body(spans(&format!("{prefix}{i}"), 1))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+}
+
+fn destination_names(status: &serde_json::Value) -> Vec<String> {
+    status["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn sighup_adds_removes_and_changes_destinations_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, spool, log) = (
+        dir.path().join("config.toml"),
+        dir.path().join("spool"),
+        dir.path().join("agent.log"),
+    );
+    let port = free_port();
+    let (a, b, c) = (
+        Sink::start().await,
+        Sink::start().await,
+        Sink::start().await,
+    );
+    c.set_fallback(Some(Reply::Status(503, None)));
+    let timeout = Duration::from_secs(10);
+
+    // A delivers; C refuses everything, so the spool holds what C has not taken.
+    let a_block = destination("a", &a, "");
+    write_config(
+        &config,
+        port,
+        &spool,
+        &format!("{a_block}{}", destination("c", &c, "")),
+    );
+    let mut agent = AgentProcess::start(agent_command(&config), port, &log).await;
+    let pid_before = agent.pid();
+    send(&agent, "first", 10).await;
+    assert_eq!(a.wait_items("/v1/traces", 10, timeout).await, 10);
+    assert_eq!(agent.status().await["spool"]["records"], 10, "held for c");
+
+    // C goes, B comes: B starts from the oldest held record, so it gets all ten; C's cursor
+    // is forgotten and, with A and B done, the records are deleted.
+    write_config(
+        &config,
+        port,
+        &spool,
+        &format!("{a_block}{}", destination("b", &b, "")),
+    );
+    agent.signal(libc::SIGHUP);
+    agent.wait_log("config reloaded", 1, timeout).await;
+    assert_eq!(b.wait_items("/v1/traces", 10, timeout).await, 10);
+    let status = agent.status().await;
+    assert_eq!(destination_names(&status), ["a", "b"]);
+    assert_eq!(
+        a.items("/v1/traces"),
+        10,
+        "A was left running: nothing resent"
+    );
+    let deadline = tokio::time::Instant::now() + timeout;
+    while agent.status().await["spool"]["records"] != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "records not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A changes (a new header): its workers restart from its cursor, so only new data goes,
+    // with the header.
+    write_config(
+        &config,
+        port,
+        &spool,
+        &format!(
+            "{}{}",
+            destination("a", &a, "headers = { \"x-reloaded\" = \"yes\" }"),
+            destination("b", &b, "")
+        ),
+    );
+    agent.signal(libc::SIGHUP);
+    agent.wait_log("config reloaded", 2, timeout).await;
+    send(&agent, "second", 5).await;
+    assert_eq!(b.wait_items("/v1/traces", 15, timeout).await, 15);
+    assert_eq!(a.wait_items("/v1/traces", 15, timeout).await, 15);
+    let after_change: Vec<_> = a
+        .received()
+        .into_iter()
+        .filter(|r| r.names.iter().any(|n| n.starts_with("second")))
+        .collect();
+    assert!(!after_change.is_empty());
+    assert!(
+        after_change
+            .iter()
+            .all(|r| r.headers.get("x-reloaded").is_some_and(|v| v == "yes")),
+        "the changed destination sends with its new config"
+    );
+
+    // A broken config is reported and the running one kept; a server change is deferred.
+    std::fs::write(&config, "[server]\nlisten = 42\n").unwrap();
+    agent.signal(libc::SIGHUP);
+    agent
+        .wait_log("reload failed, keeping the running config", 1, timeout)
+        .await;
+    send(&agent, "third", 1).await;
+    assert_eq!(a.wait_items("/v1/traces", 16, timeout).await, 16);
+    assert_eq!(b.wait_items("/v1/traces", 16, timeout).await, 16);
+    write_config_with(
+        &config,
+        port,
+        &spool,
+        "max_body = \"1MiB\"",
+        &format!(
+            "{}{}",
+            destination("a", &a, "headers = { \"x-reloaded\" = \"yes\" }"),
+            destination("b", &b, "")
+        ),
+    );
+    agent.signal(libc::SIGHUP);
+    agent.wait_log("config reloaded", 3, timeout).await;
+    agent
+        .wait_log("take effect only at the next restart", 1, timeout)
+        .await;
+
+    // Still the same process, and SIGTERM still stops it cleanly.
+    assert_eq!(agent.pid(), pid_before);
+    agent.signal(libc::SIGTERM);
+    assert!(agent.wait(Duration::from_secs(5)).success());
+    assert_eq!(c.items("/v1/traces"), 0);
+}

@@ -1,0 +1,557 @@
+//! Storage faults against the real binary: a disk that fills up (a small tmpfs in a private mount
+//! namespace, filled by the agent and then by another writer, and grown again), a corrupt spool
+//! (quarantined, the agent starts), and a spool directory it may not write (a read-only mount, a
+//! directory owned by someone else): a clear start error. Needs root (mount namespaces, setpriv).
+//!
+//! Each agent runs as the only process of its own mount namespace (`unshare -m` execs it), so
+//! its mounts vanish with it; the [`Agent`] guard kills and reaps it on every exit path.
+
+mod support;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use support::{destination, spans, Reply, Sink, PROTOBUF};
+
+const BIN: &str = env!("CARGO_BIN_EXE_otlp-spool");
+const SPANS_PER_REQUEST: usize = 40;
+
+/// A running agent process; dropping it SIGKILLs and reaps it (its mount namespace goes too).
+struct Agent {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Agent {
+    /// Starts `script` (a shell command line ending in `exec otlp-spool …`) in a private mount
+    /// namespace and waits for `/healthz`.
+    async fn start(dir: &Path, config: &str, script: &str, port: u16) -> Agent {
+        let log = dir.join("agent.log");
+        let child = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", script])
+            .env("OTLP_SPOOL_LOG", "info")
+            .env("CONFIG", config)
+            .env("BIN", BIN)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawning unshare");
+        let mut agent = Agent {
+            child,
+            port,
+            log,
+            // A hung agent fails the test instead of hanging it.
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                panic!(
+                    "the agent exited at start ({status}); log:\n{}",
+                    agent.log()
+                );
+            }
+            if agent.healthz().await == Some(200) {
+                return agent;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no /healthz within 15 s; log:\n{}",
+                agent.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    async fn healthz(&self) -> Option<u16> {
+        let response = self.http.get(self.url("/healthz")).send().await.ok()?;
+        Some(response.status().as_u16())
+    }
+
+    async fn status(&self) -> serde_json::Value {
+        let body = self.http.get(self.url("/status")).send().await.unwrap();
+        serde_json::from_slice(&body.bytes().await.unwrap()).unwrap()
+    }
+
+    async fn metrics(&self) -> String {
+        let body = self.http.get(self.url("/metrics")).send().await.unwrap();
+        body.text().await.unwrap()
+    }
+
+    /// POSTs one trace request; the status and its `Retry-After`.
+    async fn send(&self, prefix: &str) -> (u16, Option<String>) {
+        let response = self
+            .http
+            .post(self.url("/v1/traces"))
+            .header(PROTOBUF.0, PROTOBUF.1)
+            .body(spans(prefix, SPANS_PER_REQUEST))
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await
+            .expect("the agent answers");
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        (response.status().as_u16(), retry_after)
+    }
+
+    /// Runs `command` in the agent's mount namespace.
+    fn in_namespace(&self, command: &str) -> std::process::Output {
+        Command::new("nsenter")
+            .args([
+                "-t",
+                &self.child.id().to_string(),
+                "-m",
+                "sh",
+                "-c",
+                command,
+            ])
+            .output()
+            .expect("running nsenter")
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_config(dir: &Path, spool: &Path, port: u16, grpc_port: u16, extra: &str) -> PathBuf {
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ngrpc_listen = \"127.0.0.1:{grpc_port}\"\n\
+             [spool]\ndir = \"{}\"\n{extra}",
+            spool.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Names of the spans in the requests `prefixes`.
+fn span_names(prefixes: &[String]) -> Vec<String> {
+    prefixes
+        .iter()
+        .flat_map(|p| (0..SPANS_PER_REQUEST).map(move |i| format!("{p}-{i}")))
+        .collect()
+}
+
+/// The disk fills: first with the agent's own data (it refuses before the file system is full,
+/// keeping room for deletions), then to the last byte by another writer while the agent holds a
+/// backlog and its worker acknowledges deliveries (sled writes on every deletion). Clients get
+/// 503 + Retry-After and gRPC UNAVAILABLE, `/healthz` says 503, the process lives on; once the
+/// space is back it accepts again by itself, and every acknowledged span reaches the sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_data_then_recovers_by_itself_and_loses_nothing_acknowledged() {
+    let began = Instant::now();
+    let sink = Sink::start().await;
+    // Hold everything in the spool while the disk fills.
+    sink.set_fallback(Some(Reply::Status(503, None)));
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let spool = mnt.join("spool");
+    let (port, grpc_port) = (free_port(), free_port());
+    // max_bytes far above the tmpfs: the disk, not the cap, runs out.
+    let config = write_config(
+        dir.path(),
+        &spool,
+        port,
+        grpc_port,
+        &format!(
+            "max_bytes = \"1GiB\"\n{}",
+            destination("up", &sink, "signals = [\"traces\"]")
+        ),
+    );
+    let script = format!(
+        "mount -t tmpfs -o size=16m tmpfs {mnt} && exec \"$BIN\" run --config \"$CONFIG\"",
+        mnt = mnt.display()
+    );
+    let mut agent = Agent::start(dir.path(), &config.to_string_lossy(), &script, port).await;
+
+    // 1. The agent's own data fills the disk until it refuses.
+    let mut acked: Vec<String> = Vec::new();
+    let (mut refused, mut consecutive, mut n) = (0u64, 0u64, 0u64);
+    while consecutive < 10 {
+        let prefix = format!("a{n}");
+        n += 1;
+        let (status, retry_after) = agent.send(&prefix).await;
+        match status {
+            200 => {
+                acked.push(prefix);
+                consecutive = 0;
+            }
+            503 => {
+                assert!(retry_after.is_some(), "a 503 without Retry-After");
+                refused += 1;
+                consecutive += 1;
+            }
+            other => panic!("unexpected status {other}; log:\n{}", agent.log()),
+        }
+        assert!(n < 20_000, "the agent never refused; log:\n{}", agent.log());
+    }
+    assert_eq!(
+        agent.healthz().await,
+        Some(503),
+        "/healthz while the disk is full"
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc_port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let request = ExportTraceServiceRequest::decode(&spans("g0", 3)[..]).unwrap();
+    let grpc = TraceServiceClient::new(channel).export(request).await;
+    assert_eq!(
+        grpc.as_ref().map_err(|s| s.code()).err(),
+        Some(tonic::Code::Unavailable),
+        "gRPC on a full disk: {grpc:?}"
+    );
+    let filled = agent.status().await;
+    println!(
+        "disk full: {} requests acknowledged ({} spans), then {refused} refused; spool {} records, \
+         {} bytes, {} on disk",
+        acked.len(),
+        acked.len() * SPANS_PER_REQUEST,
+        filled["spool"]["records"],
+        filled["spool"]["bytes"],
+        filled["spool"]["disk_bytes"]
+    );
+
+    // 2. Another writer takes the rest, to the last byte; the upstream takes data again, so the
+    // worker delivers and acknowledges (deleting, which writes) on a disk with no room at all.
+    let out = agent.in_namespace(&format!(
+        "dd if=/dev/zero of={}/filler bs=64k 2>&1; df -k {}",
+        mnt.display(),
+        mnt.display()
+    ));
+    println!("filler: {}", String::from_utf8_lossy(&out.stdout).trim());
+    sink.set_fallback(None);
+    let delivered =
+        |sink: &Sink| -> HashSet<String> { sink.names("/v1/traces").into_iter().collect() };
+    let want: Vec<String> = span_names(&acked);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let got = delivered(&sink);
+        if want.iter().all(|s| got.contains(s)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let during = agent.status().await;
+    let (status, retry_after) = agent.send("full").await;
+    assert_eq!(status, 503, "an append with no space at all");
+    assert!(retry_after.is_some());
+    assert_eq!(agent.healthz().await, Some(503));
+    assert!(
+        agent.alive(),
+        "the agent died on a full disk; log:\n{}",
+        agent.log()
+    );
+    // The deletions and cursor moves met ENOSPC inside sled, which latched it: the spool is
+    // failing (and will have to reopen), not merely under its free-space reserve.
+    let storage_error = during["spool"]["storage_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        storage_error.contains("No space left on device"),
+        "no storage error on a completely full disk: {during}"
+    );
+    println!(
+        "on a completely full disk: storage_error {}, spool {} records",
+        during["spool"]["storage_error"], during["spool"]["records"]
+    );
+
+    // 3. Space comes back: the agent recovers by itself.
+    let out = agent.in_namespace(&format!(
+        "rm {m}/filler && mount -o remount,size=64m {m}",
+        m = mnt.display()
+    ));
+    assert!(out.status.success(), "growing the tmpfs: {out:?}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while agent.healthz().await != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not recover by itself; status {}; log:\n{}",
+            agent.status().await,
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..20 {
+        let prefix = format!("b{i}");
+        let (status, _) = agent.send(&prefix).await;
+        assert_eq!(status, 200, "accepting again after recovery");
+        acked.push(prefix);
+    }
+
+    // Every acknowledged span reaches the sink, and the spool drains.
+    let want = span_names(&acked);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let missing = loop {
+        let got = delivered(&sink);
+        let missing: Vec<&String> = want.iter().filter(|s| !got.contains(*s)).collect();
+        let drained = agent.status().await["spool"]["records"] == 0;
+        if (missing.is_empty() && drained) || Instant::now() > deadline {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let last = agent.status().await;
+    println!(
+        "recovered: {} requests acknowledged in all ({} spans), {} distinct spans delivered, {} \
+         deliveries, {} missing; reopens {}; refused for storage {}; {:.1?}",
+        acked.len(),
+        want.len(),
+        delivered(&sink).len(),
+        sink.items("/v1/traces"),
+        missing.len(),
+        last["spool"]["reopens"],
+        last["refused_requests"]["storage"],
+        began.elapsed()
+    );
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged spans never reached the sink, e.g. {:?}; log:\n{}",
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        agent.log()
+    );
+    assert_eq!(last["spool"]["records"], 0, "the spool drained: {last}");
+    assert!(last["refused_requests"]["storage"].as_u64() >= Some(refused));
+    assert!(last["spool"]["reopens"].as_u64() >= Some(1), "{last}");
+    assert_eq!(last["spool"]["storage_error"], serde_json::Value::Null);
+    assert!(agent.alive());
+}
+
+/// Writes a spool with `records` trace records through the library, then lets `corrupt` damage it.
+async fn damaged_spool(spool: &Path, records: u32, corrupt: impl Fn(&Path)) {
+    let routes: otlp_spool::spool::Routes = [vec!["up".to_string()], Vec::new(), Vec::new()];
+    let limits = otlp_spool::spool::Limits {
+        max_bytes: 1 << 30,
+        max_age: Duration::from_secs(3600),
+        when_full: otlp_spool::config::WhenFull::DropOldest,
+    };
+    {
+        let opened = otlp_spool::spool::Spool::open(spool, limits, routes).unwrap();
+        for i in 0..records {
+            let payload = spans(&format!("old{i}"), 2);
+            opened
+                .append(otlp_spool::otlp::Signal::Traces, 2, &payload)
+                .await
+                .unwrap();
+        }
+    }
+    corrupt(spool);
+}
+
+/// A corrupt spool is moved aside (a sibling `spool.quarantine-<UTC>`, still 0700), counted in
+/// `/status` and `/metrics`, logged at error level with both paths, and an empty spool starts:
+/// the agent comes up and takes data.
+#[tokio::test]
+async fn a_corrupt_spool_is_quarantined_and_the_agent_starts() {
+    use std::os::unix::fs::PermissionsExt;
+    for (case, corrupt) in [
+        (
+            "garbled conf",
+            Box::new(|s: &Path| std::fs::write(s.join("conf"), b"garbage garbage garbage").unwrap())
+                as Box<dyn Fn(&Path)>,
+        ),
+        (
+            "garbage over the start of the log",
+            Box::new(|s: &Path| {
+                use std::io::Write;
+                let mut db = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(s.join("db"))
+                    .unwrap();
+                db.write_all(&[0xA5; 8192]).unwrap();
+            }),
+        ),
+    ] {
+        let sink = Sink::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        damaged_spool(&spool, 50, corrupt).await;
+        let (port, grpc_port) = (free_port(), free_port());
+        let config = write_config(
+            dir.path(),
+            &spool,
+            port,
+            grpc_port,
+            &destination("up", &sink, "signals = [\"traces\"]"),
+        );
+        let agent = Agent::start(
+            dir.path(),
+            &config.to_string_lossy(),
+            "exec \"$BIN\" run --config \"$CONFIG\"",
+            port,
+        )
+        .await;
+        let aside: Vec<PathBuf> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("spool.quarantine-")
+            })
+            .collect();
+        assert_eq!(
+            aside.len(),
+            1,
+            "{case}: one quarantine directory: {aside:?}"
+        );
+        let mode = std::fs::metadata(&aside[0]).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{case}: the quarantine stays private");
+        let status = agent.status().await;
+        assert_eq!(
+            status["spool"]["quarantined"],
+            aside[0].to_string_lossy().as_ref(),
+            "{case}"
+        );
+        assert_eq!(status["spool"]["quarantines"], 1);
+        assert!(agent
+            .metrics()
+            .await
+            .contains("otlp_spool_spool_quarantines 1"));
+        let log = agent.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("ERROR") && l.contains("corrupt"))
+            .unwrap_or_else(|| panic!("{case}: no error logged:\n{log}"));
+        for needle in [
+            &*spool.to_string_lossy(),
+            &*aside[0].to_string_lossy(),
+            "delete it",
+        ] {
+            assert!(line.contains(needle), "{case}: {needle:?} not in {line}");
+        }
+        let (code, _) = agent.send("fresh").await;
+        assert_eq!(code, 200, "{case}: the fresh spool takes data");
+        assert_eq!(
+            sink.wait_items(
+                "/v1/traces",
+                SPANS_PER_REQUEST as u64,
+                Duration::from_secs(10)
+            )
+            .await,
+            SPANS_PER_REQUEST as u64
+        );
+        println!("{case}: quarantined to {}; log: {line}", aside[0].display());
+    }
+}
+
+/// Runs the agent to its start error; its exit code and the `otlp-spool: …` line.
+fn start_error(dir: &Path, script: &str) -> (Option<i32>, String) {
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script])
+        .env("CONFIG", dir.join("config.toml"))
+        .env("BIN", BIN)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running unshare");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("otlp-spool: "))
+        .unwrap_or_else(|| panic!("no start error; stderr:\n{stderr}"))
+        .to_string();
+    (out.status.code(), line)
+}
+
+/// A spool directory on a read-only mount, or one the agent's user cannot write, stops the start
+/// with one line naming the directory, what failed and what to do (exit 1; no quarantine).
+#[test]
+fn an_unwritable_spool_directory_is_a_clear_start_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // Readable by the unprivileged user below: the config and the way to the spool.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ro = dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::create_dir(ro.join("existing")).unwrap();
+    for spool in [ro.join("new"), ro.join("existing")] {
+        write_config(dir.path(), &spool, free_port(), free_port(), "");
+        let script = format!(
+            "mount --bind {ro} {ro} && mount -o remount,bind,ro {ro} && exec \"$BIN\" run --config \"$CONFIG\"",
+            ro = ro.display()
+        );
+        let (code, line) = start_error(dir.path(), &script);
+        assert_eq!(code, Some(1), "{line}");
+        assert_eq!(
+            line,
+            format!(
+                "otlp-spool: cannot use spool directory {}: Read-only file system (os error 30); \
+                 its file system is mounted read-only: set spool.dir to a directory on a writable \
+                 file system",
+                spool.display()
+            )
+        );
+    }
+
+    // Owned by root, mode 0700, and the agent runs as nobody.
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let config = write_config(dir.path(), &theirs, free_port(), free_port(), "");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let script =
+        "exec setpriv --reuid=65534 --regid=65534 --clear-groups \"$BIN\" run --config \"$CONFIG\"";
+    let (code, line) = start_error(dir.path(), script);
+    assert_eq!(code, Some(1), "{line}");
+    assert_eq!(
+        line,
+        format!(
+            "otlp-spool: cannot use spool directory {}: Operation not permitted (os error 1); set \
+             spool.dir to a directory this user can write, or make this user the owner of the \
+             directory (otlp-spool keeps it at mode 0700)",
+            theirs.display()
+        )
+    );
+    let entries = std::fs::read_dir(dir.path()).unwrap().flatten();
+    assert!(
+        entries
+            .into_iter()
+            .all(|e| !e.file_name().to_string_lossy().contains("quarantine")),
+        "nothing was quarantined"
+    );
+}

@@ -1,0 +1,149 @@
+//! The real `otlp-spool` binary as a child process, for tests that need what only a process
+//! has: signals (SIGHUP, SIGTERM, SIGKILL), its own clock (libfaketime), its /proc entries.
+//! Dropping an [`AgentProcess`] SIGKILLs and reaps it, so a failing test leaves no process (and
+//! no spool lock) behind.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct AgentProcess {
+    child: Child,
+    /// The OTLP/HTTP port, as written in the config.
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+/// A `run --config <config>` command of the binary under test, logging at info.
+pub fn agent_command(config: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_otlp-spool"));
+    command
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .env("OTLP_SPOOL_LOG", "info");
+    command
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("binding an ephemeral port")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl AgentProcess {
+    /// Spawns `command` (stderr appended to `log`) and returns once `GET /healthz` on `port`
+    /// answers 200.
+    pub async fn start(mut command: Command, port: u16, log: &Path) -> AgentProcess {
+        let stderr = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("opening the agent log");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawning otlp-spool");
+        let mut agent = AgentProcess {
+            child,
+            port,
+            log: log.to_path_buf(),
+        };
+        let started = Instant::now();
+        let http = reqwest::Client::new();
+        loop {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                panic!(
+                    "the agent exited at startup ({status}); log:\n{}",
+                    agent.log_text()
+                );
+            }
+            let healthy = http
+                .get(agent.url("/healthz"))
+                .timeout(Duration::from_millis(500))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if healthy {
+                return agent;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the agent did not answer /healthz within 20 s; log:\n{}",
+                agent.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid; the child is not reaped before Drop.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill({signal}) failed");
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log has `needle` at least `count` times.
+    pub async fn wait_log(&self, needle: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.log_text().matches(needle).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} did not appear {count} time(s) in the agent log within {timeout:?}:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `GET /status` as JSON.
+    pub async fn status(&self) -> serde_json::Value {
+        let body = reqwest::get(self.url("/status"))
+            .await
+            .expect("agent reachable")
+            .bytes()
+            .await
+            .unwrap();
+        serde_json::from_slice(&body).expect("/status is JSON")
+    }
+
+    /// Waits for the process to exit (after a signal); its exit status.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for the agent") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not exit within {timeout:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
