@@ -4,11 +4,15 @@
 //! single-instance guard):
 //! - `traces`, `metrics`, `logs`: key = big-endian `u64` sequence number, value = a
 //!   [`record`] (header + canonical OTLP protobuf). Sequence numbers are global across the
-//!   three trees and only grow, also across restarts (they resume above every key and cursor).
+//!   three trees and only grow, also across restarts (they resume above every key, every cursor
+//!   and the reservation in `meta`).
 //! - `cursors`: `"<destination>/<signal>"` → the last sequence that destination acknowledged.
 //! - `dead_letter`: records an upstream refused as malformed, and records that no longer decode
 //!   (JSON description, newline, payload).
-//! - `meta`: `format` → the layout version.
+//! - `meta`: `format` → the layout version; `seq_reserved` → a sequence number above every one
+//!   handed out (reserved [`SEQ_BLOCK`] at a time, durable with the append that crosses the
+//!   last reservation), so numbers are never reused after every record and cursor that named
+//!   them is gone.
 //! - `state/<name>`: opaque state a destination keeps ([`Spool::state_tree`]; today
 //!   `state/prw/<destination>`, Prometheus remote write's delta totals). Not counted in
 //!   `max_bytes`.
@@ -83,6 +87,10 @@ const CACHE_CAPACITY: u64 = 16 << 20;
 /// Values above this may go to sled's separate blob files (sled inlines up to ~128 KiB with its
 /// default segment size); the commit thread then looks for new blob files to sync.
 const LARGE_VALUE: u64 = 64 << 10;
+/// Sequence numbers are reserved this many at a time in `meta`: one small write per 1024
+/// appends, and a restart skips at most this many numbers (of 2^64).
+const SEQ_BLOCK: u64 = 1024;
+const SEQ_RESERVED: &str = "seq_reserved";
 /// How often the on-disk size is re-read (it costs a few syscalls).
 const DISK_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Free space the spool leaves on its file system: appends are refused below it (plus twice the
@@ -265,6 +273,8 @@ struct State {
     disk_bytes: u64,
     disk_checked: Option<Instant>,
     reopens: u64,
+    /// Sequences below this are reserved in `meta` (0: none yet by this store).
+    seq_reserved: u64,
 }
 
 /// One open sled database with its trees and its commit thread. Replaced whole by a reopen.
@@ -272,6 +282,7 @@ struct Store {
     /// Tells which store a failure report is about (reports from a replaced one are stale).
     generation: u64,
     db: sled::Db,
+    meta: sled::Tree,
     records: [sled::Tree; 3],
     cursors: sled::Tree,
     dead_letter: sled::Tree,
@@ -285,6 +296,8 @@ struct Scan {
     max_seq: u64,
     /// The latest receive time of any record (see [`Spool::receive_time`]).
     newest_received_ms: u64,
+    /// The durable sequence reservation (0: none).
+    seq_reserved: u64,
     cursors: HashMap<String, u64>,
 }
 
@@ -377,6 +390,7 @@ impl Store {
             dead_letter: TreeUsage::default(),
             max_seq: 0,
             newest_received_ms: 0,
+            seq_reserved: 0,
             cursors: HashMap::new(),
         };
         for (i, tree) in records.iter().enumerate() {
@@ -394,6 +408,9 @@ impl Store {
             let (_, value) = entry.map_err(fail)?;
             scan.dead_letter.records += 1;
             scan.dead_letter.bytes += value.len() as u64;
+        }
+        if let Some(reserved) = meta.get(SEQ_RESERVED).map_err(fail)? {
+            scan.seq_reserved = seq_of(&reserved);
         }
         for entry in cursors.iter() {
             let (key, value) = entry.map_err(fail)?;
@@ -424,6 +441,7 @@ impl Store {
         let store = Store {
             generation,
             db,
+            meta,
             records,
             cursors,
             dead_letter,
@@ -618,7 +636,8 @@ impl Spool {
             failure: Mutex::new(None),
             failures,
             quarantined,
-            next_seq: AtomicU64::new(scan.max_seq + 1),
+            // Numbers up to the reservation may have been handed out before a crash.
+            next_seq: AtomicU64::new(scan.max_seq.max(scan.seq_reserved) + 1),
             newest_received_ms: AtomicU64::new(scan.newest_received_ms),
             state: Mutex::new(state),
             durable,
@@ -722,6 +741,16 @@ impl Spool {
             let mut state = self.state();
             self.make_room(&store, &mut state, size)?;
             let seq = self.inner.next_seq.fetch_add(1, Ordering::SeqCst);
+            if seq >= state.seq_reserved {
+                let reserved = seq + SEQ_BLOCK;
+                store
+                    .meta
+                    .insert(SEQ_RESERVED, &reserved.to_be_bytes())
+                    .map_err(|e| {
+                        AppendError::Storage(self.storage_error(&store, "reserving sequences", e))
+                    })?;
+                state.seq_reserved = reserved;
+            }
             store.records[signal.index()]
                 .insert(seq.to_be_bytes(), value)
                 .map_err(|e| AppendError::Storage(self.storage_error(&store, "storing", e)))?;
@@ -1178,6 +1207,9 @@ impl Spool {
         state.trees = scan.trees;
         state.dead_letter = scan.dead_letter;
         state.disk_checked = None;
+        // The numbers handed out are known here (`next_seq`); the reservation is the durable one,
+        // which the next append renews if this process has gone past it.
+        state.seq_reserved = scan.seq_reserved;
         inner.next_seq.fetch_max(scan.max_seq + 1, Ordering::SeqCst);
         inner
             .newest_received_ms
@@ -1481,6 +1513,28 @@ mod tests {
         assert_eq!(spool.pending("a", Signal::Traces).records, 1);
         // The sequence still resumes above the forgotten cursor's old value.
         assert!(spool.append(Signal::Traces, 1, b"t").await.unwrap() > 2);
+    }
+
+    /// Past the first reserved block, the next append reserves another, so a restart after
+    /// every record and cursor is gone still resumes above the highest number handed out.
+    #[tokio::test]
+    async fn sequence_reservations_are_renewed_block_by_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
+        let mut appends = tokio::task::JoinSet::new();
+        for _ in 0..SEQ_BLOCK + 10 {
+            let spool = spool.clone();
+            appends.spawn(async move { spool.append(Signal::Traces, 1, b"t").await.unwrap() });
+        }
+        let highest = appends.join_all().await.into_iter().max().unwrap();
+        assert_eq!(highest, SEQ_BLOCK + 10);
+        spool.ack("a", Signal::Traces, highest).unwrap();
+        drop(spool);
+        // No destination: a's cursor is forgotten, and no record or cursor names `highest`.
+        drop(Spool::open(dir.path(), limits(), routes(&[])).unwrap());
+        let spool = Spool::open(dir.path(), limits(), routes(&[])).unwrap();
+        let next = spool.append(Signal::Traces, 1, b"t").await.unwrap();
+        assert!(next > highest, "{next} after {highest}");
     }
 
     #[tokio::test]
