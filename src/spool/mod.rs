@@ -97,6 +97,10 @@ const DISK_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// record, which sled writes once in its log and again when it rewrites the node), so that
 /// deletions, cursor moves and sled's own segment and node rewrites still have room.
 pub const FREE_SPACE_RESERVE: u64 = 8 << 20;
+/// Free space above the reserve below which `/healthz` reports the spool unable to take data:
+/// appends are refused within twice their size of the reserve, so a health check that waited
+/// for the reserve itself would say 200 while every request gets 503.
+const LOW_SPACE_MARGIN: u64 = 1 << 20;
 /// The first and the longest pause between attempts to reopen a failed database.
 const REOPEN_FIRST: Duration = Duration::from_millis(200);
 const REOPEN_MAX: Duration = Duration::from_secs(5);
@@ -1089,7 +1093,7 @@ impl Spool {
     }
 
     /// Whether the spool can take data now (for `/healthz`): storage is not failing, the last
-    /// flush succeeded and none is stuck, and the disk has the reserve free.
+    /// flush succeeded and none is stuck, and the disk has the reserve and a margin free.
     pub fn healthy(&self) -> bool {
         let failing = self
             .inner
@@ -1097,7 +1101,8 @@ impl Spool {
             .lock()
             .expect("spool failure lock")
             .is_some();
-        let low = free_space(&self.inner.dir).is_some_and(|free| free < FREE_SPACE_RESERVE);
+        let low = free_space(&self.inner.dir)
+            .is_some_and(|free| free < FREE_SPACE_RESERVE + LOW_SPACE_MARGIN);
         !failing && !low && self.store().is_ok_and(|s| s.commit.healthy())
     }
 
