@@ -303,6 +303,28 @@ fn render_status(v: &serde_json::Value) -> String {
         mib(&s["disk_bytes"]),
         s["dead_letter_records"]
     );
+    if let Some(error) = s["storage_error"].as_str() {
+        let _ = writeln!(
+            out,
+            "STORAGE FAILING: {error}; refusing new data (503) until the spool reopens by itself"
+        );
+    }
+    if let Some(aside) = s["quarantined"].as_str() {
+        let _ = writeln!(
+            out,
+            "CORRUPT SPOOL moved aside at this start, to {aside} (not read again: keep it for a \
+             bug report, then delete it)"
+        );
+    }
+    let t = &s["truncated"];
+    if t.is_object() {
+        let _ = writeln!(
+            out,
+            "SPOOL LOST WRITES before this start (log truncated or damaged): sequences after {} \
+             up to {} that were not yet delivered are gone",
+            t["found_seq"], t["expected_seq"]
+        );
+    }
     let r = &v["received"];
     let _ = writeln!(
         out,

@@ -247,6 +247,8 @@ impl Stats {
                 "reopens": usage.reopens,
                 "quarantined": usage.quarantined,
                 "quarantines": u64::from(usage.quarantined.is_some()),
+                "truncated": usage.truncated,
+                "truncations": u64::from(usage.truncated.is_some()),
             },
             "received": received,
             "refused_requests": {
@@ -302,6 +304,10 @@ impl Stats {
             (
                 "quarantines",
                 "1 if this start moved a corrupt spool directory aside (see /status spool.quarantined).",
+            ),
+            (
+                "truncations",
+                "1 if this start found the spool's database without acknowledged writes (see /status spool.truncated).",
             ),
         ] {
             metric(

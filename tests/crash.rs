@@ -481,6 +481,15 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_span() {
         "every acknowledged span arrived but the spool did not drain within {DRAIN_TIMEOUT:?}; \
          final status: {final_status:?}"
     );
+    // A kill is not damage: no start may take the spool for truncated or corrupt.
+    let log = std::fs::read_to_string(&harness.log).expect("reading the agent log");
+    for damage in ["lost its newest writes", "quarantine"] {
+        assert!(
+            !log.contains(damage),
+            "a restart after kill -9 reported damage ({damage:?}); log tail:\n{}",
+            log_tail(&harness.log)
+        );
+    }
     assert!(
         acked.len() - acked_grpc >= 100 && acked_grpc >= 100,
         "too few acknowledged requests ({} over HTTP, {acked_grpc} over gRPC) to mean anything; \

@@ -103,6 +103,16 @@ impl Agent {
         serde_json::from_slice(&body.bytes().await.unwrap()).unwrap()
     }
 
+    /// What `otlp-spool status` prints about this agent.
+    fn status_command(&self) -> String {
+        let out = Command::new(BIN)
+            .args(["status", "--addr", &format!("127.0.0.1:{}", self.port)])
+            .output()
+            .expect("running otlp-spool status");
+        assert!(out.status.success(), "otlp-spool status: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     async fn metrics(&self) -> String {
         let body = self.http.get(self.url("/metrics")).send().await.unwrap();
         body.text().await.unwrap()
@@ -142,6 +152,24 @@ impl Agent {
     }
 }
 
+/// Whether this process may make private mount namespaces (root, or CAP_SYS_ADMIN); `false`
+/// with a loud SKIP outside CI, a failure under CI.
+fn mount_namespaces(test: &str) -> bool {
+    let probe = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "true"])
+        .stderr(Stdio::piped())
+        .output();
+    let why = match probe {
+        Ok(out) if out.status.success() => return true,
+        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        Err(e) => format!("running unshare (util-linux): {e}"),
+    };
+    let message = format!("{test} needs private mount namespaces (run as root): {why}");
+    assert!(std::env::var_os("CI").is_none(), "{message}");
+    eprintln!("\n*** SKIP {message} ***\n");
+    false
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -179,6 +207,9 @@ fn span_names(prefixes: &[String]) -> Vec<String> {
 /// space is back it accepts again by itself, and every acknowledged span reaches the sink.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_data_then_recovers_by_itself_and_loses_nothing_acknowledged() {
+    if !mount_namespaces("the full-disk test") {
+        return;
+    }
     let began = Instant::now();
     let sink = Sink::start().await;
     // Hold everything in the spool while the disk fills.
@@ -229,7 +260,9 @@ async fn a_full_disk_refuses_data_then_recovers_by_itself_and_loses_nothing_ackn
     assert_eq!(
         agent.healthz().await,
         Some(503),
-        "/healthz while the disk is full"
+        "/healthz while the disk is full; status {}; log:\n{}",
+        agent.status().await,
+        agent.log()
     );
     let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc_port}"))
         .unwrap()
@@ -387,6 +420,9 @@ async fn damaged_spool(spool: &Path, records: u32, corrupt: impl Fn(&Path)) {
 #[tokio::test]
 async fn a_corrupt_spool_is_quarantined_and_the_agent_starts() {
     use std::os::unix::fs::PermissionsExt;
+    if !mount_namespaces("the corrupt-spool test") {
+        return;
+    }
     for (case, corrupt) in [
         (
             "garbled conf",
@@ -465,6 +501,14 @@ async fn a_corrupt_spool_is_quarantined_and_the_agent_starts() {
         ] {
             assert!(line.contains(needle), "{case}: {needle:?} not in {line}");
         }
+        let printed = agent.status_command();
+        assert!(
+            printed.contains(&format!(
+                "CORRUPT SPOOL moved aside at this start, to {}",
+                aside[0].display()
+            )),
+            "{case}: `status` does not say so:\n{printed}"
+        );
         let (code, _) = agent.send("fresh").await;
         assert_eq!(code, 200, "{case}: the fresh spool takes data");
         assert_eq!(
@@ -478,6 +522,87 @@ async fn a_corrupt_spool_is_quarantined_and_the_agent_starts() {
         );
         println!("{case}: quarantined to {}; log: {line}", aside[0].display());
     }
+}
+
+/// A log cut short (sled opens it, taking the cut for a torn write): the agent starts, says at
+/// error level, in `/status`, `/metrics` and `otlp-spool status` that acknowledged writes were
+/// lost, and delivers every record that survived.
+#[tokio::test]
+async fn a_truncated_spool_is_reported_and_what_survived_is_delivered() {
+    if !mount_namespaces("the truncated-spool test") {
+        return;
+    }
+    let sink = Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    damaged_spool(&spool, 200, |s| {
+        // sled's file runs on past its data, in space it preallocated: cut the data in half.
+        let db = s.join("db");
+        let bytes = std::fs::read(&db).unwrap();
+        let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+        let file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+        file.set_len(end as u64 / 2).unwrap();
+    })
+    .await;
+    let (port, grpc_port) = (free_port(), free_port());
+    let config = write_config(
+        dir.path(),
+        &spool,
+        port,
+        grpc_port,
+        &destination("up", &sink, "signals = [\"traces\"]"),
+    );
+    let agent = Agent::start(
+        dir.path(),
+        &config.to_string_lossy(),
+        "exec \"$BIN\" run --config \"$CONFIG\"",
+        port,
+    )
+    .await;
+    let status = agent.status().await;
+    let truncated = &status["spool"]["truncated"];
+    assert_eq!(truncated["expected_seq"], 200, "{status:#}");
+    let found = truncated["found_seq"].as_u64().unwrap();
+    assert!((1..200).contains(&found), "{status:#}");
+    assert!(agent
+        .metrics()
+        .await
+        .contains("otlp_spool_spool_truncations 1"));
+    let line = agent
+        .log()
+        .lines()
+        .find(|l| l.contains("ERROR") && l.contains("lost its newest writes"))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no error logged:\n{}", agent.log()));
+    assert!(line.contains(&*spool.to_string_lossy()), "{line}");
+    let printed = agent.status_command();
+    assert!(
+        printed.contains(&format!("SPOOL LOST WRITES before this start (log truncated or damaged): sequences after {found} up to 200")),
+        "`status` does not say so:\n{printed}"
+    );
+    // What survived goes out: the requests up to `found` (the newest may be the torn one).
+    let delivered = sink
+        .wait_items("/v1/traces", 2 * (found - 1), Duration::from_secs(10))
+        .await;
+    assert!(delivered >= 2 * (found - 1), "{delivered} spans delivered");
+    let mut prefixes: Vec<String> = sink
+        .names("/v1/traces")
+        .iter()
+        .map(|n| n.rsplit_once('-').unwrap().0.to_string())
+        .collect();
+    prefixes.sort();
+    prefixes.dedup();
+    let survived = prefixes.len() as u64;
+    assert!(survived + 1 >= found && survived <= found, "{prefixes:?}");
+    assert!(
+        prefixes
+            .iter()
+            .all(|p| p.strip_prefix("old").unwrap().parse::<u64>().unwrap() < found),
+        "{prefixes:?}"
+    );
+    let (code, _) = agent.send("after").await;
+    assert_eq!(code, 200, "the spool takes data");
+    println!("truncated log: {survived} records of 200 kept and delivered; log: {line}");
 }
 
 /// Runs the agent to its start error; its exit code and the `otlp-spool: …` line.
@@ -503,6 +628,9 @@ fn start_error(dir: &Path, script: &str) -> (Option<i32>, String) {
 #[test]
 fn an_unwritable_spool_directory_is_a_clear_start_error() {
     use std::os::unix::fs::PermissionsExt;
+    if !mount_namespaces("the unwritable-spool test") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     // Readable by the unprivileged user below: the config and the way to the spool.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
