@@ -524,7 +524,7 @@ mod tests {
     };
     use opentelemetry_proto::tonic::common::v1::any_value;
     use opentelemetry_proto::tonic::logs::v1::LogRecord;
-    use opentelemetry_proto::tonic::metrics::v1::{metric, Metric};
+    use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point, Metric};
     use prost::Message;
     use serde_json::json;
 
@@ -969,6 +969,29 @@ mod tests {
         assert_eq!(record.severity_number, 13);
         assert_eq!(record.trace_id.len(), 16);
         assert!(record.span_id.is_empty());
+    }
+
+    /// Numbers are parsed correctly rounded (serde_json's `float_roundtrip`): its default parser
+    /// read this one, the shortest form of a double that the fuzzer produced, one ULP off, so a
+    /// value changed on its way through the agent (and between two JSON round trips).
+    #[test]
+    fn doubles_are_read_exactly() {
+        let text = "0.20000000010666702";
+        let body = format!(
+            r#"{{"resourceMetrics":[{{"scopeMetrics":[{{"metrics":[{{"name":"g","gauge":{{"dataPoints":[{{"asDouble":{text}}}]}}}}]}}]}}]}}"#
+        );
+        let protobuf = json_to_protobuf(Signal::Metrics, body.as_bytes()).unwrap();
+        let request = ExportMetricsServiceRequest::decode(protobuf.as_slice()).unwrap();
+        let Some(metric::Data::Gauge(gauge)) =
+            &request.resource_metrics[0].scope_metrics[0].metrics[0].data
+        else {
+            panic!("{request:?}")
+        };
+        let expected: f64 = text.parse().unwrap(); // std's parser is correctly rounded
+        assert_eq!(
+            gauge.data_points[0].value,
+            Some(number_data_point::Value::AsDouble(expected))
+        );
     }
 
     #[test]
