@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Soak and drain-memory runs for otlp-spool (issue 8, item 5). Builds (release by default), starts
 # the agent and the fast sink (examples/sink.rs), and samples the agent's RSS, open descriptors,
-# threads, spool records, logical bytes and allocated disk into a CSV under bench/results/;
-# bench/report.py turns the CSV into the report and decides pass/fail.
+# threads, spool records, logical bytes and allocated disk into a CSV (kept in bench/results/
+# with --record); bench/report.py turns the CSV into the report and decides pass/fail.
 #
 #   bench/soak.sh [DURATION]          # soak: steady mixed load for DURATION (default 30m;
 #                                     # 60s, 15m, 1h or plain seconds)
@@ -33,6 +33,7 @@
 #   --bin DIR        use otlp-spool, loadgen and sink from DIR instead of building
 #   --profile P      cargo profile to build (default release)
 #   --record         splice the report into bench/RESULTS.md (between the soak or drain markers)
+#                    and keep the samples in bench/results/ (otherwise they stay in the work dir)
 #
 # The binaries are copied into the work directory before the run, so builds in the shared tree do
 # not change a long run. Everything listens on 127.0.0.1; every process started is stopped by PID.
@@ -84,7 +85,8 @@ MODE=$([ -n "$DRAIN" ] && echo "drain-$DRAIN" || echo "soak-$DURATION")
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 WORK="$ROOT/.cache/soak-$STAMP-$PORT_BASE"   # spool on the same disk as a real one
 rm -rf "$WORK"; mkdir -p "$WORK" "$ROOT/bench/results"
-CSV="$ROOT/bench/results/$STAMP-$MODE.csv"
+# Recorded runs keep their samples beside RESULTS.md; others (CI's) leave them in the work dir.
+CSV="$([ "$RECORD" = 1 ] && echo "$ROOT/bench/results" || echo "$WORK")/$STAMP-$MODE.csv"
 FAILED=0
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"

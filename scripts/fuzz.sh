@@ -14,11 +14,13 @@
 # When the fuzzers cannot be set up (cargo-fuzz cannot be installed, libFuzzer cannot be
 # compiled), prints one SKIP line and exits 0 — under CI=true that is a failure instead.
 #
-# usage: scripts/fuzz.sh [SECONDS_PER_TARGET]
+# usage: scripts/fuzz.sh [SECONDS_PER_TARGET [TARGET…]]   (default: every target)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SECS="${1:-300}"
+shift || true
+ONLY=("$@")
 case "$SECS" in
   -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   ''|*[!0-9]*) echo "fuzz: SECONDS_PER_TARGET must be a whole number of seconds, not '$SECS'" >&2; exit 2 ;;
@@ -58,7 +60,9 @@ if ! cargo fuzz build "${SANITIZER[@]}" >"$LOGS/build.log" 2>&1; then
 fi
 
 failed=()
-for target in $(cargo fuzz list); do
+targets=("${ONLY[@]}")
+[ "${#targets[@]}" -gt 0 ] || mapfile -t targets < <(cargo fuzz list)
+for target in "${targets[@]}"; do
   inputs=("target/corpus/$target" "corpus/$target")
   [ -d "regressions/$target" ] && inputs+=("regressions/$target")
   mkdir -p "target/corpus/$target"
@@ -72,7 +76,7 @@ for target in $(cargo fuzz list); do
   else
     grep -E -B2 -A20 'panicked at|ERROR: libFuzzer|SUMMARY' "$log" | head -60 >&2
     artifact="$(sed -n 's/.*Test unit written to //p' "$log" | tail -1)"
-    echo "fuzz: FAILED: $target: reproducer ${artifact:+fuzz/$artifact }(replay it: cd fuzz && cargo fuzz run ${SANITIZER[*]} $target <file>; once fixed, copy it into fuzz/regressions/$target/ so tests/fuzz_corpus.rs keeps replaying it)" >&2
+    echo "fuzz: FAILED: $target: reproducer ${artifact:+$artifact }(replay it: cd fuzz && cargo fuzz run ${SANITIZER[*]} $target <file>; once fixed, copy it into fuzz/regressions/$target/ so tests/fuzz_corpus.rs keeps replaying it)" >&2
     failed+=("$target")
   fi
 done

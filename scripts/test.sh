@@ -36,5 +36,8 @@ cargo test --all-targets --locked
 step "bench smoke (the benchmark harness end to end: acked items == items at the sink)"
 bench/run.sh --smoke
 
+step "soak, short (bench/soak.sh 60s: mixed HTTP/gRPC load through upstream outages; fails on a lost item, RSS or descriptor growth)"
+bench/soak.sh 60s
+
 step "packaging (tests/packaging.sh: .deb build/lint/install/purge, Homebrew formula, launchd plist)"
 tests/packaging.sh
