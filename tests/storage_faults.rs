@@ -414,6 +414,34 @@ async fn damaged_spool(spool: &Path, records: u32, corrupt: impl Fn(&Path)) {
     corrupt(spool);
 }
 
+/// The agent (destination "up" → `sink`, traces only) started on a spool in `dir/spool` of
+/// `records` trace records that `corrupt` damaged first.
+async fn start_on_damaged_spool(
+    dir: &Path,
+    sink: &Sink,
+    records: u32,
+    corrupt: impl Fn(&Path),
+) -> (Agent, PathBuf) {
+    let spool = dir.join("spool");
+    damaged_spool(&spool, records, corrupt).await;
+    let (port, grpc_port) = (free_port(), free_port());
+    let config = write_config(
+        dir,
+        &spool,
+        port,
+        grpc_port,
+        &destination("up", sink, "signals = [\"traces\"]"),
+    );
+    let agent = Agent::start(
+        dir,
+        &config.to_string_lossy(),
+        "exec \"$BIN\" run --config \"$CONFIG\"",
+        port,
+    )
+    .await;
+    (agent, spool)
+}
+
 /// A corrupt spool is moved aside (a sibling `spool.quarantine-<UTC>`, still 0700), counted in
 /// `/status` and `/metrics`, logged at error level with both paths, and an empty spool starts:
 /// the agent comes up and takes data.
@@ -443,23 +471,7 @@ async fn a_corrupt_spool_is_quarantined_and_the_agent_starts() {
     ] {
         let sink = Sink::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let spool = dir.path().join("spool");
-        damaged_spool(&spool, 50, corrupt).await;
-        let (port, grpc_port) = (free_port(), free_port());
-        let config = write_config(
-            dir.path(),
-            &spool,
-            port,
-            grpc_port,
-            &destination("up", &sink, "signals = [\"traces\"]"),
-        );
-        let agent = Agent::start(
-            dir.path(),
-            &config.to_string_lossy(),
-            "exec \"$BIN\" run --config \"$CONFIG\"",
-            port,
-        )
-        .await;
+        let (agent, spool) = start_on_damaged_spool(dir.path(), &sink, 50, corrupt).await;
         let aside: Vec<PathBuf> = std::fs::read_dir(dir.path())
             .unwrap()
             .flatten()
@@ -534,8 +546,7 @@ async fn a_truncated_spool_is_reported_and_what_survived_is_delivered() {
     }
     let sink = Sink::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let spool = dir.path().join("spool");
-    damaged_spool(&spool, 200, |s| {
+    let (agent, spool) = start_on_damaged_spool(dir.path(), &sink, 200, |s| {
         // sled's file runs on past its data, in space it preallocated: cut the data in half.
         let db = s.join("db");
         let bytes = std::fs::read(&db).unwrap();
@@ -543,21 +554,6 @@ async fn a_truncated_spool_is_reported_and_what_survived_is_delivered() {
         let file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
         file.set_len(end as u64 / 2).unwrap();
     })
-    .await;
-    let (port, grpc_port) = (free_port(), free_port());
-    let config = write_config(
-        dir.path(),
-        &spool,
-        port,
-        grpc_port,
-        &destination("up", &sink, "signals = [\"traces\"]"),
-    );
-    let agent = Agent::start(
-        dir.path(),
-        &config.to_string_lossy(),
-        "exec \"$BIN\" run --config \"$CONFIG\"",
-        port,
-    )
     .await;
     let status = agent.status().await;
     let truncated = &status["spool"]["truncated"];
