@@ -124,11 +124,7 @@ async fn waking_from_sleep_ends_a_long_backoff() {
     let (agent, offset) = start_faked(dir.path(), &library, &destination, "").await;
     // Under libfaketime the agent's clock is still the real one here.
     send(&agent, "before-sleep").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sink.received().is_empty() {
-        assert!(Instant::now() < deadline, "the first attempt never came");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sink.wait_first_attempt(Duration::from_secs(10)).await;
     // The 503 put the worker into a backoff of at least 10 minutes. Two hours pass on the wall
     // clock and none on the monotonic one: the machine slept.
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -84,11 +84,7 @@ fn a_new_address_ends_a_long_backoff() {
             .status();
         assert_eq!(status, 200);
         // The 503 starts a backoff of at least ten minutes.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while sink.received().is_empty() {
-            assert!(Instant::now() < deadline, "the first attempt never came");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        sink.wait_first_attempt(Duration::from_secs(10)).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(sink.items("/v1/traces"), 0);
 

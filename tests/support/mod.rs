@@ -258,6 +258,18 @@ impl Sink {
     }
 
     /// Waits until at least `n` items were accepted on `path`.
+    /// Waits for the first request, answered or not; panics after `timeout`.
+    pub async fn wait_first_attempt(&self, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.received().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no upstream attempt within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn wait_items(&self, path: &str, n: u64, timeout: Duration) -> u64 {
         let deadline = Instant::now() + timeout;
         loop {
