@@ -200,6 +200,9 @@ impl Agent {
             }
         }
         // Build every new upstream before stopping anything: a bad one leaves all as it was.
+        // These are thrown away; the ones that run are built again below, after the old workers
+        // stopped: an upstream reads its state when built (remote write's delta totals), and a
+        // batch an old worker delivers in between would be missing from it.
         for (i, d) in config.destinations.iter().enumerate() {
             if keep[i].is_none() {
                 Upstream::new(d, &self.spool).map_err(StartError::Destination)?;
