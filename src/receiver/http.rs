@@ -153,7 +153,9 @@ impl HttpReceiver {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
-                    "spool flush failing\n".into(),
+                    "the spool cannot take data now (storage failing, or its disk nearly full): \
+                     see /status\n"
+                        .into(),
                 )
             };
         }
