@@ -15,8 +15,12 @@
 //! files and their directory first. Blobs written by other trees (dead letters, export state)
 //! are synced by the housekeeping pass, within [`HOUSEKEEPING_EVERY`].
 //!
+//! Just before each flush the thread runs the spool's `before_flush` hook ([`Hooks`]): writes
+//! that must be durable with every flush (the spool's newest sequence number), made once per
+//! flush rather than once per append.
+//!
 //! A failed flush fails the tickets it covered and is reported to the spool (the `on_failure`
-//! callback), which reopens the database: sled 0.34 latches the first write error and fails every
+//! hook), which reopens the database: sled 0.34 latches the first write error and fails every
 //! later operation. A waiter never waits longer than [`STUCK_AFTER`]: sled 0.34 can also wedge
 //! for good (an `ENOSPC` while writing a blob leaves its log buffer unwritable, and every later
 //! flush blocks), and a client must then hear 503, not hang; [`GroupCommit::healthy`] turns false
@@ -51,14 +55,19 @@ struct Progress {
 /// How long a flush may take before its waiters are refused and the spool reports unhealthy.
 pub const STUCK_AFTER: Duration = Duration::from_secs(10);
 
-/// Told why, after every failed flush.
-pub type OnFailure = Box<dyn Fn(String) + Send + 'static>;
+/// What the commit thread runs for the spool besides flushing.
+pub struct Hooks {
+    /// Just before each flush, on the thread's `Db`: a write every flush must carry.
+    pub before_flush: Box<dyn Fn() -> sled::Result<()> + Send + 'static>,
+    /// After flushes, at most once per [`HOUSEKEEPING_EVERY`] (it must be cheap and must not
+    /// touch the `Db`).
+    pub housekeeping: Box<dyn Fn() + Send + 'static>,
+    /// Told why, after every failed flush.
+    pub on_failure: Box<dyn Fn(String) + Send + 'static>,
+}
 
 /// The longest a file sled created may wait for its housekeeping pass while the spool is written.
 pub const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
-
-/// Work for the commit thread after flushes (it must be cheap and must not touch the `Db`).
-pub type Housekeeping = Box<dyn Fn() + Send + 'static>;
 
 struct Requests {
     newest: u64,
@@ -81,14 +90,9 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the flushing thread for `db`, which also runs `housekeeping` and reports failed
-    /// flushes to `on_failure` (see the module docs).
-    pub fn start(
-        db: sled::Db,
-        disk: DiskSync,
-        housekeeping: Housekeeping,
-        on_failure: OnFailure,
-    ) -> GroupCommit {
+    /// Starts the flushing thread for `db`, which also runs the spool's `hooks` (see the module
+    /// docs).
+    pub fn start(db: sled::Db, disk: DiskSync, hooks: Hooks) -> GroupCommit {
         let shared = Arc::new(Shared {
             requests: Mutex::new(Requests {
                 newest: 0,
@@ -101,7 +105,7 @@ impl GroupCommit {
         let flusher = Arc::clone(&shared);
         let flusher = std::thread::Builder::new()
             .name("spool-commit".into())
-            .spawn(move || flush_loop(&flusher, &db, disk, &report, &housekeeping, &on_failure))
+            .spawn(move || flush_loop(&flusher, &db, disk, &report, &hooks))
             .expect("spawning the spool commit thread");
         GroupCommit {
             shared,
@@ -231,7 +235,8 @@ fn blob_names(dir: &Path) -> std::io::Result<Vec<OsString>> {
 }
 
 /// sled's flush, then the syncs it leaves out.
-fn flush(db: &sled::Db, disk: &mut DiskSync, blobs: bool) -> Result<(), String> {
+fn flush(db: &sled::Db, disk: &mut DiskSync, blobs: bool, hooks: &Hooks) -> Result<(), String> {
+    (hooks.before_flush)().map_err(|e| format!("spool write before a flush failed: {e}"))?;
     db.flush().map_err(|e| format!("spool flush failed: {e}"))?;
     disk.sync(blobs)
         .map_err(|e| format!("spool fsync failed: {e}"))
@@ -242,8 +247,7 @@ fn flush_loop(
     db: &sled::Db,
     mut disk: DiskSync,
     report: &watch::Sender<Progress>,
-    housekeeping: &Housekeeping,
-    on_failure: &OnFailure,
+    hooks: &Hooks,
 ) {
     let mut done = 0;
     let mut last_housekeeping = Instant::now();
@@ -272,15 +276,15 @@ fn flush_loop(
         if target == done {
             if closed {
                 // Closed with nothing pending: flush once more so a clean stop leaves nothing dirty.
-                let _ = flush(db, &mut disk, true);
-                housekeeping();
+                let _ = flush(db, &mut disk, true, hooks);
+                (hooks.housekeeping)();
                 return;
             }
             // Woken only for the housekeeping that follows a burst of writes.
             if let Err(e) = disk.sync_blobs() {
                 tracing::warn!(error = %e, "syncing spool blob files failed");
             }
-            housekeeping();
+            (hooks.housekeeping)();
             last_housekeeping = Instant::now();
             untidy = false;
             continue;
@@ -291,11 +295,11 @@ fn flush_loop(
             p.flushing_since = Some(Instant::now());
             false
         });
-        let failed = match flush(db, &mut disk, blobs) {
+        let failed = match flush(db, &mut disk, blobs, hooks) {
             Ok(()) => None,
             Err(e) => {
                 tracing::error!(error = %e, "requests waiting on this flush get 503");
-                on_failure(e.clone());
+                (hooks.on_failure)(e.clone());
                 Some((done, target, e))
             }
         };
@@ -310,7 +314,7 @@ fn flush_loop(
             if let Err(e) = disk.sync_blobs() {
                 tracing::warn!(error = %e, "syncing spool blob files failed");
             }
-            housekeeping();
+            (hooks.housekeeping)();
             last_housekeeping = Instant::now();
             untidy = false;
         }

@@ -4,8 +4,8 @@
 //! without complaint, reading the damage as a torn write) from one that never had them.
 //!
 //! Invariant: the number written is never above what the database holds durably. It is taken
-//! only from appends whose group commit succeeded ([`DurableMark::advance`]), and the database
-//! records every append's sequence in `meta` in that same commit, so an intact database reopens
+//! only from appends whose group commit succeeded ([`DurableMark::advance`]), and every flush
+//! carries the newest sequence handed out (`meta`'s `last_seq`), so an intact database reopens
 //! with a newest sequence at or above the mark — after `kill -9` too. The converse is best
 //! effort: the file is saved by the commit thread's housekeeping (at most once a second, without
 //! an fsync of its own), so the mark can lag the database by a second or a power cut; it then

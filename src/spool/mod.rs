@@ -8,9 +8,10 @@
 //! - `cursors`: `"<destination>/<signal>"` → the last sequence that destination acknowledged.
 //! - `dead_letter`: records an upstream refused as malformed, and records that no longer decode
 //!   (JSON description, newline, payload).
-//! - `meta`: `format` → the layout version; `last_seq` → the newest sequence appended (written
-//!   with every append, in its group commit), so numbers are never reused after every record and
-//!   cursor that named them is gone.
+//! - `meta`: `format` → the layout version; `last_seq` → the newest sequence handed out (written
+//!   by the commit thread just before each flush, so it covers every append that flush makes
+//!   durable), so numbers are never reused after every record and cursor that named them is
+//!   gone.
 //! - Beside sled's files, `durable-seq`: the [`mark`] that tells a database which lost
 //!   acknowledged writes at open.
 //! - `state/<name>`: opaque state a destination keeps ([`Spool::state_tree`]; today
@@ -79,7 +80,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::{SpoolConfig, WhenFull};
 use crate::otlp::Signal;
-use commit::{DiskSync, GroupCommit};
+use commit::{DiskSync, GroupCommit, Hooks};
 use mark::DurableMark;
 pub use record::RecordHeader;
 
@@ -297,7 +298,6 @@ struct Store {
     /// Tells which store a failure report is about (reports from a replaced one are stale).
     generation: u64,
     db: sled::Db,
-    meta: sled::Tree,
     records: [sled::Tree; 3],
     cursors: sled::Tree,
     dead_letter: sled::Tree,
@@ -342,14 +342,9 @@ struct Failure {
 impl Store {
     /// Opens the database in `dir`, checks its layout, scans it, and starts its commit thread,
     /// which reports failed flushes on `failures`. A panic inside sled counts as corruption.
-    fn open(
-        dir: &Path,
-        generation: u64,
-        failures: &mpsc::Sender<Failure>,
-        mark: &Arc<DurableMark>,
-    ) -> Result<(Store, Scan), StoreError> {
+    fn open(dir: &Path, generation: u64, links: &Links) -> Result<(Store, Scan), StoreError> {
         let opened = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            Store::open_unguarded(dir, generation, failures, mark)
+            Store::open_unguarded(dir, generation, links)
         }));
         opened.unwrap_or_else(|panic| {
             let what = panic
@@ -366,8 +361,7 @@ impl Store {
     fn open_unguarded(
         dir: &Path,
         generation: u64,
-        failures: &mpsc::Sender<Failure>,
-        mark: &Arc<DurableMark>,
+        links: &Links,
     ) -> Result<(Store, Scan), StoreError> {
         // sled takes much damage for a torn write and opens what it can read, maybe nothing.
         // The layout marker is the first thing written: a database file that existed without
@@ -441,28 +435,42 @@ impl Store {
                 message: format!("syncing the spool's files: {e}"),
             })
         })?;
+        let (last_seq, written) = (meta.clone(), AtomicU64::new(0));
+        let next_seq = Arc::clone(&links.next_seq);
+        // Every append's sequence is taken before its commit ticket, so the newest one handed
+        // out when a flush starts covers every append that flush makes durable.
+        let before_flush = move || {
+            let newest = next_seq.load(Ordering::SeqCst).saturating_sub(1);
+            if newest > written.load(Ordering::SeqCst) {
+                last_seq.insert(LAST_SEQ, &newest.to_be_bytes())?;
+                written.store(newest, Ordering::SeqCst);
+            }
+            Ok(())
+        };
         // sled creates files as it goes (blobs for large values, snapshots): keep them private.
         let private = dir.to_path_buf();
-        let failures = failures.clone();
-        let mark = Arc::clone(mark);
+        let mark = Arc::clone(&links.mark);
         let housekeeping = move || {
             set_private_files(&private);
             if let Err(e) = mark.save() {
                 tracing::warn!(error = %e, "saving the spool's durable mark failed");
             }
         };
+        let failures = links.failures.clone();
         let commit = GroupCommit::start(
             db.clone(),
             disk,
-            Box::new(housekeeping),
-            Box::new(move |why| {
-                let _ = failures.send(Failure { generation, why });
-            }),
+            Hooks {
+                before_flush: Box::new(before_flush),
+                housekeeping: Box::new(housekeeping),
+                on_failure: Box::new(move |why| {
+                    let _ = failures.send(Failure { generation, why });
+                }),
+            },
         );
         let store = Store {
             generation,
             db,
-            meta,
             records,
             cursors,
             dead_letter,
@@ -575,18 +583,25 @@ struct Inner {
     store: RwLock<Option<Arc<Store>>>,
     /// Why storage is failing, from the first report until a reopen succeeds.
     failure: Mutex<Option<String>>,
-    failures: mpsc::Sender<Failure>,
+    links: Links,
     quarantined: Option<PathBuf>,
     truncated: Option<Truncated>,
-    /// The newest sequence known durable, kept beside the database ([`mark`]).
-    mark: Arc<DurableMark>,
-    next_seq: AtomicU64,
     /// The newest receive time stamped on a record: stamps never go below it.
     newest_received_ms: AtomicU64,
     state: Mutex<State>,
     /// Per signal: the newest durable sequence, which export workers wait on.
     durable: [watch::Sender<u64>; 3],
     appended: Notify,
+}
+
+/// What the spool shares with every store it opens (the first, and each after a reopen).
+struct Links {
+    /// Where a store's commit thread reports failed flushes.
+    failures: mpsc::Sender<Failure>,
+    /// The newest sequence known durable, kept beside the database ([`mark`]).
+    mark: Arc<DurableMark>,
+    /// The next sequence number to hand out (the commit thread saves the one before it).
+    next_seq: Arc<AtomicU64>,
 }
 
 /// A cheap, clonable handle on the one open spool.
@@ -618,8 +633,12 @@ impl Spool {
     pub fn open(dir: &Path, limits: Limits, routes: Routes) -> Result<Spool, OpenError> {
         create_private_dir(dir)?;
         let (failures, reports) = mpsc::channel();
-        let mut mark = Arc::new(DurableMark::open(dir));
-        let (store, scan, quarantined) = match Store::open(dir, 1, &failures, &mark) {
+        let mut links = Links {
+            failures,
+            mark: Arc::new(DurableMark::open(dir)),
+            next_seq: Arc::new(AtomicU64::new(0)),
+        };
+        let (store, scan, quarantined) = match Store::open(dir, 1, &links) {
             Ok((store, scan)) => (store, scan, None),
             Err(StoreError::Other(e)) => return Err(e),
             Err(StoreError::Corrupt(why)) => {
@@ -634,13 +653,18 @@ impl Spool {
                 );
                 create_private_dir(dir)?;
                 // The old mark went aside with the files it described.
-                mark = Arc::new(DurableMark::open(dir));
+                links.mark = Arc::new(DurableMark::open(dir));
                 let (store, scan) =
-                    Store::open(dir, 1, &failures, &mark).map_err(|e| e.into_open_error(dir))?;
+                    Store::open(dir, 1, &links).map_err(|e| e.into_open_error(dir))?;
                 (store, scan, Some(aside))
             }
         };
-        let truncated = detect_truncation(dir, &mark, &scan)?;
+        let truncated = detect_truncation(dir, &links.mark, &scan)?;
+        // Above the lost writes too: their numbers may be in upstreams' logs.
+        let resume = truncated.as_ref().map_or(0, |t| t.expected_seq);
+        links
+            .next_seq
+            .store(resume.max(scan.max_seq) + 1, Ordering::SeqCst);
         let mut state = State {
             trees: scan.trees,
             cursors: scan.cursors,
@@ -663,18 +687,9 @@ impl Spool {
             limits,
             store: RwLock::new(Some(Arc::new(store))),
             failure: Mutex::new(None),
-            failures,
+            links,
             quarantined,
-            // Above the lost writes too: their numbers may be in upstreams' logs.
-            next_seq: AtomicU64::new(
-                truncated
-                    .as_ref()
-                    .map_or(0, |t| t.expected_seq)
-                    .max(scan.max_seq)
-                    + 1,
-            ),
             truncated,
-            mark,
             newest_received_ms: AtomicU64::new(scan.newest_received_ms),
             state: Mutex::new(state),
             durable,
@@ -737,7 +752,7 @@ impl Spool {
                 .lock()
                 .expect("spool failure lock")
                 .get_or_insert_with(|| why.clone());
-            let _ = self.inner.failures.send(Failure {
+            let _ = self.inner.links.failures.send(Failure {
                 generation: store.generation,
                 why: why.clone(),
             });
@@ -777,11 +792,7 @@ impl Spool {
         let seq = {
             let mut state = self.state();
             self.make_room(&store, &mut state, size)?;
-            let seq = self.inner.next_seq.fetch_add(1, Ordering::SeqCst);
-            store
-                .meta
-                .insert(LAST_SEQ, &seq.to_be_bytes())
-                .map_err(|e| AppendError::Storage(self.storage_error(&store, "storing", e)))?;
+            let seq = self.inner.links.next_seq.fetch_add(1, Ordering::SeqCst);
             store.records[signal.index()]
                 .insert(seq.to_be_bytes(), value)
                 .map_err(|e| AppendError::Storage(self.storage_error(&store, "storing", e)))?;
@@ -791,7 +802,7 @@ impl Spool {
             seq
         };
         store.commit.wait().await.map_err(AppendError::Storage)?;
-        self.inner.mark.advance(seq);
+        self.inner.links.mark.advance(seq);
         self.inner.durable[signal.index()].send_if_modified(|newest| {
             let advanced = seq > *newest;
             *newest = (*newest).max(seq);
@@ -1228,8 +1239,8 @@ impl Spool {
         }
         // Stores are numbered from 1 at open, one more per successful reopen.
         let generation = self.state().reopens + 2;
-        let (store, scan) = Store::open(&inner.dir, generation, &inner.failures, &inner.mark)
-            .map_err(|e| match e {
+        let (store, scan) =
+            Store::open(&inner.dir, generation, &inner.links).map_err(|e| match e {
                 StoreError::Corrupt(why) => why,
                 StoreError::Other(OpenError::Locked(_)) => "sled's lock on the spool is still \
                     held, by this process (a destination's state tree keeps the failed database \
@@ -1241,7 +1252,10 @@ impl Spool {
         state.trees = scan.trees;
         state.dead_letter = scan.dead_letter;
         state.disk_checked = None;
-        inner.next_seq.fetch_max(scan.max_seq + 1, Ordering::SeqCst);
+        inner
+            .links
+            .next_seq
+            .fetch_max(scan.max_seq + 1, Ordering::SeqCst);
         inner
             .newest_received_ms
             .fetch_max(scan.newest_received_ms, Ordering::SeqCst);
@@ -1776,7 +1790,7 @@ mod tests {
         spool.append(Signal::Traces, 2, b"good-1").await.unwrap(); // 1
         let store = spool.store().unwrap();
         // What a newer format, or damage inside a value, looks like: 2 is unreadable.
-        let bad_seq = spool.inner.next_seq.fetch_add(1, Ordering::SeqCst);
+        let bad_seq = spool.inner.links.next_seq.fetch_add(1, Ordering::SeqCst);
         let mut bad = RecordHeader {
             items: 3,
             received_ms: now_ms(),
@@ -1825,6 +1839,7 @@ mod tests {
         *spool.inner.failure.lock().unwrap() = Some("injected failure".into());
         spool
             .inner
+            .links
             .failures
             .send(Failure {
                 generation,
@@ -1858,6 +1873,7 @@ mod tests {
         assert_eq!(spool.append(Signal::Traces, 1, b"t").await.unwrap(), 4);
         spool
             .inner
+            .links
             .failures
             .send(Failure {
                 generation,
