@@ -33,6 +33,8 @@
 //!   while the file system has less than [`FREE_SPACE_RESERVE`] free, so the spool never fills
 //!   the disk itself and acknowledgements (whose deletions write, sled being log-structured) keep
 //!   working on a full spool.
+//! - Memory a drained backlog took is handed back to the system when the spool empties (sled
+//!   keeps a backlog's records in memory, and glibc would keep what their removal freed).
 //! - Receive times (which `max_age` and "oldest pending" read) never go backwards, across
 //!   restarts too: a wall clock set back stamps records with the newest time already used, so
 //!   they do not look old, and expire early, once the clock is set right.
