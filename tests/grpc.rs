@@ -469,9 +469,11 @@ async fn over_max_body_on_the_wire_is_resource_exhausted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_is_checked_in_grpc_metadata() {
     let dir = tempfile::tempdir().unwrap();
+    // Small limits, so that a refusal for size would show if the token were checked late.
     let agent = start_agent(&grpc_config(dir.path(), "").replace(
         "grpc_listen = \"127.0.0.1:0\"\n",
-        "grpc_listen = \"127.0.0.1:0\"\nauth_token = \"t\"\n",
+        "grpc_listen = \"127.0.0.1:0\"\nauth_token = \"t\"\nmax_body = \"16KiB\"\n\
+         max_decompressed = \"64KiB\"\n",
     ))
     .await;
     let ch = channel(agent.grpc_addrs()[0]).await;
@@ -527,6 +529,19 @@ async fn the_token_is_checked_in_grpc_metadata() {
                 .await
                 .unwrap_err(),
         ),
+        // Checked before the message is read: an unauthorized peer cannot make the agent
+        // inflate a message (this one inflates past max_decompressed).
+        (
+            "wrong bearer, gzip message over max_decompressed",
+            TraceServiceClient::new(ch.clone())
+                .send_compressed(CompressionEncoding::Gzip)
+                .export(with(
+                    &[("authorization", "Bearer x")],
+                    trace_request("big", 5000),
+                ))
+                .await
+                .unwrap_err(),
+        ),
     ];
     for (what, status) in &refusals {
         assert_eq!(
@@ -542,7 +557,7 @@ async fn the_token_is_checked_in_grpc_metadata() {
         );
     }
     assert_eq!(agent.spool().usage().records, 0, "nothing stored");
-    assert_eq!(refused(&agent), [0, 0, 6, 0, 0]);
+    assert_eq!(refused(&agent), [0, 0, 7, 0, 0]);
 
     traces
         .export(with(
@@ -566,7 +581,7 @@ async fn the_token_is_checked_in_grpc_metadata() {
         .expect("gzip logs with x-api-key accepted");
     assert_eq!(agent.spool().usage().records, 3);
     assert_eq!(status_u64(&agent, "/received/traces/items"), 5);
-    assert_eq!(refused(&agent), [0, 0, 6, 0, 0]);
+    assert_eq!(refused(&agent), [0, 0, 7, 0, 0]);
     agent.shutdown().await;
 }
 
@@ -678,7 +693,9 @@ async fn invalid_protobuf_is_invalid_argument_and_nothing_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let agent = start_agent(&grpc_config(dir.path(), "")).await;
     let ch = channel(agent.grpc_addrs()[0]).await;
-    let cases: [(&str, &'static str, Vec<u8>); 4] = [
+    let mut wrong_id = trace_request("id", 1);
+    wrong_id.resource_spans[0].scope_spans[0].spans[0].trace_id = vec![7; 35];
+    let cases: [(&str, &'static str, Vec<u8>); 5] = [
         ("truncated field", TRACE_EXPORT, b"\x0a\x05ab".to_vec()),
         (
             "not protobuf",
@@ -698,6 +715,8 @@ async fn invalid_protobuf_is_invalid_argument_and_nothing_is_stored() {
                 .map(|b| if b == b'x' { 0xff } else { b })
                 .collect(),
         ),
+        // Decodes, but no upstream would take it (and it would sink every batch it joins).
+        ("a 35-byte trace id", TRACE_EXPORT, wrong_id.encode_to_vec()),
     ];
     let mut codes = Vec::new();
     for (what, path, body) in cases {
@@ -718,7 +737,7 @@ async fn invalid_protobuf_is_invalid_argument_and_nothing_is_stored() {
     eprintln!("invalid data codes: {codes:?}");
     // Bad gzip (compressed flag set, bytes not gzip) is not ours to decode but is refused too.
     assert_eq!(agent.spool().usage().records, 0, "nothing stored");
-    assert_eq!(refused(&agent), [4, 0, 0, 0, 0]);
+    assert_eq!(refused(&agent), [5, 0, 0, 0, 0]);
 
     // The raw path works for good bytes, stored byte for byte; an unknown method is UNIMPLEMENTED.
     let good = spans("raw", 3);

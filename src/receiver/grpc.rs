@@ -2,7 +2,8 @@
 //! `LogsService`, gzip accepted, on tonic's HTTP/2 server.
 //!
 //! Same path as HTTP below the transport: the token check (gRPC metadata `authorization: Bearer …`
-//! or `x-api-key`), protobuf validation and item counting ([`crate::otlp::count_items`]), and
+//! or `x-api-key`, checked before the message is read, so an unauthorized peer cannot make the
+//! agent inflate one), validation and item counting ([`decode::validate`]), and
 //! [`Ingest::accept`]; OK only after the spool's fsync. The request message reaches this file as
 //! raw bytes (a pass-through codec, not the generated servers' prost codec), so it is validated
 //! here and stored as received, exactly as over HTTP.
@@ -37,12 +38,13 @@ use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, En
 use tonic::codegen::{http, BoxFuture, StdError};
 use tonic::{Code, Request, Response, Status};
 
+use super::decode;
 use super::{
     token_matches, Ingest, Rejection, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, MAX_HEADER_BYTES,
     RETRY_AFTER_SECS, TOKEN_HINT,
 };
 use crate::observe::{Refusal, Transport};
-use crate::otlp::{self, RpcStatus, Signal};
+use crate::otlp::{RpcStatus, Signal};
 
 /// How long calls in flight get to finish at shutdown before they are answered `UNAVAILABLE`.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -123,23 +125,25 @@ impl GrpcReceiver {
         }
     }
 
-    /// The token check, validation and durable append of one decoded call.
-    async fn accept(&self, signal: Signal, request: Request<Bytes>) -> Result<(), Status> {
-        let metadata = request.metadata();
-        let header = |name| metadata.get(name).and_then(|v| v.to_str().ok());
-        if !token_matches(
+    /// The token check of one call, on its headers (gRPC metadata), before its message is read.
+    fn authorized(&self, headers: &http::HeaderMap) -> Result<(), Status> {
+        let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+        if token_matches(
             self.auth_token.as_deref(),
             header("x-api-key"),
             header("authorization"),
         ) {
-            let rejection = Rejection::new(401, Refusal::Unauthorized, TOKEN_HINT);
-            return Err(to_status(self.ingest.refuse(rejection)));
+            return Ok(());
         }
+        let rejection = Rejection::new(401, Refusal::Unauthorized, TOKEN_HINT);
+        Err(to_status(self.ingest.refuse(rejection)))
+    }
+
+    /// The validation and durable append of one authorized, decoded call.
+    async fn accept(&self, signal: Signal, request: Request<Bytes>) -> Result<(), Status> {
         let payload = request.into_inner();
-        let items = otlp::count_items(signal, &payload).map_err(|e| {
-            let rejection = Rejection::new(400, Refusal::Invalid, e.to_string());
-            to_status(self.ingest.refuse(rejection))
-        })?;
+        let items = decode::validate(signal, &payload)
+            .map_err(|rejection| to_status(self.ingest.refuse(rejection)))?;
         self.ingest
             .accept(signal, Transport::Grpc, &payload, items)
             .await
@@ -221,6 +225,9 @@ impl tonic::codegen::Service<HttpRequest> for ExportService {
 
 impl ExportService {
     async fn export(&self, signal: Signal, req: HttpRequest) -> HttpResponse {
+        if let Err(status) = self.receiver.authorized(req.headers()) {
+            return status.into_http();
+        }
         let wire_limit = self.wire_limit;
         let over_wire = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&over_wire);
@@ -284,7 +291,7 @@ impl tonic::server::UnaryService<Bytes> for Export {
     }
 }
 
-/// Messages as bytes both ways: requests are validated by [`otlp::count_items`], responses are
+/// Messages as bytes both ways: requests are validated by [`decode::validate`], responses are
 /// already encoded.
 #[derive(Clone, Copy)]
 struct RawCodec;
@@ -390,6 +397,7 @@ fn to_status(rejection: Rejection) -> Status {
 mod tests {
     use super::*;
     use crate::observe::Stats;
+    use crate::otlp;
     use crate::spool::{Limits, Spool};
 
     /// Calls `TraceService/Export` with raw bytes, gzip-compressed or not.
