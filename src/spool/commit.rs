@@ -10,24 +10,26 @@
 //! "Flush" here is sled's `flush` *and* [`DiskSync`]: on Linux sled 0.34 writes its log with
 //! `sync_file_range`, which neither persists the file's size nor flushes the disk's write cache,
 //! and it never syncs the files it writes large values to (`blobs/`). That survives a killed
-//! process but not a power cut, so after each sled flush we `fdatasync` the log, and — when an
-//! appender said a large value was written ([`GroupCommit::note_large_value`]) — `fsync` new blob
-//! files and their directory first. Blobs written by other trees (dead letters, export state)
-//! are synced by the housekeeping pass, within [`HOUSEKEEPING_EVERY`].
+//! process but not a power cut, so after each sled flush we `fsync` new blob files and their
+//! directory, then `fdatasync` the log. Blob files hold large values *and* large tree nodes (16
+//! records of 36 KB make one), so any flush may have written some: each flush looks at
+//! `blobs/`'s modification time (one `stat`) and lists it when that moved, or is too recent to
+//! tell two changes apart ([`DiskSync`]).
 //!
 //! Just before each flush the thread runs the spool's `before_flush` hook ([`Hooks`]): writes
 //! that must be durable with every flush (the spool's newest sequence number), made once per
 //! flush rather than once per append.
 //!
-//! A failed flush fails the tickets it covered and is reported to the spool (the `on_failure`
-//! hook), which reopens the database: sled 0.34 latches the first write error and fails every
-//! later operation. A waiter never waits longer than [`STUCK_AFTER`]: sled 0.34 can also wedge
+//! A failed flush fails the tickets it covered, and every later one, and is reported to the spool
+//! (the `on_failure` hook), which replaces the database and this commit thread with a reopened
+//! one: sled 0.34 latches the first write error, and after a failed `fsync` even a later
+//! successful one says nothing about the pages that failed. A waiter never waits longer than [`STUCK_AFTER`]: sled 0.34 can also wedge
 //! for good (an `ENOSPC` while writing a blob leaves its log buffer unwritable, and every later
 //! flush blocks), and a client must then hear 503, not hang; [`GroupCommit::healthy`] turns false
 //! while a flush runs longer than that.
 //!
-//! The same thread runs the spool's file housekeeping (a callback: owner-only permissions on the
-//! files sled creates as it goes) after flushes, at most once per [`HOUSEKEEPING_EVERY`], once
+//! The same thread runs the spool's file housekeeping (a hook: owner-only permissions on the files
+//! sled creates as it goes, the durable mark) and a full look at `blobs/` after flushes, at most once per [`HOUSEKEEPING_EVERY`], once
 //! more that long after the last flush of a burst, and at close; never when nothing was written.
 //! Dropping the [`GroupCommit`] does a final flush and joins the thread. This file knows nothing
 //! of records or signals.
@@ -36,9 +38,8 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
@@ -46,8 +47,8 @@ use tokio::sync::watch;
 struct Progress {
     /// Every ticket up to this one is covered by a finished flush (successful or not).
     done: u64,
-    /// The tickets `(from, to]` covered by the most recent flush, if it failed, and why.
-    failed: Option<(u64, u64, String)>,
+    /// From the first failed flush on: the tickets after `from` all fail, and why.
+    failed: Option<(u64, String)>,
     /// When the flush now running started (`None` between flushes).
     flushing_since: Option<Instant>,
 }
@@ -75,8 +76,6 @@ struct Requests {
 }
 
 struct Shared {
-    /// Set by [`GroupCommit::note_large_value`]: the next flush must look for new blob files.
-    large_value_written: AtomicBool,
     requests: Mutex<Requests>,
     wake: Condvar,
 }
@@ -99,7 +98,6 @@ impl GroupCommit {
                 closed: false,
             }),
             wake: Condvar::new(),
-            large_value_written: AtomicBool::new(false),
         });
         let (report, progress) = watch::channel(Progress::default());
         let flusher = Arc::clone(&shared);
@@ -138,25 +136,18 @@ impl GroupCommit {
             }
         };
         match &state.failed {
-            Some((from, to, why)) if *from < ticket && ticket <= *to => Err(why.clone()),
+            Some((from, why)) if *from < ticket => Err(why.clone()),
             _ => Ok(()),
         }
     }
 
-    /// Whether the most recent flush succeeded and none has been running for [`STUCK_AFTER`].
+    /// Whether no flush has failed and none has been running for [`STUCK_AFTER`].
     pub fn healthy(&self) -> bool {
         let progress = self.progress.borrow();
         progress.failed.is_none()
             && progress
                 .flushing_since
                 .is_none_or(|since| since.elapsed() < STUCK_AFTER)
-    }
-
-    /// Says that a value large enough for sled to put in a blob file is about to be written, so
-    /// the flush that covers it syncs new blob files (listing `blobs/` on every flush would cost
-    /// every request; other writers' blobs are synced by the housekeeping pass within a second).
-    pub fn note_large_value(&self) {
-        self.shared.large_value_written.store(true, SeqCst);
     }
 
     /// Asks for a flush soon without waiting for it (cursor moves, deletions: losing them in a
@@ -181,11 +172,18 @@ impl Drop for GroupCommit {
     }
 }
 
+/// How close to now a modification time of `blobs/` must be to hide a second change: file
+/// systems stamp directories with a coarse clock (a tick of a few milliseconds), so a file made
+/// just after a listing can leave the time as it was. Far more than any tick.
+const TIMESTAMP_SLACK: Duration = Duration::from_secs(1);
+
 /// The syncs sled's flush leaves out (see the module docs).
 pub struct DiskSync {
     log: File,
     blobs: PathBuf,
     synced_blobs: HashSet<OsString>,
+    /// `blobs/`'s modification time when it was last listed (`None`: it did not exist).
+    listed_mtime: Option<SystemTime>,
 }
 
 impl DiskSync {
@@ -196,25 +194,41 @@ impl DiskSync {
         let blobs = dir.join("blobs");
         Ok(DiskSync {
             log: File::open(dir.join("db"))?,
+            listed_mtime: modified(&blobs)?,
             synced_blobs: blob_names(&blobs)?.into_iter().collect(),
             blobs,
         })
     }
 
-    /// `fdatasync`s the log, and first `fsync`s blob files new since the last look when asked.
-    fn sync(&mut self, blobs: bool) -> std::io::Result<()> {
-        if blobs {
+    /// `fsync`s blob files new since the last look, if `blobs/` may have any, then `fdatasync`s
+    /// the log.
+    fn sync(&mut self) -> std::io::Result<()> {
+        let mtime = modified(&self.blobs)?;
+        let recent = mtime.is_some_and(|m| {
+            SystemTime::now()
+                .duration_since(m)
+                .map_or(true, |age| age < TIMESTAMP_SLACK)
+        });
+        if mtime != self.listed_mtime || recent {
             self.sync_blobs()?;
         }
         self.log.sync_data()
     }
 
+    /// Lists `blobs/` and `fsync`s the files not synced before, then the directory.
     fn sync_blobs(&mut self) -> std::io::Result<()> {
+        // Taken first: a change while listing shows as a newer time at the next look.
+        let mtime = modified(&self.blobs)?;
         let present = blob_names(&self.blobs)?;
         let mut new = false;
         for name in &present {
             if !self.synced_blobs.contains(name) {
-                File::open(self.blobs.join(name))?.sync_data()?;
+                match File::open(self.blobs.join(name)) {
+                    Ok(file) => file.sync_data()?,
+                    // sled deleted it meanwhile (its segment was reclaimed).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
                 new = true;
             }
         }
@@ -222,7 +236,18 @@ impl DiskSync {
             File::open(&self.blobs)?.sync_all()?;
         }
         self.synced_blobs = present.into_iter().collect();
+        self.listed_mtime = mtime;
         Ok(())
+    }
+}
+
+/// A directory's modification time; `None` if it does not exist (sled makes `blobs/` when it
+/// first needs it).
+fn modified(dir: &Path) -> std::io::Result<Option<SystemTime>> {
+    match std::fs::metadata(dir) {
+        Ok(meta) => meta.modified().map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -235,11 +260,19 @@ fn blob_names(dir: &Path) -> std::io::Result<Vec<OsString>> {
 }
 
 /// sled's flush, then the syncs it leaves out.
-fn flush(db: &sled::Db, disk: &mut DiskSync, blobs: bool, hooks: &Hooks) -> Result<(), String> {
+fn flush(db: &sled::Db, disk: &mut DiskSync, hooks: &Hooks) -> Result<(), String> {
     (hooks.before_flush)().map_err(|e| format!("spool write before a flush failed: {e}"))?;
     db.flush().map_err(|e| format!("spool flush failed: {e}"))?;
-    disk.sync(blobs)
-        .map_err(|e| format!("spool fsync failed: {e}"))
+    disk.sync().map_err(|e| format!("spool fsync failed: {e}"))
+}
+
+/// The housekeeping pass: a full look at `blobs/` (catching anything a flush's quick look could
+/// not), then the spool's hook.
+fn housekeep(disk: &mut DiskSync, hooks: &Hooks) {
+    if let Err(e) = disk.sync_blobs() {
+        tracing::warn!(error = %e, "syncing spool blob files failed");
+    }
+    (hooks.housekeeping)();
 }
 
 fn flush_loop(
@@ -250,6 +283,8 @@ fn flush_loop(
     hooks: &Hooks,
 ) {
     let mut done = 0;
+    // Sticky: see the module docs.
+    let mut failed: Option<(u64, String)> = None;
     let mut last_housekeeping = Instant::now();
     // Whether anything was flushed since the last housekeeping pass.
     let mut untidy = false;
@@ -276,47 +311,155 @@ fn flush_loop(
         if target == done {
             if closed {
                 // Closed with nothing pending: flush once more so a clean stop leaves nothing dirty.
-                let _ = flush(db, &mut disk, true, hooks);
+                let _ = flush(db, &mut disk, hooks);
                 (hooks.housekeeping)();
                 return;
             }
             // Woken only for the housekeeping that follows a burst of writes.
-            if let Err(e) = disk.sync_blobs() {
-                tracing::warn!(error = %e, "syncing spool blob files failed");
-            }
-            (hooks.housekeeping)();
+            housekeep(&mut disk, hooks);
             last_housekeeping = Instant::now();
             untidy = false;
             continue;
         }
-        let blobs = shared.large_value_written.swap(false, SeqCst);
         // Without waking anyone: waiters look at `done`, which does not change here.
         report.send_if_modified(|p| {
             p.flushing_since = Some(Instant::now());
             false
         });
-        let failed = match flush(db, &mut disk, blobs, hooks) {
-            Ok(()) => None,
-            Err(e) => {
-                tracing::error!(error = %e, "requests waiting on this flush get 503");
-                (hooks.on_failure)(e.clone());
-                Some((done, target, e))
-            }
-        };
+        if let Err(e) = flush(db, &mut disk, hooks) {
+            tracing::error!(error = %e, "requests waiting on this flush, and all later ones, get 503");
+            (hooks.on_failure)(e.clone());
+            failed.get_or_insert((done, e));
+        }
         done = target;
         report.send_replace(Progress {
             done,
-            failed,
+            failed: failed.clone(),
             flushing_since: None,
         });
         untidy = true;
         if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
-            if let Err(e) = disk.sync_blobs() {
-                tracing::warn!(error = %e, "syncing spool blob files failed");
-            }
-            (hooks.housekeeping)();
+            housekeep(&mut disk, hooks);
             last_housekeeping = Instant::now();
             untidy = false;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::fs::FileTimes;
+
+    use super::*;
+
+    /// A `DiskSync` over a bare directory (a `db` file, as sled leaves one) and its `blobs/`.
+    fn disk_sync(dir: &Path) -> (DiskSync, PathBuf) {
+        std::fs::write(dir.join("db"), b"").unwrap();
+        let blobs = dir.join("blobs");
+        std::fs::create_dir(&blobs).unwrap();
+        (DiskSync::open(dir).unwrap(), blobs)
+    }
+
+    fn synced(disk: &DiskSync, name: &str) -> bool {
+        disk.synced_blobs.contains(OsStr::new(name))
+    }
+
+    /// A file made in the same timestamp tick as the last listing leaves the directory's time as
+    /// it was: the next flush's quick look still finds it, the time being too recent to trust.
+    #[test]
+    fn a_blob_file_made_in_the_tick_of_the_last_listing_is_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut disk, blobs) = disk_sync(dir.path());
+        std::fs::write(blobs.join("1"), b"node").unwrap();
+        disk.sync().unwrap();
+        assert!(synced(&disk, "1"));
+        let listed = disk.listed_mtime.expect("blobs/ exists");
+        std::fs::write(blobs.join("2"), b"node").unwrap();
+        File::open(&blobs)
+            .unwrap()
+            .set_times(FileTimes::new().set_modified(listed))
+            .unwrap();
+        assert_eq!(modified(&blobs).unwrap(), Some(listed), "the same tick");
+        disk.sync().unwrap();
+        assert!(synced(&disk, "2"), "a blob of the same tick was missed");
+    }
+
+    /// A directory whose time has not moved since it was listed, and is old enough to trust, is
+    /// not listed again; the housekeeping pass lists it anyway.
+    #[test]
+    fn an_unchanged_blobs_directory_is_not_listed_by_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut disk, blobs) = disk_sync(dir.path());
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        std::fs::write(blobs.join("late"), b"node").unwrap();
+        // As if this file had come in the same tick as an old listing.
+        File::open(&blobs)
+            .unwrap()
+            .set_times(FileTimes::new().set_modified(old))
+            .unwrap();
+        disk.listed_mtime = modified(&blobs).unwrap();
+        disk.sync().unwrap();
+        assert!(!synced(&disk, "late"), "the quick look listed anyway");
+        disk.sync_blobs().unwrap();
+        assert!(synced(&disk, "late"));
+    }
+
+    /// sled deletes blob files as it reclaims segments, also between a listing and the open.
+    #[test]
+    fn a_blob_file_gone_before_its_sync_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut disk, blobs) = disk_sync(dir.path());
+        // A dangling link lists like a file and fails to open with NotFound.
+        std::os::unix::fs::symlink(blobs.join("nowhere"), blobs.join("gone")).unwrap();
+        disk.sync().expect("a vanished blob is not a failed flush");
+    }
+
+    /// After a failed flush, every later waiter fails too, also once flushes succeed again: the
+    /// pages that failed may be lost whatever later `fsync`s say.
+    #[tokio::test]
+    async fn a_failed_flush_fails_every_later_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new()
+            .path(dir.path())
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
+        let disk = DiskSync::open(dir.path()).unwrap();
+        let calls = Arc::new(Mutex::new(0));
+        let counted = Arc::clone(&calls);
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let reported = Arc::clone(&reports);
+        let commit = GroupCommit::start(
+            db.clone(),
+            disk,
+            Hooks {
+                before_flush: Box::new(move || {
+                    let mut calls = counted.lock().unwrap();
+                    *calls += 1;
+                    if *calls == 1 {
+                        return Err(sled::Error::Unsupported("injected".into()));
+                    }
+                    Ok(())
+                }),
+                housekeeping: Box::new(|| {}),
+                on_failure: Box::new(move |why| reported.lock().unwrap().push(why)),
+            },
+        );
+        assert!(commit.wait().await.is_err(), "the failed flush");
+        for _ in 0..3 {
+            db.insert("k", "v").unwrap();
+            let later = commit.wait().await;
+            assert!(
+                later.as_ref().is_err_and(|e| e.contains("injected")),
+                "{later:?}"
+            );
+        }
+        assert!(
+            *calls.lock().unwrap() >= 2,
+            "later flushes ran, and succeeded"
+        );
+        assert!(!commit.healthy());
+        assert_eq!(reports.lock().unwrap().len(), 1, "reported once");
     }
 }

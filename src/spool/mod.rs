@@ -89,10 +89,7 @@ pub use record::RecordHeader;
 const LAYOUT_VERSION: &[u8] = b"1";
 /// sled's page cache: small, because the spool is mostly written once and read once.
 const CACHE_CAPACITY: u64 = 16 << 20;
-/// Values above this may go to sled's separate blob files (sled inlines up to ~128 KiB with its
-/// default segment size); the commit thread then looks for new blob files to sync.
-const LARGE_VALUE: u64 = 64 << 10;
-/// `meta` key of the newest sequence appended.
+/// `meta` key of the newest sequence handed out.
 const LAST_SEQ: &str = "last_seq";
 /// How often the on-disk size is re-read (it costs a few syscalls).
 const DISK_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -807,9 +804,6 @@ impl Spool {
         };
         let value = header.encode(payload);
         let size = value.len() as u64;
-        if size > LARGE_VALUE {
-            store.commit.note_large_value();
-        }
         let seq = {
             let mut state = self.state();
             self.make_room(&store, &mut state, size)?;
