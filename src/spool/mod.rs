@@ -1014,11 +1014,12 @@ impl Spool {
     /// Records that `destination` has everything of `signal` up to `seq`, and deletes what every
     /// routed destination now has.
     pub fn ack(&self, destination: &str, signal: Signal, seq: u64) -> Result<(), String> {
-        let store = self.store()?;
         let key = cursor_key(destination, signal);
         let mut state = self.state();
-        // In memory first: if saving fails, a reopen writes it back.
+        // In memory first: if saving fails, or a reopen is under way, the reopen writes it back
+        // (it holds the state while it does, and while it installs the new store).
         state.cursors.insert(key.clone(), seq);
+        let store = self.store()?;
         store
             .cursors
             .insert(key.as_bytes(), &seq.to_be_bytes())
@@ -1041,9 +1042,11 @@ impl Spool {
     /// be stopped first: an acknowledgement from one afterwards re-creates its cursor (which the
     /// next reroute or restart forgets again).
     pub fn reroute(&self, routes: Routes) -> Result<(), String> {
-        let store = self.store()?;
         let mut state = self.state();
+        // In memory first, as for `ack`: deletion follows the new routes even if the store is
+        // being reopened now (forgetting cursors then waits for the next reroute or restart).
         state.routes = routes;
+        let store = self.store()?;
         store
             .forget_unrouted(&mut state)
             .map_err(|e| self.storage_error(&store, "forgetting cursors", e))?;
@@ -1811,6 +1814,35 @@ mod tests {
         assert_eq!(spool.cursor("a", Signal::Traces), 0);
         assert_eq!(spool.cursor("c", Signal::Traces), 0);
         assert_eq!(spool.cursor("b", Signal::Logs), 5);
+    }
+
+    /// A config reload or an acknowledgement that comes while a reopen has the store out: both
+    /// are kept in memory (the reopen writes cursors back), so a new destination's records are
+    /// not deleted by the others' acknowledgements.
+    #[tokio::test]
+    async fn routes_and_acknowledgements_during_a_reopen_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
+        for _ in 0..3 {
+            spool.append(Signal::Traces, 1, b"t").await.unwrap();
+        }
+        let store = spool.inner.store.write().unwrap().take().unwrap(); // as a reopen does
+        assert!(spool.reroute(routes(&["a", "b"])).is_err());
+        assert!(spool.ack("a", Signal::Traces, 3).is_err());
+        *spool.inner.store.write().unwrap() = Some(store);
+        assert_eq!(
+            spool.cursor("a", Signal::Traces),
+            3,
+            "a's acknowledgement is kept"
+        );
+        spool.ack("a", Signal::Traces, 3).unwrap();
+        assert_eq!(
+            seqs(&spool, Signal::Traces),
+            [1, 2, 3],
+            "b has none of them yet"
+        );
+        spool.ack("b", Signal::Traces, 3).unwrap();
+        assert!(seqs(&spool, Signal::Traces).is_empty());
     }
 
     #[tokio::test]
