@@ -225,9 +225,12 @@ async fn a_full_disk_refuses_data_then_recovers_by_itself_and_loses_nothing_ackn
         &spool,
         port,
         grpc_port,
+        // "amp" keeps delta state in the spool: that must not keep the database from reopening.
         &format!(
-            "max_bytes = \"1GiB\"\n{}",
-            destination("up", &sink, "signals = [\"traces\"]")
+            "max_bytes = \"1GiB\"\n{}\n[[destination]]\nname = \"amp\"\n\
+             type = \"prometheus_remote_write\"\nendpoint = \"{}/api/v1/write\"\n",
+            destination("up", &sink, "signals = [\"traces\"]"),
+            sink.endpoint()
         ),
     );
     let script = format!(

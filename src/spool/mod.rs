@@ -731,8 +731,8 @@ impl Spool {
     /// A tree for a destination's own state, named `state/<name>` (used by
     /// `prometheus_remote_write` for its delta totals). The spool neither reads nor caps it;
     /// its writes become durable with the next group commit (an `ack`'s, at the latest).
-    /// The tree keeps the database it came from open: while the holder keeps it, a reopen after
-    /// a storage failure cannot take sled's lock (and keeps retrying).
+    /// Look it up for each use and drop it after: a tree keeps the database it came from open,
+    /// and a reopen after a storage failure waits (retrying) until no one holds one.
     pub fn state_tree(&self, name: &str) -> Result<sled::Tree, String> {
         self.store()?
             .db
@@ -1265,8 +1265,7 @@ impl Spool {
             Store::open(&inner.dir, generation, &inner.links).map_err(|e| match e {
                 StoreError::Corrupt(why) => why,
                 StoreError::Other(OpenError::Locked(_)) => "sled's lock on the spool is still \
-                    held, by this process (a destination's state tree keeps the failed database \
-                    open): restart the agent"
+                    held by this process (a state tree in use); retrying"
                     .into(),
                 StoreError::Other(e) => e.to_string(),
             })?;

@@ -26,7 +26,10 @@
 //! time seen, not the wall clock, so a weekend's backlog draining does not evict everything) is
 //! dropped from memory and the tree; its next point starts it over.
 //!
-//! Owns the state tree it is given (one per destination); touches no other part of the spool.
+//! Owns the state tree it is given (one per destination); touches no other part of the spool. It
+//! looks the tree up on each use ([`StateTree`]) and keeps no handle: a handle would keep the
+//! spool's database open, and the spool must be able to close and reopen it after a storage
+//! failure.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -204,9 +207,12 @@ pub struct State {
     last_sweep_ns: u64,
 }
 
+/// Finds the destination's state tree when it is used (the spool's, or a test's).
+pub type StateTree = Box<dyn Fn() -> Result<sled::Tree, String> + Send + Sync>;
+
 pub struct Cumulative {
     state: Mutex<State>,
-    tree: Option<sled::Tree>,
+    tree: Option<StateTree>,
     stale_after_ns: u64,
 }
 
@@ -215,11 +221,11 @@ pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(3600);
 
 impl Cumulative {
     /// Loads every series held in `tree` (none without a tree: state in memory only).
-    pub fn open(tree: Option<sled::Tree>, stale_after: Duration) -> Result<Cumulative, String> {
+    pub fn open(tree: Option<StateTree>, stale_after: Duration) -> Result<Cumulative, String> {
         let mut series = HashMap::new();
         let mut watermark_ns = 0;
         if let Some(tree) = &tree {
-            for entry in tree.iter() {
+            for entry in tree()?.iter() {
                 let (k, v) = entry.map_err(|e| format!("reading delta state: {e}"))?;
                 let key = String::from_utf8_lossy(&k).into_owned();
                 match serde_json::from_slice::<Series>(&v) {
@@ -260,9 +266,14 @@ impl Cumulative {
     /// Applies a transaction's changes, persists them, and evicts idle series.
     pub fn commit(&self, changes: Changes) {
         let mut state = self.lock();
+        let tree = self.tree.as_ref().and_then(|tree| {
+            tree()
+                .inspect_err(|e| tracing::error!(error = %e, "saving delta state failed; after a restart the series in this batch start over"))
+                .ok()
+        });
         for (key, series) in changes.series {
             state.watermark_ns = state.watermark_ns.max(series.last_ns);
-            if let Some(tree) = &self.tree {
+            if let Some(tree) = &tree {
                 let value = serde_json::to_vec(&series).expect("series serialize");
                 if let Err(e) = tree.insert(key.as_bytes(), value) {
                     tracing::error!(error = %e, "saving delta state failed; after a restart this series starts over");
@@ -282,7 +293,7 @@ impl Cumulative {
                 .collect();
             for key in &stale {
                 state.series.remove(key);
-                if let Some(tree) = &self.tree {
+                if let Some(tree) = &tree {
                     let _ = tree.remove(key.as_bytes());
                 }
             }
@@ -377,11 +388,16 @@ mod tests {
         }
     }
 
+    fn state_tree(tree: &sled::Tree) -> StateTree {
+        let tree = tree.clone();
+        Box::new(move || Ok(tree.clone()))
+    }
+
     #[test]
     fn accumulates_ignores_duplicates_and_survives_reopen() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let tree = db.open_tree("t").unwrap();
-        let c = Cumulative::open(Some(tree.clone()), DEFAULT_STALE_AFTER).unwrap();
+        let c = Cumulative::open(Some(state_tree(&tree)), DEFAULT_STALE_AFTER).unwrap();
         let changes = {
             let state = c.lock();
             let mut txn = Txn::new(&state);
@@ -406,7 +422,7 @@ mod tests {
         };
         c.commit(changes);
         drop(c);
-        let c = Cumulative::open(Some(tree), DEFAULT_STALE_AFTER).unwrap();
+        let c = Cumulative::open(Some(state_tree(&tree)), DEFAULT_STALE_AFTER).unwrap();
         assert_eq!(total(&c, "a"), Some(3.0));
         assert_eq!(
             total(&c, "b").map(f64::to_bits),

@@ -65,14 +65,13 @@ impl PrometheusRemoteWrite {
                 value: v.clone(),
             });
         }
-        let tree = spool
-            .state_tree(&format!("prw/{name}"))
-            .map_err(|e| format!("destination {name}: opening its delta state: {e}"))?;
+        let (spool, tree_name) = (spool.clone(), format!("prw/{name}"));
+        let tree = Box::new(move || spool.state_tree(&tree_name));
         let stale_after = config
             .stale_after
             .unwrap_or(cumulative::DEFAULT_STALE_AFTER);
         let cumulative = Cumulative::open(Some(tree), stale_after)
-            .map_err(|e| format!("destination {name}: {e}"))?;
+            .map_err(|e| format!("destination {name}: opening its delta state: {e}"))?;
         let mut headers = configured_headers(config)?;
         headers.insert(CONTENT_ENCODING, HeaderValue::from_static("snappy"));
         headers.insert(
