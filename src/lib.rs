@@ -89,7 +89,8 @@ impl Agent {
         let mut destinations = Vec::new();
         let mut destination_stats = Vec::new();
         for d in &config.destinations {
-            let (running, d_stats) = start_destination(d, &spool, &stats, &stop)?;
+            let upstream = Upstream::new(d, &spool).map_err(StartError::Destination)?;
+            let (running, d_stats) = start_destination(d, upstream, &spool, &stats, &stop);
             destinations.push(running);
             destination_stats.push(d_stats);
         }
@@ -200,13 +201,12 @@ impl Agent {
             }
         }
         // Build every new upstream before stopping anything: a bad one leaves all as it was.
-        // These are thrown away; the ones that run are built again below, after the old workers
-        // stopped: an upstream reads its state when built (remote write's delta totals), and a
-        // batch an old worker delivers in between would be missing from it.
+        let mut built = Vec::with_capacity(config.destinations.len());
         for (i, d) in config.destinations.iter().enumerate() {
-            if keep[i].is_none() {
-                Upstream::new(d, &self.spool).map_err(StartError::Destination)?;
-            }
+            built.push(match keep[i] {
+                Some(_) => None,
+                None => Some(Upstream::new(d, &self.spool).map_err(StartError::Destination)?),
+            });
         }
         // Stopped workers are awaited before the cursors change, so none acks afterwards.
         let mut old_running: Vec<Option<RunningDestination>> =
@@ -228,17 +228,29 @@ impl Agent {
         }
         let mut destination_stats = Vec::new();
         for (i, d) in config.destinations.iter().enumerate() {
-            let running = match keep[i].and_then(|j| old_running[j].take()) {
-                Some(running) => {
+            let running = match (keep[i].and_then(|j| old_running[j].take()), built[i].take()) {
+                (Some(running), _) => {
                     destination_stats.push(destination_stats_of(d, &self.stats));
                     running
                 }
-                None => {
+                (None, Some(first_build)) => {
+                    // A changed destination is built again now that its old workers stopped:
+                    // an upstream reads its state when built (remote write's delta totals), and
+                    // a batch they delivered after the first build would be missing from it.
+                    let upstream = if reloaded.changed.iter().any(|n| n == d.name.as_str()) {
+                        Upstream::new(d, &self.spool).unwrap_or_else(|e| {
+                            tracing::error!(destination = %d.name, error = %e, "rebuilding the destination failed; running the one built before its old workers stopped");
+                            first_build
+                        })
+                    } else {
+                        first_build
+                    };
                     let (running, d_stats) =
-                        start_destination(d, &self.spool, &self.stats, &self.stop)?;
+                        start_destination(d, upstream, &self.spool, &self.stats, &self.stop);
                     destination_stats.push(d_stats);
                     running
                 }
+                (None, None) => unreachable!("a destination is either kept or built"),
             };
             self.destinations.push(running);
         }
@@ -302,14 +314,16 @@ fn warn_if_holding(config: &Config) {
     }
 }
 
-/// Starts one worker per signal of `d`, each stopping with the agent or on its own.
+/// Starts one worker per signal of `d`, sending through `upstream`, each stopping with the agent
+/// or on its own.
 fn start_destination(
     d: &DestinationConfig,
+    upstream: Upstream,
     spool: &Spool,
     stats: &Stats,
     agent_stop: &CancellationToken,
-) -> Result<(RunningDestination, DestinationStats), StartError> {
-    let upstream = Arc::new(Upstream::new(d, spool).map_err(StartError::Destination)?);
+) -> (RunningDestination, DestinationStats) {
+    let upstream = Arc::new(upstream);
     let stop = agent_stop.child_token();
     let mut workers = JoinSet::new();
     let d_stats = destination_stats_of(d, stats);
@@ -325,7 +339,7 @@ fn start_destination(
         };
         workers.spawn(worker.run(stop.clone()));
     }
-    Ok((RunningDestination { stop, workers }, d_stats))
+    (RunningDestination { stop, workers }, d_stats)
 }
 
 /// The counters of `d`'s workers: the running ones' (across a reload), or new ones.
