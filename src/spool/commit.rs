@@ -126,7 +126,11 @@ impl GroupCommit {
         let mut progress = self.progress.clone();
         let waited = tokio::time::timeout(STUCK_AFTER, progress.wait_for(|p| p.done >= ticket));
         let state = match waited.await {
-            Ok(state) => state.map_err(|_| "the spool commit thread has stopped".to_string())?,
+            Ok(state) => state.map_err(|_| {
+                "the spool's commit thread has stopped (see the log for why); restart the agent \
+                 (acknowledged data is safe)"
+                    .to_string()
+            })?,
             Err(_) => {
                 return Err(format!(
                     "the spool's flush did not finish within {STUCK_AFTER:?}: its disk is very \
@@ -241,6 +245,13 @@ impl DiskSync {
     }
 }
 
+impl DiskSync {
+    /// The spool directory.
+    fn dir(&self) -> &Path {
+        self.blobs.parent().unwrap_or(&self.blobs)
+    }
+}
+
 /// A directory's modification time; `None` if it does not exist (sled makes `blobs/` when it
 /// first needs it).
 fn modified(dir: &Path) -> std::io::Result<Option<SystemTime>> {
@@ -261,9 +272,13 @@ fn blob_names(dir: &Path) -> std::io::Result<Vec<OsString>> {
 
 /// sled's flush, then the syncs it leaves out.
 fn flush(db: &sled::Db, disk: &mut DiskSync, hooks: &Hooks) -> Result<(), String> {
-    (hooks.before_flush)().map_err(|e| format!("spool write before a flush failed: {e}"))?;
-    db.flush().map_err(|e| format!("spool flush failed: {e}"))?;
-    disk.sync().map_err(|e| format!("spool fsync failed: {e}"))
+    let dir = disk.dir().to_path_buf();
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        format!("{what} the spool in {} failed: {e}", dir.display())
+    };
+    (hooks.before_flush)().map_err(|e| failed("writing to", &e))?;
+    db.flush().map_err(|e| failed("flushing", &e))?;
+    disk.sync().map_err(|e| failed("syncing", &e))
 }
 
 /// The housekeeping pass: a full look at `blobs/` (catching anything a flush's quick look could

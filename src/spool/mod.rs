@@ -75,7 +75,7 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, RwLock, Weak};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{watch, Notify};
@@ -173,8 +173,9 @@ pub enum OpenError {
         source: std::io::Error,
     },
     #[error(
-        "spool at {dir} has layout version {found}, this build reads version 1; it was written \
-         by a newer otlp-spool: upgrade, or move the directory aside"
+        "spool at {dir} has layout version {found}, this build reads version {expected}; it was \
+         written by a newer otlp-spool: upgrade, or move the directory aside",
+        expected = String::from_utf8_lossy(LAYOUT_VERSION)
     )]
     Layout { dir: PathBuf, found: String },
 }
@@ -597,7 +598,7 @@ impl Store {
 struct Inner {
     dir: PathBuf,
     limits: Limits,
-    /// The open database; `None` only while a reopen is under way.
+    /// The open database; `None` while a reopen is under way (also between its attempts).
     store: RwLock<Option<Arc<Store>>>,
     /// Why storage is failing, from the first report until a reopen succeeds.
     failure: Mutex<Option<String>>,
@@ -620,6 +621,13 @@ struct Links {
     mark: Arc<DurableMark>,
     /// The next sequence number to hand out (the commit thread saves the one before it).
     next_seq: Arc<AtomicU64>,
+}
+
+impl Inner {
+    /// Why storage is failing, if it is (see [`Inner::failure`]'s field).
+    fn failure(&self) -> MutexGuard<'_, Option<String>> {
+        self.failure.lock().expect("spool failure lock poisoned")
+    }
 }
 
 /// A cheap, clonable handle on the one open spool.
@@ -748,7 +756,7 @@ impl Spool {
     fn store(&self) -> Result<Arc<Store>, String> {
         let store = self.inner.store.read().expect("spool store lock poisoned");
         store.clone().ok_or_else(|| {
-            let failure = self.inner.failure.lock().expect("spool failure lock");
+            let failure = self.inner.failure();
             format!(
                 "{}; the spool is being reopened",
                 failure.as_deref().unwrap_or("spool storage failed")
@@ -765,11 +773,7 @@ impl Spool {
             sled::Error::Io(_) | sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)
         );
         if unusable {
-            self.inner
-                .failure
-                .lock()
-                .expect("spool failure lock")
-                .get_or_insert_with(|| why.clone());
+            self.inner.failure().get_or_insert_with(|| why.clone());
             let _ = self.inner.links.failures.send(Failure {
                 generation: store.generation,
                 why: why.clone(),
@@ -785,13 +789,7 @@ impl Spool {
         items: u32,
         payload: &[u8],
     ) -> Result<u64, AppendError> {
-        if let Some(why) = self
-            .inner
-            .failure
-            .lock()
-            .expect("spool failure lock")
-            .clone()
-        {
+        if let Some(why) = self.inner.failure().clone() {
             return Err(AppendError::Storage(format!(
                 "{why}; refusing data until the spool is reopened, which happens by itself once \
                  the disk is healthy and has room"
@@ -1131,12 +1129,7 @@ impl Spool {
     }
 
     pub fn usage(&self) -> Usage {
-        let storage_error = self
-            .inner
-            .failure
-            .lock()
-            .expect("spool failure lock")
-            .clone();
+        let storage_error = self.inner.failure().clone();
         let state = self.state();
         Usage {
             records: state.trees.iter().map(|t| t.records).sum(),
@@ -1157,12 +1150,7 @@ impl Spool {
     /// Whether the spool can take data now (for `/healthz`): storage is not failing, the last
     /// flush succeeded and none is stuck, and the disk has the reserve and a margin free.
     pub fn healthy(&self) -> bool {
-        let failing = self
-            .inner
-            .failure
-            .lock()
-            .expect("spool failure lock")
-            .is_some();
+        let failing = self.inner.failure().is_some();
         let low = free_space(&self.inner.dir)
             .is_some_and(|free| free < FREE_SPACE_RESERVE + LOW_SPACE_MARGIN);
         !failing && !low && self.store().is_ok_and(|s| s.commit.healthy())
@@ -1243,7 +1231,9 @@ impl Spool {
         let inner = &self.inner;
         if let Some(free) = free_space(&inner.dir).filter(|&f| f < FREE_SPACE_RESERVE) {
             return Err(format!(
-                "waiting for free space: {free} bytes free, {FREE_SPACE_RESERVE} needed"
+                "waiting for free space on the disk holding {}: {free} bytes free, \
+                 {FREE_SPACE_RESERVE} needed; free some space on it",
+                inner.dir.display()
             ));
         }
         // Empty while a previous attempt failed after letting go of the old store.
@@ -1297,7 +1287,7 @@ impl Spool {
         state.reopens += 1;
         store.commit.flush_soon();
         *inner.store.write().expect("spool store lock") = Some(Arc::new(store));
-        *inner.failure.lock().expect("spool failure lock") = None;
+        *inner.failure() = None;
         Ok(())
     }
 }
@@ -1316,11 +1306,7 @@ fn reopen_on_failure(spool: &Weak<Inner>, reports: &mpsc::Receiver<Failure>) {
         if current != Some(report.generation) {
             continue; // about a database already replaced
         }
-        inner
-            .failure
-            .lock()
-            .expect("spool failure lock")
-            .get_or_insert_with(|| report.why.clone());
+        inner.failure().get_or_insert_with(|| report.why.clone());
         tracing::error!(
             spool = %inner.dir.display(),
             error = %report.why,
