@@ -21,6 +21,10 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::otlp::Signal;
 
+/// The shortest `auth_token` accepted with `allow_remote`: reachable from other machines, a token
+/// must not be guessable.
+const MIN_REMOTE_TOKEN: usize = 16;
+
 /// The whole configuration, as resolved from a file or the embedded defaults.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1332,13 +1336,25 @@ impl Config {
             key: Some(key.to_string()),
             message,
         };
-        if self.server.allow_remote && self.server.auth_token.is_none() {
+        let token = self.server.auth_token.as_ref().map(|t| t.expose());
+        if token == Some("") {
+            // An empty token would let in every client that sends an empty x-api-key.
+            return Err(rule(
+                "server.auth_token",
+                "auth_token is empty (is the variable it names set, and not empty?); set it to \
+                 a secret, or remove the key to accept clients without a token"
+                    .into(),
+            ));
+        }
+        if self.server.allow_remote && token.is_none_or(|t| t.chars().count() < MIN_REMOTE_TOKEN) {
             return Err(rule(
                 "server.allow_remote",
-                "allow_remote = true needs server.auth_token set, so that only clients holding \
-                 the token can write; set server.auth_token (for example \
-                 auth_token = \"${OTLP_SPOOL_TOKEN}\")"
-                    .into(),
+                format!(
+                    "allow_remote = true needs server.auth_token set to at least \
+                     {MIN_REMOTE_TOKEN} characters, so that only clients holding it can write; set \
+                     server.auth_token (for example auth_token = \"${{OTLP_SPOOL_TOKEN}}\", with \
+                     OTLP_SPOOL_TOKEN=$(openssl rand -hex 16))"
+                ),
             ));
         }
         let listens = [

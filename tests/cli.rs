@@ -333,6 +333,18 @@ fn check_errors_are_precise() {
             &["key server.allow_remote", "needs server.auth_token set"],
         ),
         (
+            "remote-short-token.toml",
+            "[server]\nallow_remote = true\nauth_token = \"s3cret\"\nlisten = \"0.0.0.0:4318\"\n".into(),
+            "line 2, column 1",
+            &["key server.allow_remote", "at least 16 characters"],
+        ),
+        (
+            "empty-token.toml",
+            "[server]\nauth_token = \"\"\n".into(),
+            "line 2, column 1",
+            &["key server.auth_token", "auth_token is empty"],
+        ),
+        (
             "remote-grpc.toml",
             "[server]\ngrpc_listen = \"[::]:4317\"\n".into(),
             "line 2, column 15",
@@ -696,7 +708,7 @@ fn env_follows_listen_and_auth_token() {
         let config = sb.write(
             "wild.toml",
             &format!(
-                "[server]\nlisten = \"{listen}\"\ngrpc_listen = \"\"\nauth_token = \"x\"\nallow_remote = true\n"
+                "[server]\nlisten = \"{listen}\"\ngrpc_listen = \"\"\nauth_token = \"x-long-enough-token\"\nallow_remote = true\n"
             ),
         );
         let out = sb.run(&["env", "otel", "--config", config.to_str().unwrap()], &[]);

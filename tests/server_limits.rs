@@ -219,7 +219,10 @@ async fn a_remote_listener_needs_allow_remote_and_the_token() {
             "{extra:?}: {err}"
         );
     }
-    let config = validated(&server("allow_remote = true\nauth_token = \"s3cret\"")).unwrap();
+    let config = validated(&server(
+        "allow_remote = true\nauth_token = \"s3cret-long-enough\"",
+    ))
+    .unwrap();
     let agent = otlp_spool::Agent::start(config).await.unwrap();
     let port = agent.http_addrs()[0].port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -228,7 +231,7 @@ async fn a_remote_listener_needs_allow_remote_and_the_token() {
     let (status, _) = post(
         addr,
         "/v1/traces",
-        &[PROTOBUF, ("authorization", "Bearer s3cret")],
+        &[PROTOBUF, ("authorization", "Bearer s3cret-long-enough")],
         spans("r", 1),
     )
     .await;
