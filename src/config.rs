@@ -853,24 +853,37 @@ impl Endpoint {
     }
 }
 
-/// Where the `user:password` of a URL is, if it has one.
-fn url_credentials(url: &str) -> Option<std::ops::Range<usize>> {
+/// Where a `user:password@` is in `url`: after the scheme, up to the last `@` before the first of
+/// `ends`.
+fn credentials_before(url: &str, ends: &[char]) -> Option<std::ops::Range<usize>> {
     let start = url.find("://").map_or(0, |i| i + 3);
     let rest = &url[start..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    authority.rfind('@').map(|at| start..start + at)
+    let scope = &rest[..rest.find(ends).unwrap_or(rest.len())];
+    scope.rfind('@').map(|at| start..start + at)
+}
+
+/// Where the `user:password` of a well-formed URL is: in its authority (endpoints are parsed at
+/// load, so every one in a config is well formed).
+fn url_credentials(url: &str) -> Option<std::ops::Range<usize>> {
+    credentials_before(url, &['/', '?', '#'])
+}
+
+/// In text that failed to parse as a URL, what may be credentials: up to the last `@` before any
+/// query (a password with an unencoded `/` ends the authority early).
+fn possible_credentials(text: &str) -> Option<std::ops::Range<usize>> {
+    credentials_before(text, &['?', '#'])
+}
+
+fn masked(text: &str, credentials: Option<std::ops::Range<usize>>) -> String {
+    match credentials {
+        Some(at) => format!("{}***{}", &text[..at.start], &text[at.end..]),
+        None => text.to_string(),
+    }
 }
 
 /// `url` with any `user:password@` replaced by `***@`, for logs, errors and `status`.
 pub fn mask_url_credentials(url: &str) -> String {
-    match url_credentials(url) {
-        Some(credentials) => format!(
-            "{}***{}",
-            &url[..credentials.start],
-            &url[credentials.end..]
-        ),
-        None => url.to_string(),
-    }
+    masked(url, url_credentials(url))
 }
 
 impl fmt::Debug for Endpoint {
@@ -891,19 +904,32 @@ impl<'de> Deserialize<'de> for Endpoint {
         let credentials_in_file =
             url_credentials(&raw).is_some_and(|at| holds_literal_secret(&raw[at]));
         let url = expand_env(&raw).map_err(de::Error::custom)?;
+        // Errors show the URL as written (`${VAR}` names, not their values), credentials masked.
+        let shown = masked(&raw, possible_credentials(&raw));
         let rest = url
             .strip_prefix("http://")
             .or_else(|| url.strip_prefix("https://"));
-        match rest {
-            Some(host) if !host.is_empty() && !host.starts_with('/') => Ok(Endpoint {
-                url: url.trim_end_matches('/').to_string(),
-                credentials_in_file,
-            }),
-            _ => Err(de::Error::custom(format!(
-                "invalid endpoint {url:?}: expected an http:// or https:// URL such as \
+        if !rest.is_some_and(|host| !host.is_empty() && !host.starts_with('/')) {
+            return Err(de::Error::custom(format!(
+                "invalid endpoint {shown:?}: expected an http:// or https:// URL such as \
                  \"https://collector.example.com:4318\" (/v1/<signal> is appended)"
-            ))),
+            )));
         }
+        if let Err(e) = reqwest::Url::parse(&url) {
+            let hint = if possible_credentials(&url).is_some() {
+                "; a user name or password in it must be percent-encoded (/ as %2F, @ as %40, \
+                 : as %3A)"
+            } else {
+                ""
+            };
+            return Err(de::Error::custom(format!(
+                "invalid endpoint {shown:?}: {e}{hint}"
+            )));
+        }
+        Ok(Endpoint {
+            url: url.trim_end_matches('/').to_string(),
+            credentials_in_file,
+        })
     }
 }
 
@@ -958,10 +984,12 @@ fn holds_literal_secret(raw: &str) -> bool {
         }
     }
     literal.push_str(rest);
+    // Separators between references (`${USER}:${PASS}`) are not secrets.
     literal.split_whitespace().any(|word| {
-        !["bearer", "basic", "token", "apikey"]
-            .iter()
-            .any(|scheme| word.eq_ignore_ascii_case(scheme))
+        word.chars().any(char::is_alphanumeric)
+            && !["bearer", "basic", "token", "apikey"]
+                .iter()
+                .any(|scheme| word.eq_ignore_ascii_case(scheme))
     })
 }
 
@@ -1289,6 +1317,17 @@ impl Config {
             let name = d.name.as_str();
             if d.endpoint.credentials_in_file {
                 keys.push(format!("destination {name:?} endpoint credentials"));
+            }
+            for signal in Signal::ALL {
+                if d.endpoints
+                    .get(signal)
+                    .is_some_and(|e| e.credentials_in_file)
+                {
+                    keys.push(format!(
+                        "destination {name:?} endpoints.{} credentials",
+                        signal.name()
+                    ));
+                }
             }
             let secrets = d
                 .headers
@@ -1646,6 +1685,50 @@ mod tests {
         )
         .unwrap();
         assert_eq!(plain.destinations[0].endpoint.masked(), "http://h/a@b");
+    }
+
+    /// The config-permission warning names secrets written in the file, not `${VAR}` references
+    /// (nor the `:` between two of them), in `endpoint` and in per-signal `endpoints` alike.
+    #[test]
+    fn secrets_written_in_the_file_are_told_from_references() {
+        std::env::set_var("OTLP_SPOOL_TEST_USER", "u");
+        std::env::set_var("OTLP_SPOOL_TEST_PASS", "p");
+        let c = Config::parse(
+            "[[destination]]\nname = \"cw\"\ntype = \"cloudwatch\"\nregion = \"us-west-2\"\n\
+             signals = [\"logs\", \"traces\"]\nlog_group = \"g\"\nlog_stream = \"s\"\n\
+             endpoints = { logs = \"https://${OTLP_SPOOL_TEST_USER}:${OTLP_SPOOL_TEST_PASS}@h/v1/logs\", \
+             traces = \"https://user:literal@h/v1/traces\" }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.secrets_written_in_file(),
+            ["destination \"cw\" endpoints.traces credentials"]
+        );
+    }
+
+    /// A password with an unencoded `/` ends the URL's authority early: such an endpoint is
+    /// refused at load, and the error shows none of the password (nor any `${VAR}` value).
+    #[test]
+    fn an_unparsable_endpoint_is_refused_with_its_credentials_masked() {
+        std::env::set_var("OTLP_SPOOL_TEST_PASSWORD", "ab/cd-Zq90");
+        for endpoint in [
+            "https://user:pw/Zq91@host/prod",
+            "htps://user:${OTLP_SPOOL_TEST_PASSWORD}@host",
+            "https://user:${OTLP_SPOOL_TEST_PASSWORD}@host",
+        ] {
+            let e = err(&format!(
+                "[[destination]]\nname = \"a\"\ntype = \"otlp_http\"\nendpoint = \"{endpoint}\"\n"
+            ));
+            assert!(e.contains("invalid endpoint"), "{e}");
+            assert!(
+                !e.contains("Zq9"),
+                "{endpoint}: a password in the error: {e}"
+            );
+        }
+        let e = err(
+            "[[destination]]\nname = \"a\"\ntype = \"otlp_http\"\nendpoint = \"https://u:a/b@h\"\n",
+        );
+        assert!(e.contains("must be percent-encoded (/ as %2F"), "{e}");
     }
 
     #[test]
