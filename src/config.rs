@@ -138,8 +138,9 @@ pub struct DestinationConfig {
     /// Per-attempt deadline for one upstream request.
     #[serde(default = "default_timeout", with = "human_duration")]
     pub timeout: Duration,
-    /// A PEM file of CA certificates to trust besides the built-in roots (an upstream behind a
-    /// private CA, a corporate TLS proxy); `${VAR}`s expanded. Checked by [`Config::validate`].
+    /// A PEM file of CA certificates to trust besides the built-in roots when sending to this
+    /// destination (an upstream behind a private CA, a corporate TLS proxy); `${VAR}`s expanded.
+    /// AWS credential requests (SSO, STS) do not use it. Checked by [`Config::validate`].
     #[serde(
         default,
         deserialize_with = "expanded",

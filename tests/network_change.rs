@@ -46,7 +46,7 @@ fn private_network() -> bool {
 }
 
 #[test]
-fn a_new_address_ends_a_long_backoff() {
+fn a_new_address_ends_a_long_backoff_but_not_a_retry_after() {
     if !private_network() {
         return;
     }
@@ -106,5 +106,32 @@ fn a_new_address_ends_a_long_backoff() {
             .wait_log("the network changed", 1, Duration::from_secs(1))
             .await;
         eprintln!("delivered {took:?} after a new address appeared");
+
+        // A pause the upstream asked for (Retry-After) is its own: a network change keeps it.
+        sink.script([Reply::Status(503, Some(30))]);
+        let attempts = sink.received().len();
+        let status = reqwest::Client::new()
+            .post(agent.url("/v1/traces"))
+            .header(PROTOBUF.0, PROTOBUF.1)
+            .body(spans("asked-to-wait", 1))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sink.received().len() == attempts {
+            assert!(Instant::now() < deadline, "no attempt for the second span");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ip("addr add 10.203.0.8/24 dev otlptest0");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            sink.items("/v1/traces"),
+            1,
+            "a network change cut a Retry-After short; log:\n{}",
+            agent.log_text()
+        );
+        assert_eq!(agent.log_text().matches("the network changed").count(), 1);
     });
 }

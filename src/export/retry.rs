@@ -96,8 +96,10 @@ pub enum Woken {
     ByNetworkChange,
 }
 
-/// Waits `pause`, or less if the machine was suspended or the network changed meanwhile.
-pub async fn pause_unless_woken(pause: Duration) -> Option<Woken> {
+/// Waits `pause`, or less if the machine was suspended meanwhile, or — with `network_wakes` —
+/// the network changed. (A pause the upstream asked for with `Retry-After` is not cut short by a
+/// network change: the upstream, not the route to it, said when.)
+pub async fn pause_unless_woken(pause: Duration, network_wakes: bool) -> Option<Woken> {
     let (mono, wall) = (Instant::now(), SystemTime::now());
     let mut network = super::network::changes();
     loop {
@@ -107,11 +109,7 @@ pub async fn pause_unless_woken(pause: Duration) -> Option<Woken> {
         }
         tokio::select! {
             _ = tokio::time::sleep(left.min(WAKE_CHECK_EVERY)) => {}
-            changed = network.changed() => match changed {
-                Ok(()) => return Some(Woken::ByNetworkChange),
-                // No watcher: wait out the pause on the clocks alone.
-                Err(_) => network = watch_nothing(),
-            },
+            Ok(()) = network.changed(), if network_wakes => return Some(Woken::ByNetworkChange),
         }
         // A wall clock set backwards reads as no time passed: that never ends a wait early.
         let wall_elapsed = wall.elapsed().unwrap_or_default();
@@ -119,15 +117,6 @@ pub async fn pause_unless_woken(pause: Duration) -> Option<Woken> {
             return Some(Woken::FromSleep);
         }
     }
-}
-
-/// A receiver that never changes (its sender lives forever), for when there is no watcher.
-fn watch_nothing() -> tokio::sync::watch::Receiver<u64> {
-    static NOTHING: std::sync::OnceLock<tokio::sync::watch::Sender<u64>> =
-        std::sync::OnceLock::new();
-    NOTHING
-        .get_or_init(|| tokio::sync::watch::channel(0).0)
-        .subscribe()
 }
 
 fn slept_through(monotonic: Duration, wall: Duration) -> bool {
@@ -201,7 +190,10 @@ mod tests {
     #[tokio::test]
     async fn an_undisturbed_pause_lasts_its_time() {
         let started = Instant::now();
-        assert_eq!(pause_unless_woken(Duration::from_millis(120)).await, None);
+        assert_eq!(
+            pause_unless_woken(Duration::from_millis(120), true).await,
+            None
+        );
         assert!(started.elapsed() >= Duration::from_millis(120));
     }
 

@@ -88,12 +88,13 @@ impl Worker {
             }
             if let Err(failure) = self.deliver(&batch).await {
                 failures += 1;
+                let asked_for = failure.retry_after;
                 let pause = match failure.kind {
                     FailureKind::Retryable => backoff.next_delay(failure.retry_after),
                     FailureKind::Auth | FailureKind::Held => self.retry.slow(),
                 };
                 self.report_failure(failure, failures, pause);
-                if let Some(woken) = pause_unless_woken(pause).await {
+                if let Some(woken) = pause_unless_woken(pause, asked_for.is_none()).await {
                     let why = match woken {
                         Woken::FromSleep => "the machine was asleep",
                         Woken::ByNetworkChange => "the network changed",
@@ -339,6 +340,6 @@ enum FailureKind {
     Retryable,
     /// 401/403: the slow pace (`retry.max`), shown as `auth_failed`.
     Auth,
-    /// A redirect or an untrusted certificate: the slow pace, shown as a backoff.
+    /// A redirect or an untrusted certificate: the slow pace, shown as `held`.
     Held,
 }
