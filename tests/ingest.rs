@@ -536,6 +536,43 @@ async fn gzip_bomb_is_413_without_inflating_it() {
     agent.shutdown().await;
 }
 
+/// OTLP/JSON takes many times its size in memory to transcode: it is held to 8 MiB once
+/// decompressed even when `max_decompressed` is larger, and told so; protobuf of that size is
+/// accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_over_its_own_limit_is_413_and_says_use_protobuf() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_with_server(dir.path(), "").await; // max_body 16 MiB, max_decompressed 64 MiB
+    let addr = agent.http_addrs()[0];
+    let limit = otlp_spool::receiver::decode::MAX_JSON_BODY as usize;
+    // Valid JSON, one byte over the limit: an unknown field padded with spaces.
+    let mut json = br#"{"resourceSpans":[],"future":""#.to_vec();
+    json.resize(limit - 1, b' ');
+    json.extend_from_slice(b"\"}");
+    assert_eq!(json.len(), limit + 1);
+    for (before, headers, body) in [
+        (0, vec![CT_JSON], json.clone()),
+        (1, vec![CT_JSON, "Content-Encoding: gzip"], gzip(&json)),
+    ] {
+        let resp = post_raw(addr, "/v1/traces", &headers, body).await;
+        expect_refusal(
+            &agent,
+            resp,
+            413,
+            "application/json",
+            "too_large",
+            before,
+            &["OTLP/JSON", "use OTLP/protobuf"],
+        )
+        .await;
+    }
+    // The same size in protobuf is fine (a 9 MiB span name).
+    let big = spans(&"n".repeat(limit + 1), 1);
+    let resp = post_raw(addr, "/v1/traces", &[CT_PB], big).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    agent.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_over_max_body_is_413_with_or_without_content_length() {
     let dir = tempfile::tempdir().unwrap();

@@ -55,6 +55,13 @@ impl Format {
     }
 }
 
+/// The most of an OTLP/JSON body accepted once decompressed, whatever `max_decompressed` says.
+/// Transcoding holds the parsed JSON and the message built from it at once, about 40 times the
+/// body's size (a 43 MiB body of log records peaked at 1.8 GB), so this bounds one JSON request
+/// to a few hundred MB. Real clients' JSON batches are far smaller (Gemini CLI's logs carrying
+/// whole prompts: hundreds of KB).
+pub const MAX_JSON_BODY: u64 = 8 << 20;
+
 /// A decoded request: canonical protobuf and how many items it holds.
 #[derive(Debug)]
 pub struct Decoded {
@@ -70,12 +77,19 @@ pub fn decode(
     body: Vec<u8>,
     max_decompressed: u64,
 ) -> Result<Decoded, Rejection> {
+    let limit = match format {
+        Format::Protobuf => max_decompressed,
+        Format::Json => max_decompressed.min(MAX_JSON_BODY),
+    };
+    let too_large = || too_large(limit, max_decompressed);
     let raw = match content_encoding
         .map(|e| e.trim().to_ascii_lowercase())
         .as_deref()
     {
         None | Some("") | Some("identity") => body,
-        Some("gzip") | Some("x-gzip") => gunzip(&body, max_decompressed)?,
+        Some("gzip") | Some("x-gzip") => {
+            gunzip(&body, limit).map_err(|e| e.unwrap_or_else(too_large))?
+        }
         Some(other) => {
             return Err(Rejection::new(
                 415,
@@ -84,8 +98,8 @@ pub fn decode(
             ))
         }
     };
-    if raw.len() as u64 > max_decompressed {
-        return Err(too_large(max_decompressed));
+    if raw.len() as u64 > limit {
+        return Err(too_large());
     }
     let payload = match format {
         Format::Protobuf => raw,
@@ -241,26 +255,39 @@ fn check_exemplar_ids(request: &ExportMetricsServiceRequest) -> Result<(), Rejec
     Ok(())
 }
 
-fn too_large(limit: u64) -> Rejection {
-    Rejection::new(
-        413,
-        Refusal::TooLarge,
+/// The refusal of a body over `limit` (below `max_decompressed`: the JSON limit).
+fn too_large(limit: u64, max_decompressed: u64) -> Rejection {
+    let message = if limit < max_decompressed {
         format!(
-            "request body is larger than {limit} bytes once decompressed (server.max_decompressed)"
-        ),
-    )
+            "OTLP/JSON request body is larger than {limit} bytes once decompressed (JSON takes \
+             many times its size in memory to transcode, so it is limited below \
+             server.max_decompressed); send smaller batches, or use OTLP/protobuf"
+        )
+    } else {
+        format!(
+            "request body is larger than {limit} bytes once decompressed \
+             (server.max_decompressed); send smaller batches"
+        )
+    };
+    Rejection::new(413, Refusal::TooLarge, message)
 }
 
 /// Gunzips at most `limit` bytes: reading one byte past the limit proves the body is too large
-/// without ever inflating a gzip bomb.
-fn gunzip(body: &[u8], limit: u64) -> Result<Vec<u8>, Rejection> {
+/// (`Err(None)`) without ever inflating a gzip bomb.
+fn gunzip(body: &[u8], limit: u64) -> Result<Vec<u8>, Option<Rejection>> {
     let mut out = Vec::with_capacity((body.len() * 4).min(limit as usize));
     flate2::read::MultiGzDecoder::new(body)
         .take(limit + 1)
         .read_to_end(&mut out)
-        .map_err(|e| Rejection::new(400, Refusal::Invalid, format!("invalid gzip body: {e}")))?;
+        .map_err(|e| {
+            Some(Rejection::new(
+                400,
+                Refusal::Invalid,
+                format!("invalid gzip body: {e}"),
+            ))
+        })?;
     if out.len() as u64 > limit {
-        return Err(too_large(limit));
+        return Err(None);
     }
     Ok(out)
 }
