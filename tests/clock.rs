@@ -14,7 +14,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use support::process::{agent_command, free_port, AgentProcess};
+use support::process::{agent_command, agent_config, free_port, AgentProcess};
 use support::{spans, Reply, Sink, PROTOBUF};
 
 /// libfaketime's preload library: `$OTLP_SPOOL_TEST_FAKETIME` (set by the test script), else
@@ -47,14 +47,9 @@ async fn start_faked(
     std::fs::write(&offset_file, "+0\n").unwrap();
     let port = free_port();
     let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\ngrpc_listen = \"\"\n[spool]\ndir = \"{}\"\n{spool}\n{destination}",
-            dir.join("spool").display()
-        ),
-    )
-    .unwrap();
+    let rest = format!("{spool}\n{destination}");
+    let toml = agent_config(port, None, "", &dir.join("spool"), &rest);
+    std::fs::write(&config, toml).unwrap();
     let mut command = agent_command(&config);
     command
         .env("LD_PRELOAD", library)

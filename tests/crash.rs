@@ -19,6 +19,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use rand::Rng;
+use support::process::{agent_config, free_port};
 use support::{destination, spans, Reply, Sink, PROTOBUF};
 use tonic::codec::CompressionEncoding;
 
@@ -147,14 +148,6 @@ fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("binding an ephemeral port")
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One acknowledged request: its span-name prefix, its transport, and the agent generations at
@@ -304,13 +297,10 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_span() {
     let config = dir.path().join("config.toml");
     let port = free_port();
     let grpc_port = free_port();
+    let up = destination("up", &sink, "signals = [\"traces\"]");
     std::fs::write(
         &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\ngrpc_listen = \"127.0.0.1:{grpc_port}\"\n[spool]\ndir = \"{}\"\n{}",
-            spool_dir.display(),
-            destination("up", &sink, "signals = [\"traces\"]"),
-        ),
+        agent_config(port, Some(grpc_port), "", &spool_dir, &up),
     )
     .unwrap();
     let harness = Harness {

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::process::{agent_command, free_port, AgentProcess};
+use support::process::{agent_command, agent_config, free_port, proc_status_kb, AgentProcess};
 use support::{spans, Reply, Sink, PROTOBUF};
 
 /// About 36 KB a request, as a 100-span SDK batch.
@@ -15,14 +15,7 @@ const SPANS_PER_REQUEST: usize = 900;
 const BACKLOG_BYTES: u64 = 64 << 20;
 
 fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc/PID/status");
-    kb / 1024.0
+    proc_status_kb(&pid.to_string(), "VmRSS") as f64 / 1024.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,17 +25,13 @@ async fn a_drained_backlog_gives_its_memory_back() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\ngrpc_listen = \"\"\n[spool]\ndir = \"{}\"\n\
-             [[destination]]\nname = \"up\"\ntype = \"otlp_http\"\nendpoint = \"{}\"\n\
-             retry = {{ initial = \"50ms\", max = \"200ms\" }}\n",
-            dir.path().join("spool").display(),
-            sink.endpoint()
-        ),
-    )
-    .unwrap();
+    let up = format!(
+        "[[destination]]\nname = \"up\"\ntype = \"otlp_http\"\nendpoint = \"{}\"\n\
+         retry = {{ initial = \"50ms\", max = \"200ms\" }}\n",
+        sink.endpoint()
+    );
+    let toml = agent_config(port, None, "", &dir.path().join("spool"), &up);
+    std::fs::write(&config, toml).unwrap();
     let agent =
         AgentProcess::start(agent_command(&config), port, &dir.path().join("agent.log")).await;
     let before = rss_mb(agent.pid());

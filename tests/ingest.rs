@@ -279,12 +279,7 @@ fn gzip_bomb(mib: u32) -> Vec<u8> {
 
 /// Peak resident set size of this process, from /proc (kB).
 fn peak_rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/self/status")
+    support::process::proc_status_kb("self", "VmHWM")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
+use support::process::proc_status_kb;
 use support::{destination, Sink};
 use tokio::sync::Barrier;
 use tonic::codec::CompressionEncoding;
@@ -379,15 +380,7 @@ fn fd_count(pid: u32) -> usize {
 }
 
 fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_else(|e| {
-        panic!("reading /proc/{pid}/status (is the agent still running?): {e}")
-    });
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc/PID/status")
+    proc_status_kb(&pid.to_string(), "VmRSS")
 }
 
 /// The ports the agent bound (the config says port 0): from the JSON log line

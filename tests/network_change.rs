@@ -11,7 +11,7 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::process::{agent_command, free_port, AgentProcess};
+use support::process::{agent_command, agent_config, free_port, AgentProcess};
 use support::{spans, Reply, Sink, PROTOBUF};
 
 fn ip(args: &str) {
@@ -61,17 +61,13 @@ fn a_new_address_ends_a_long_backoff_but_not_a_retry_after() {
         let sink = Sink::start_on("127.0.0.1:0".parse().unwrap(), [Reply::Status(503, None)]).await;
         let port = free_port();
         let config = dir.path().join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\ngrpc_listen = \"\"\n[spool]\ndir = \"{}\"\n\
-                 [[destination]]\nname = \"up\"\ntype = \"otlp_http\"\nendpoint = \"{}\"\n\
-                 batch = {{ linger = \"10ms\" }}\nretry = {{ initial = \"10m\", max = \"1h\" }}\n",
-                dir.path().join("spool").display(),
-                sink.endpoint()
-            ),
-        )
-        .unwrap();
+        let up = format!(
+            "[[destination]]\nname = \"up\"\ntype = \"otlp_http\"\nendpoint = \"{}\"\n\
+             batch = {{ linger = \"10ms\" }}\nretry = {{ initial = \"10m\", max = \"1h\" }}\n",
+            sink.endpoint()
+        );
+        let toml = agent_config(port, None, "", &dir.path().join("spool"), &up);
+        std::fs::write(&config, toml).unwrap();
         let agent =
             AgentProcess::start(agent_command(&config), port, &dir.path().join("agent.log")).await;
         let status = reqwest::Client::new()
@@ -95,7 +91,8 @@ fn a_new_address_ends_a_long_backoff_but_not_a_retry_after() {
         ip("link set otlptest1 up");
         let joined = Instant::now();
         assert_eq!(
-            sink.wait_items("/v1/traces", 1, Duration::from_secs(10)).await,
+            sink.wait_items("/v1/traces", 1, Duration::from_secs(10))
+                .await,
             1,
             "delivered after the network change, not after the backoff; log:\n{}",
             agent.log_text()

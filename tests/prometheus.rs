@@ -38,6 +38,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use serde_json::Value;
+use support::process::{agent_config, free_port};
 use support::*;
 
 type Labels = BTreeMap<String, String>;
@@ -92,11 +93,7 @@ impl Prometheus {
             "global:\n  scrape_interval: 1h\nscrape_configs: []\n",
         )
         .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
         let child = tokio::process::Command::new(bin)
@@ -1210,17 +1207,15 @@ async fn delta_totals_survive_sigkill_at_random_moments() {
     };
     let prom = Prometheus::start(&bin).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let config = dir.path().join("config.toml");
     let spool = dir.path().join("spool");
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\ngrpc_listen = \"\"\n[spool]\ndir = \"{}\"\n{}",
-        spool.display(),
-        prw_destination(&prom.write_url(), "")
+    let toml = agent_config(
+        port,
+        None,
+        "",
+        &spool,
+        &prw_destination(&prom.write_url(), ""),
     );
     std::fs::write(&config, toml).unwrap();
     let log = dir.path().join("agent.log");

@@ -7,7 +7,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::process::{agent_command, free_port, AgentProcess};
+use support::process::{agent_command, agent_config, free_port, AgentProcess};
 use support::{destination, spans, Reply, Sink, PROTOBUF};
 
 fn write_config(path: &Path, port: u16, spool: &Path, destinations: &str) {
@@ -15,14 +15,7 @@ fn write_config(path: &Path, port: u16, spool: &Path, destinations: &str) {
 }
 
 fn write_config_with(path: &Path, port: u16, spool: &Path, server: &str, destinations: &str) {
-    std::fs::write(
-        path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\ngrpc_listen = \"\"\n{server}\n[spool]\ndir = \"{}\"\n{destinations}",
-            spool.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(path, agent_config(port, None, server, spool, destinations)).unwrap();
 }
 
 async fn send(agent: &AgentProcess, prefix: &str, requests: usize) {

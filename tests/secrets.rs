@@ -14,7 +14,7 @@ use std::time::Duration;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
-use support::process::{agent_command, free_port, AgentProcess};
+use support::process::{agent_command, agent_config, free_port, AgentProcess};
 use support::{spans, Reply, Sink, JSON, PROTOBUF};
 
 /// Every secret carries this marker, so one search finds any of them.
@@ -35,10 +35,13 @@ async fn no_secret_reaches_the_log_status_or_metrics() {
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\ngrpc_listen = \"127.0.0.1:{grpc_port}\"\n\
-             auth_token = \"{token}\"\n[spool]\ndir = \"{spool}\"\n\
-             [[destination]]\nname = \"keyed\"\ntype = \"otlp_http\"\nsignals = [\"traces\"]\n\
+        agent_config(
+            port,
+            Some(grpc_port),
+            &format!("auth_token = \"{token}\""),
+            &dir.path().join("spool"),
+            &format!(
+            "[[destination]]\nname = \"keyed\"\ntype = \"otlp_http\"\nsignals = [\"traces\"]\n\
              endpoint = \"http://user:{password}@{addr}\"\n\
              headers = {{ \"x-api-key\" = \"{header}\" }}\n{fast}\n\
              [[destination]]\nname = \"cw\"\ntype = \"cloudwatch\"\nregion = \"us-west-2\"\n\
@@ -46,10 +49,10 @@ async fn no_secret_reaches_the_log_status_or_metrics() {
              bearer_token = \"{bearer}\"\nendpoints = {{ logs = \"http://{addr}/v1/logs\" }}\n{fast}\n\
              [[destination]]\nname = \"signed\"\ntype = \"otlp_http\"\nsignals = [\"metrics\"]\n\
              endpoint = \"http://{addr}\"\nsigv4 = {{ region = \"us-west-2\", service = \"execute-api\" }}\n{fast}\n",
-            spool = dir.path().join("spool").display(),
-            password = secret("password"),
-            header = secret("header"),
-            bearer = secret("bearer"),
+                password = secret("password"),
+                header = secret("header"),
+                bearer = secret("bearer"),
+            ),
         ),
     )
     .unwrap();

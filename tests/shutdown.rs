@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
-use support::process::{agent_command, free_port, AgentProcess};
+use support::process::{agent_command, agent_config, free_port, AgentProcess};
 use support::{spans, Reply, Sink, PROTOBUF};
 
 const HTTP_SENDERS: usize = 8;
@@ -39,14 +39,17 @@ fn write_config(
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\ngrpc_listen = \"127.0.0.1:{grpc_port}\"\n\
-             [spool]\ndir = \"{}\"\n\
-             [[destination]]\nname = \"up\"\ntype = \"otlp_http\"\nendpoint = \"{}\"\n\
-             signals = [\"traces\"]\nbatch = {{ linger = \"10ms\" }}\n\
-             retry = {{ initial = \"50ms\", max = \"500ms\" }}\ntimeout = \"60s\"\n",
-            dir.join("spool").display(),
-            sink.endpoint()
+        agent_config(
+            port,
+            Some(grpc_port),
+            "",
+            &dir.join("spool"),
+            &format!(
+                "[[destination]]\nname = \"up\"\ntype = \"otlp_http\"\nendpoint = \"{}\"\n\
+                 signals = [\"traces\"]\nbatch = {{ linger = \"10ms\" }}\n\
+                 retry = {{ initial = \"50ms\", max = \"500ms\" }}\ntimeout = \"60s\"\n",
+                sink.endpoint()
+            ),
         ),
     )
     .unwrap();

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
+use support::process::{agent_config, free_port};
 use support::{destination, spans, Reply, Sink, PROTOBUF};
 
 const BIN: &str = env!("CARGO_BIN_EXE_otlp-spool");
@@ -170,23 +171,11 @@ fn mount_namespaces(test: &str) -> bool {
     false
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn write_config(dir: &Path, spool: &Path, port: u16, grpc_port: u16, extra: &str) -> PathBuf {
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\ngrpc_listen = \"127.0.0.1:{grpc_port}\"\n\
-             [spool]\ndir = \"{}\"\n{extra}",
-            spool.display()
-        ),
+        agent_config(port, Some(grpc_port), "", spool, extra),
     )
     .unwrap();
     config

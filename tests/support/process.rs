@@ -35,6 +35,37 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The config of a process agent: OTLP/HTTP on `port`, gRPC on `grpc_port` (or off), `server`
+/// keys such as `auth_token`, the spool in `spool`, then `rest`. `rest` follows `dir` inside
+/// `[spool]`, so it may open with spool keys before its destinations.
+pub fn agent_config(
+    port: u16,
+    grpc_port: Option<u16>,
+    server: &str,
+    spool: &Path,
+    rest: &str,
+) -> String {
+    let grpc = grpc_port.map_or(String::new(), |p| format!("127.0.0.1:{p}"));
+    format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ngrpc_listen = \"{grpc}\"\n{server}\n\
+         [spool]\ndir = \"{}\"\n{rest}\n",
+        spool.display()
+    )
+}
+
+/// A field of `/proc/<pid>/status` in kB (`VmRSS`, `VmHWM`); `pid` may be `"self"`.
+pub fn proc_status_kb(pid: &str, field: &str) -> u64 {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {path} (is the process still running?): {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {path}"))
+}
+
 impl AgentProcess {
     /// Spawns `command` (stderr appended to `log`) and returns once `GET /healthz` on `port`
     /// answers 200.
