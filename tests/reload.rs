@@ -84,6 +84,9 @@ async fn sighup_adds_removes_and_changes_destinations_without_a_restart() {
     agent.signal(libc::SIGHUP);
     agent.wait_log("config reloaded", 1, timeout).await;
     assert_eq!(b.wait_items("/v1/traces", 10, timeout).await, 10);
+    // C's workers were stopped before the reload was logged: it hears nothing from now on.
+    let c_requests = c.received().len();
+    assert!(c_requests > 0, "C was tried before it was removed");
     let status = agent.status().await;
     assert_eq!(destination_names(&status), ["a", "b"]);
     assert_eq!(
@@ -160,5 +163,51 @@ async fn sighup_adds_removes_and_changes_destinations_without_a_restart() {
     assert_eq!(agent.pid(), pid_before);
     agent.signal(libc::SIGTERM);
     assert!(agent.wait(Duration::from_secs(5)).success());
-    assert_eq!(c.items("/v1/traces"), 0);
+    assert_eq!(c.received().len(), c_requests, "C was removed");
+}
+
+/// A changed destination's new workers start with a clean retry state: the state its old
+/// workers reported (a backoff, a hold) is not shown once the new config delivers.
+#[tokio::test]
+async fn a_changed_destination_does_not_keep_the_old_retry_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, spool) = (dir.path().join("config.toml"), dir.path().join("spool"));
+    let port = free_port();
+    let (refusing, working) = (Sink::start().await, Sink::start().await);
+    refusing.set_fallback(Some(Reply::Status(503, None)));
+    let timeout = Duration::from_secs(10);
+    // "ready", or an object naming the state ({"backoff": {…}}).
+    let retry_state =
+        |status: serde_json::Value| status["destinations"][0]["signals"]["traces"]["retry"].clone();
+
+    write_config(&config, port, &spool, &destination("up", &refusing, ""));
+    let agent =
+        AgentProcess::start(agent_command(&config), port, &dir.path().join("agent.log")).await;
+    send(&agent, "held", 1).await;
+    refusing.wait_first_attempt(timeout).await;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while retry_state(agent.status().await) == "ready" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no backoff reported"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    write_config(&config, port, &spool, &destination("up", &working, ""));
+    agent.signal(libc::SIGHUP);
+    agent.wait_log("config reloaded", 1, timeout).await;
+    assert_eq!(working.wait_items("/v1/traces", 1, timeout).await, 1);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let state = retry_state(agent.status().await);
+        if state == "ready" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "delivered with the new config, but the retry state is still {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

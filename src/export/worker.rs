@@ -57,6 +57,9 @@ impl Worker {
         let mut cursor = self.spool.cursor(&self.destination, self.signal);
         let mut backoff = self.retry.backoff();
         let mut failures = 0u64;
+        // The stats outlive a reload's restart of this worker; its predecessor's failures are
+        // not this worker's (it would report them until its own next failure).
+        self.stats.set_retry(RetryState::Ready);
         loop {
             // Taken before the read: an append that becomes durable after this moment raises
             // the watch above it, so an empty read can never miss one, nor spin on an old value.
