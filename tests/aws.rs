@@ -36,7 +36,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use prost::Message;
 use serde_json::{json, Value};
-use support::{config_toml, post, spans, PROTOBUF};
+use support::{config_toml, post, skip_or_fail, spans, PROTOBUF};
 
 // ---------------------------------------------------------------------------------------------
 // Environment: profiles, fake STS, AWS_* variables (once per test binary, before any agent).
@@ -398,10 +398,7 @@ fn botocore_python() -> Option<String> {
     let why =
         "OTLP_SPOOL_TEST_PYTHON is unset or has no botocore (run scripts/install-test-deps.sh \
                and source .cache/test-env.sh)";
-    if std::env::var_os("CI").is_some() {
-        panic!("{why}");
-    }
-    eprintln!("\n!!!!! SKIP: SigV4 re-verification with botocore: {why} !!!!!\n");
+    skip_or_fail("SigV4 re-verification with botocore", why);
     None
 }
 

@@ -257,19 +257,30 @@ impl Sink {
         names
     }
 
-    /// Waits until at least `n` items were accepted on `path`.
     /// Waits for the first request, answered or not; panics after `timeout`.
     pub async fn wait_first_attempt(&self, timeout: Duration) {
-        let deadline = std::time::Instant::now() + timeout;
-        while self.received().is_empty() {
+        self.wait_attempts(1, timeout).await;
+    }
+
+    /// Waits until the sink has received at least `n` requests in all, answered or not; panics
+    /// after `timeout`.
+    pub async fn wait_attempts(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.received().len();
+            if got >= n {
+                return;
+            }
             assert!(
-                std::time::Instant::now() < deadline,
-                "no upstream attempt within {timeout:?}"
+                Instant::now() < deadline,
+                "{got} upstream attempt(s) within {timeout:?}, expected {n}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
+    /// Waits until at least `n` items were accepted on `path`, or `timeout` passes; the count
+    /// then.
     pub async fn wait_items(&self, path: &str, n: u64, timeout: Duration) -> u64 {
         let deadline = Instant::now() + timeout;
         loop {
@@ -706,6 +717,19 @@ fn json_names(path: &str, raw: &[u8]) -> Vec<String> {
             })
             .collect(),
     }
+}
+
+/// The SKIP policy for a test whose prerequisite (a tool, a privilege) is missing: under `CI`
+/// (the variable set at all) it fails the test; otherwise it writes a loud
+/// `*** SKIP <test>: <why> ***` straight to stderr, past the test harness's output capture
+/// (which swallows `eprintln!`), so a skipped test is seen. The caller then returns early.
+#[track_caller]
+pub fn skip_or_fail(test: &str, why: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: {why} (a SKIP is a failure under CI)");
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\n*** SKIP {test}: {why} ***\n");
 }
 
 /// A TOML config for an in-process agent on a free loopback port, spooling in `dir`.
