@@ -11,8 +11,6 @@ mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write as _;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +28,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
-use support::process::proc_status_kb;
+use support::process::{agent_command, agent_config, free_port, proc_status_kb, AgentProcess};
 use support::{destination, Sink};
 use tokio::sync::Barrier;
 use tonic::codec::CompressionEncoding;
@@ -362,17 +360,6 @@ async fn client(
     (transport, report)
 }
 
-struct Agent {
-    child: Child,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
@@ -383,71 +370,31 @@ fn rss_kb(pid: u32) -> u64 {
     proc_status_kb(&pid.to_string(), "VmRSS")
 }
 
-/// The ports the agent bound (the config says port 0): from the JSON log line
-/// "otlp-spool is running", whose `listen` / `grpc_listen` fields are the bound addresses.
-async fn bound_ports(log: &Path, agent: &mut Agent) -> (u16, u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let port = |field: &serde_json::Value| -> Option<u16> {
-        let s = field.as_str()?;
-        let after = &s[s.rfind(':')? + 1..];
-        after.trim_end_matches(']').parse().ok()
-    };
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        for line in text.lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            let fields = &v["fields"];
-            if fields["message"] == "otlp-spool is running" {
-                let ports = (port(&fields["listen"]), port(&fields["grpc_listen"]));
-                if let (Some(http), Some(grpc)) = ports {
-                    return (http, grpc);
-                }
-                panic!("cannot read the bound ports from the agent's log line: {line}");
-            }
-        }
-        if let Ok(Some(status)) = agent.child.try_wait() {
-            panic!("the agent exited at startup ({status}); log:\n{text}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent did not log \"otlp-spool is running\" within 20 s; log:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_concurrent_clients_are_all_answered_and_delivered_without_leaks() {
     let began = Instant::now();
     let sink = Sink::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
-    let log = dir.path().join("agent.log");
+    let (http_port, grpc_port) = (free_port(), free_port());
     std::fs::write(
         &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n[spool]\ndir = \"{}\"\n{}",
-            dir.path().join("spool").display(),
-            destination("up", &sink, ""),
+        agent_config(
+            http_port,
+            Some(grpc_port),
+            "",
+            &dir.path().join("spool"),
+            &destination("up", &sink, ""),
         ),
     )
     .unwrap();
-    let mut agent = Agent {
-        child: Command::new(env!("CARGO_BIN_EXE_otlp-spool"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("OTLP_SPOOL_LOG", "info")
-            .env("OTLP_SPOOL_LOG_FORMAT", "json")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawning otlp-spool"),
-    };
-    let pid = agent.child.id();
-    let (http_port, grpc_port) = bound_ports(&log, &mut agent).await;
+    let agent = AgentProcess::start(
+        agent_command(&config),
+        http_port,
+        &dir.path().join("agent.log"),
+    )
+    .await;
+    let pid = agent.pid();
     // Control requests close their connection, so they do not count against the baseline.
     let control = reqwest::Client::builder()
         .pool_max_idle_per_host(0)

@@ -4,153 +4,73 @@
 //! directory owned by someone else): a clear start error. Needs root (mount namespaces, setpriv).
 //!
 //! Each agent runs as the only process of its own mount namespace (`unshare -m` execs it), so
-//! its mounts vanish with it; the [`Agent`] guard kills and reaps it on every exit path.
+//! its mounts vanish with it; the [`AgentProcess`] guard kills and reaps it on every exit path.
 
 mod support;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
-use support::process::{agent_config, free_port};
+use support::process::{agent_config, free_port, AgentProcess};
 use support::{destination, skip_or_fail, spans, Reply, Sink, PROTOBUF};
 
 const BIN: &str = env!("CARGO_BIN_EXE_otlp-spool");
 const SPANS_PER_REQUEST: usize = 40;
 
-/// A running agent process; dropping it SIGKILLs and reaps it (its mount namespace goes too).
-struct Agent {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    http: reqwest::Client,
+/// Starts `script` (a shell command line ending in `exec otlp-spool …`, with the binary in
+/// `$BIN` and the config in `$CONFIG`) as the only process of a private mount namespace, logging
+/// to `dir/agent.log`, and waits for `/healthz`. Dropping the agent kills it, and its mounts go
+/// with its namespace.
+async fn start_in_namespace(dir: &Path, config: &str, script: &str, port: u16) -> AgentProcess {
+    let mut command = Command::new("unshare");
+    command
+        .args(["-m", "--propagation", "private", "sh", "-c", script])
+        .env("OTLP_SPOOL_LOG", "info")
+        .env("CONFIG", config)
+        .env("BIN", BIN);
+    AgentProcess::start(command, port, &dir.join("agent.log")).await
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// What `otlp-spool status` prints about `agent`.
+fn status_command(agent: &AgentProcess) -> String {
+    let out = Command::new(BIN)
+        .args(["status", "--addr", &format!("127.0.0.1:{}", agent.port)])
+        .output()
+        .expect("running otlp-spool status");
+    assert!(out.status.success(), "otlp-spool status: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-impl Agent {
-    /// Starts `script` (a shell command line ending in `exec otlp-spool …`) in a private mount
-    /// namespace and waits for `/healthz`.
-    async fn start(dir: &Path, config: &str, script: &str, port: u16) -> Agent {
-        let log = dir.join("agent.log");
-        let child = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c", script])
-            .env("OTLP_SPOOL_LOG", "info")
-            .env("CONFIG", config)
-            .env("BIN", BIN)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawning unshare");
-        let mut agent = Agent {
-            child,
-            port,
-            log,
-            // A hung agent fails the test instead of hanging it.
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .unwrap(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(status)) = agent.child.try_wait() {
-                panic!(
-                    "the agent exited at start ({status}); log:\n{}",
-                    agent.log()
-                );
-            }
-            if agent.healthz().await == Some(200) {
-                return agent;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no /healthz within 15 s; log:\n{}",
-                agent.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+/// POSTs one trace request of `SPANS_PER_REQUEST` spans to `agent`; the status and its
+/// `Retry-After`.
+async fn send(agent: &AgentProcess, prefix: &str) -> (u16, Option<String>) {
+    let response = agent
+        .http()
+        .post(agent.url("/v1/traces"))
+        .header(PROTOBUF.0, PROTOBUF.1)
+        .body(spans(prefix, SPANS_PER_REQUEST))
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .expect("the agent answers");
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (response.status().as_u16(), retry_after)
+}
 
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    async fn healthz(&self) -> Option<u16> {
-        let response = self.http.get(self.url("/healthz")).send().await.ok()?;
-        Some(response.status().as_u16())
-    }
-
-    async fn status(&self) -> serde_json::Value {
-        let body = self.http.get(self.url("/status")).send().await.unwrap();
-        serde_json::from_slice(&body.bytes().await.unwrap()).unwrap()
-    }
-
-    /// What `otlp-spool status` prints about this agent.
-    fn status_command(&self) -> String {
-        let out = Command::new(BIN)
-            .args(["status", "--addr", &format!("127.0.0.1:{}", self.port)])
-            .output()
-            .expect("running otlp-spool status");
-        assert!(out.status.success(), "otlp-spool status: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    async fn metrics(&self) -> String {
-        let body = self.http.get(self.url("/metrics")).send().await.unwrap();
-        body.text().await.unwrap()
-    }
-
-    /// POSTs one trace request; the status and its `Retry-After`.
-    async fn send(&self, prefix: &str) -> (u16, Option<String>) {
-        let response = self
-            .http
-            .post(self.url("/v1/traces"))
-            .header(PROTOBUF.0, PROTOBUF.1)
-            .body(spans(prefix, SPANS_PER_REQUEST))
-            .timeout(Duration::from_secs(15))
-            .send()
-            .await
-            .expect("the agent answers");
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .map(|v| v.to_str().unwrap().to_string());
-        (response.status().as_u16(), retry_after)
-    }
-
-    /// Runs `command` in the agent's mount namespace.
-    fn in_namespace(&self, command: &str) -> std::process::Output {
-        Command::new("nsenter")
-            .args([
-                "-t",
-                &self.child.id().to_string(),
-                "-m",
-                "sh",
-                "-c",
-                command,
-            ])
-            .output()
-            .expect("running nsenter")
-    }
+/// Runs `command` in `agent`'s mount namespace.
+fn in_namespace(agent: &AgentProcess, command: &str) -> std::process::Output {
+    Command::new("nsenter")
+        .args(["-t", &agent.pid().to_string(), "-m", "sh", "-c", command])
+        .output()
+        .expect("running nsenter")
 }
 
 /// Whether this process may make private mount namespaces (root, or CAP_SYS_ADMIN); `false`
@@ -227,7 +147,7 @@ async fn a_full_disk_refuses_data_then_recovers_by_itself_and_loses_nothing_ackn
         "mount -t tmpfs -o size=16m tmpfs {mnt} && exec \"$BIN\" run --config \"$CONFIG\"",
         mnt = mnt.display()
     );
-    let mut agent = Agent::start(dir.path(), &config.to_string_lossy(), &script, port).await;
+    let mut agent = start_in_namespace(dir.path(), &config.to_string_lossy(), &script, port).await;
 
     // 1. The agent's own data fills the disk until it refuses.
     let mut acked: Vec<String> = Vec::new();
@@ -235,7 +155,7 @@ async fn a_full_disk_refuses_data_then_recovers_by_itself_and_loses_nothing_ackn
     while consecutive < 10 {
         let prefix = format!("a{n}");
         n += 1;
-        let (status, retry_after) = agent.send(&prefix).await;
+        let (status, retry_after) = send(&agent, &prefix).await;
         match status {
             200 => {
                 acked.push(prefix);
@@ -246,16 +166,20 @@ async fn a_full_disk_refuses_data_then_recovers_by_itself_and_loses_nothing_ackn
                 refused += 1;
                 consecutive += 1;
             }
-            other => panic!("unexpected status {other}; log:\n{}", agent.log()),
+            other => panic!("unexpected status {other}; log:\n{}", agent.log_text()),
         }
-        assert!(n < 20_000, "the agent never refused; log:\n{}", agent.log());
+        assert!(
+            n < 20_000,
+            "the agent never refused; log:\n{}",
+            agent.log_text()
+        );
     }
     assert_eq!(
         agent.healthz().await,
         Some(503),
         "/healthz while the disk is full; status {}; log:\n{}",
         agent.status().await,
-        agent.log()
+        agent.log_text()
     );
     let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc_port}"))
         .unwrap()
@@ -282,11 +206,14 @@ async fn a_full_disk_refuses_data_then_recovers_by_itself_and_loses_nothing_ackn
 
     // 2. Another writer takes the rest, to the last byte; the upstream takes data again, so the
     // worker delivers and acknowledges (deleting, which writes) on a disk with no room at all.
-    let out = agent.in_namespace(&format!(
-        "dd if=/dev/zero of={}/filler bs=64k 2>&1; df -k {}",
-        mnt.display(),
-        mnt.display()
-    ));
+    let out = in_namespace(
+        &agent,
+        &format!(
+            "dd if=/dev/zero of={}/filler bs=64k 2>&1; df -k {}",
+            mnt.display(),
+            mnt.display()
+        ),
+    );
     println!("filler: {}", String::from_utf8_lossy(&out.stdout).trim());
     sink.set_fallback(None);
     let delivered =
@@ -301,14 +228,14 @@ async fn a_full_disk_refuses_data_then_recovers_by_itself_and_loses_nothing_ackn
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let during = agent.status().await;
-    let (status, retry_after) = agent.send("full").await;
+    let (status, retry_after) = send(&agent, "full").await;
     assert_eq!(status, 503, "an append with no space at all");
     assert!(retry_after.is_some());
     assert_eq!(agent.healthz().await, Some(503));
     assert!(
-        agent.alive(),
+        agent.running(),
         "the agent died on a full disk; log:\n{}",
-        agent.log()
+        agent.log_text()
     );
     // The deletions and cursor moves met ENOSPC inside sled, which latched it: the spool is
     // failing (and will have to reopen), not merely under its free-space reserve.
@@ -325,10 +252,13 @@ async fn a_full_disk_refuses_data_then_recovers_by_itself_and_loses_nothing_ackn
     );
 
     // 3. Space comes back: the agent recovers by itself.
-    let out = agent.in_namespace(&format!(
-        "rm {m}/filler && mount -o remount,size=64m {m}",
-        m = mnt.display()
-    ));
+    let out = in_namespace(
+        &agent,
+        &format!(
+            "rm {m}/filler && mount -o remount,size=64m {m}",
+            m = mnt.display()
+        ),
+    );
     assert!(out.status.success(), "growing the tmpfs: {out:?}");
     let deadline = Instant::now() + Duration::from_secs(15);
     while agent.healthz().await != Some(200) {
@@ -336,13 +266,13 @@ async fn a_full_disk_refuses_data_then_recovers_by_itself_and_loses_nothing_ackn
             Instant::now() < deadline,
             "the agent did not recover by itself; status {}; log:\n{}",
             agent.status().await,
-            agent.log()
+            agent.log_text()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for i in 0..20 {
         let prefix = format!("b{i}");
-        let (status, _) = agent.send(&prefix).await;
+        let (status, _) = send(&agent, &prefix).await;
         assert_eq!(status, 200, "accepting again after recovery");
         acked.push(prefix);
     }
@@ -377,13 +307,13 @@ async fn a_full_disk_refuses_data_then_recovers_by_itself_and_loses_nothing_ackn
         "{} acknowledged spans never reached the sink, e.g. {:?}; log:\n{}",
         missing.len(),
         &missing[..missing.len().min(5)],
-        agent.log()
+        agent.log_text()
     );
     assert_eq!(last["spool"]["records"], 0, "the spool drained: {last}");
     assert!(last["refused_requests"]["storage"].as_u64() >= Some(refused));
     assert!(last["spool"]["reopens"].as_u64() >= Some(1), "{last}");
     assert_eq!(last["spool"]["storage_error"], serde_json::Value::Null);
-    assert!(agent.alive());
+    assert!(agent.running());
 }
 
 /// Writes a spool with `records` trace records through the library, then lets `corrupt` damage it.
@@ -414,7 +344,7 @@ async fn start_on_damaged_spool(
     sink: &Sink,
     records: u32,
     corrupt: impl Fn(&Path),
-) -> (Agent, PathBuf) {
+) -> (AgentProcess, PathBuf) {
     let spool = dir.join("spool");
     damaged_spool(&spool, records, corrupt).await;
     let (port, grpc_port) = (free_port(), free_port());
@@ -425,7 +355,7 @@ async fn start_on_damaged_spool(
         grpc_port,
         &destination("up", sink, "signals = [\"traces\"]"),
     );
-    let agent = Agent::start(
+    let agent = start_in_namespace(
         dir,
         &config.to_string_lossy(),
         "exec \"$BIN\" run --config \"$CONFIG\"",
@@ -494,7 +424,7 @@ async fn a_corrupt_spool_is_quarantined_and_the_agent_starts() {
             .metrics()
             .await
             .contains("otlp_spool_spool_quarantines 1"));
-        let log = agent.log();
+        let log = agent.log_text();
         let line = log
             .lines()
             .find(|l| l.contains("ERROR") && l.contains("corrupt"))
@@ -506,7 +436,7 @@ async fn a_corrupt_spool_is_quarantined_and_the_agent_starts() {
         ] {
             assert!(line.contains(needle), "{case}: {needle:?} not in {line}");
         }
-        let printed = agent.status_command();
+        let printed = status_command(&agent);
         assert!(
             printed.contains(&format!(
                 "CORRUPT SPOOL moved aside at this start, to {}",
@@ -514,7 +444,7 @@ async fn a_corrupt_spool_is_quarantined_and_the_agent_starts() {
             )),
             "{case}: `status` does not say so:\n{printed}"
         );
-        let (code, _) = agent.send("fresh").await;
+        let (code, _) = send(&agent, "fresh").await;
         assert_eq!(code, 200, "{case}: the fresh spool takes data");
         assert_eq!(
             sink.wait_items(
@@ -558,13 +488,13 @@ async fn a_truncated_spool_is_reported_and_what_survived_is_delivered() {
         .await
         .contains("otlp_spool_spool_truncations 1"));
     let line = agent
-        .log()
+        .log_text()
         .lines()
         .find(|l| l.contains("ERROR") && l.contains("lost its newest writes"))
         .map(str::to_string)
-        .unwrap_or_else(|| panic!("no error logged:\n{}", agent.log()));
+        .unwrap_or_else(|| panic!("no error logged:\n{}", agent.log_text()));
     assert!(line.contains(&*spool.to_string_lossy()), "{line}");
-    let printed = agent.status_command();
+    let printed = status_command(&agent);
     assert!(
         printed.contains(&format!("SPOOL LOST WRITES before this start (log truncated or damaged): sequences after {found} up to 200")),
         "`status` does not say so:\n{printed}"
@@ -589,7 +519,7 @@ async fn a_truncated_spool_is_reported_and_what_survived_is_delivered() {
             .all(|p| p.strip_prefix("old").unwrap().parse::<u64>().unwrap() < found),
         "{prefixes:?}"
     );
-    let (code, _) = agent.send("after").await;
+    let (code, _) = send(&agent, "after").await;
     assert_eq!(code, 200, "the spool takes data");
     println!("truncated log: {survived} records of 200 kept and delivered; log: {line}");
 }

@@ -13,6 +13,8 @@ pub struct AgentProcess {
     /// The OTLP/HTTP port, as written in the config.
     pub port: u16,
     pub log: PathBuf,
+    /// For requests to the agent (see [`AgentProcess::http`]).
+    http: reqwest::Client,
 }
 
 /// A `run --config <config>` command of the binary under test, logging at info.
@@ -85,9 +87,12 @@ impl AgentProcess {
             child,
             port,
             log: log.to_path_buf(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .expect("building an HTTP client"),
         };
         let started = Instant::now();
-        let http = reqwest::Client::new();
         loop {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 panic!(
@@ -95,7 +100,8 @@ impl AgentProcess {
                     agent.log_text()
                 );
             }
-            let healthy = http
+            let healthy = agent
+                .http
                 .get(agent.url("/healthz"))
                 .timeout(Duration::from_millis(500))
                 .send()
@@ -115,6 +121,17 @@ impl AgentProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the process is still running (not exited, or exited but not yet reaped by us).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// A client for requests to the agent: each times out after 20 s (unless the request sets
+    /// its own), so a hung agent fails the test instead of hanging it.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -146,13 +163,34 @@ impl AgentProcess {
 
     /// `GET /status` as JSON.
     pub async fn status(&self) -> serde_json::Value {
-        let body = reqwest::get(self.url("/status"))
+        let body = self
+            .http
+            .get(self.url("/status"))
+            .send()
             .await
             .expect("agent reachable")
             .bytes()
             .await
             .unwrap();
         serde_json::from_slice(&body).expect("/status is JSON")
+    }
+
+    /// The status `GET /healthz` answers, or `None` if it does not answer.
+    pub async fn healthz(&self) -> Option<u16> {
+        let response = self.http.get(self.url("/healthz")).send().await.ok()?;
+        Some(response.status().as_u16())
+    }
+
+    /// `GET /metrics`, the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("agent reachable")
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Waits for the process to exit (after a signal); its exit status.
