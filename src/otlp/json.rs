@@ -25,7 +25,7 @@ use prost_reflect::{
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-use super::Signal;
+use super::{IdKind, Signal};
 
 /// Why an OTLP/JSON body or a payload could not be transcoded.
 #[derive(Debug, thiserror::Error)]
@@ -197,36 +197,14 @@ fn decode_json(message_type: &'static str, body: &[u8]) -> Result<DynamicMessage
         .map_err(invalid)
 }
 
-/// The two kinds of OTLP id that OTLP/JSON writes as hex instead of base64.
-#[derive(Debug, Clone, Copy)]
-enum IdKind {
-    Trace,
-    Span,
-}
-
-impl IdKind {
-    /// The id kind a JSON key holds, for both the lowerCamelCase and the proto field name
-    /// (proto3 JSON parsers accept both, so both must be rewritten).
-    fn of_key(key: &str) -> Option<IdKind> {
-        match key {
-            "traceId" | "trace_id" => Some(IdKind::Trace),
-            "spanId" | "span_id" | "parentSpanId" | "parent_span_id" => Some(IdKind::Span),
-            _ => None,
-        }
-    }
-
-    fn byte_len(self) -> usize {
-        match self {
-            IdKind::Trace => 16,
-            IdKind::Span => 8,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            IdKind::Trace => "trace id",
-            IdKind::Span => "span id",
-        }
+/// The id kind a JSON key holds (OTLP/JSON writes ids as hex instead of base64), for both the
+/// lowerCamelCase and the proto field name (proto3 JSON parsers accept both, so both must be
+/// rewritten).
+fn id_kind_of_key(key: &str) -> Option<IdKind> {
+    match key {
+        "traceId" | "trace_id" => Some(IdKind::Trace),
+        "spanId" | "span_id" | "parentSpanId" | "parent_span_id" => Some(IdKind::Span),
+        _ => None,
     }
 }
 
@@ -249,7 +227,7 @@ fn check_depth_and_convert_ids(
         Value::Object(fields) => {
             for (key, field_value) in fields.iter_mut() {
                 let field_path = JsonPath::Field(path, key);
-                match IdKind::of_key(key) {
+                match id_kind_of_key(key) {
                     Some(kind) => hex_id_to_base64(field_value, kind).map_err(|problem| {
                         JsonError::Invalid {
                             message_type,
@@ -318,7 +296,7 @@ fn base64_ids_to_hex(value: &mut Value) {
     match value {
         Value::Object(fields) => {
             for (key, field_value) in fields.iter_mut() {
-                match (IdKind::of_key(key), &*field_value) {
+                match (id_kind_of_key(key), &*field_value) {
                     (Some(_), Value::String(base64_id)) => {
                         let bytes = BASE64_STANDARD
                             .decode(base64_id)
@@ -696,7 +674,7 @@ mod tests {
         match json {
             Value::Object(fields) => {
                 for (key, value) in fields {
-                    match (IdKind::of_key(key), value) {
+                    match (id_kind_of_key(key), value) {
                         (Some(_), Value::String(id)) => found.push((key.clone(), id.clone())),
                         _ => rendered_ids(value, found),
                     }
@@ -781,7 +759,7 @@ mod tests {
                 rendered_ids(&serde_json::from_slice(&json).unwrap(), &mut ids);
                 ids_in_folder += ids.len();
                 for (key, id) in ids {
-                    let hex_len = 2 * IdKind::of_key(&key).unwrap().byte_len();
+                    let hex_len = 2 * id_kind_of_key(&key).unwrap().byte_len();
                     let is_lower_hex = id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
                     assert!(
                         id.len() == hex_len && is_lower_hex,

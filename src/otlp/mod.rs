@@ -57,12 +57,15 @@ pub struct ProtobufError {
 /// The three `Export*ServiceRequest` messages, as one kind: which signal, how many items.
 pub trait ExportRequest: prost::Message + Default {
     const SIGNAL: Signal;
+    /// The message's name, for errors.
+    const NAME: &'static str;
     /// Spans, metric data points, or log records.
     fn items(&self) -> u64;
 }
 
 impl ExportRequest for ExportTraceServiceRequest {
     const SIGNAL: Signal = Signal::Traces;
+    const NAME: &'static str = "ExportTraceServiceRequest";
     fn items(&self) -> u64 {
         let spans = self.resource_spans.iter().flat_map(|r| &r.scope_spans);
         spans.map(|s| s.spans.len() as u64).sum()
@@ -71,6 +74,7 @@ impl ExportRequest for ExportTraceServiceRequest {
 
 impl ExportRequest for ExportMetricsServiceRequest {
     const SIGNAL: Signal = Signal::Metrics;
+    const NAME: &'static str = "ExportMetricsServiceRequest";
     fn items(&self) -> u64 {
         use opentelemetry_proto::tonic::metrics::v1::metric::Data;
         let metrics = self
@@ -93,25 +97,53 @@ impl ExportRequest for ExportMetricsServiceRequest {
 
 impl ExportRequest for ExportLogsServiceRequest {
     const SIGNAL: Signal = Signal::Logs;
+    const NAME: &'static str = "ExportLogsServiceRequest";
     fn items(&self) -> u64 {
         let logs = self.resource_logs.iter().flat_map(|r| &r.scope_logs);
         logs.map(|s| s.log_records.len() as u64).sum()
     }
 }
 
+/// Decodes `payload` as an `R`.
+pub fn decode_request<R: ExportRequest>(payload: &[u8]) -> Result<R, ProtobufError> {
+    R::decode(payload).map_err(|source| ProtobufError {
+        kind: R::NAME,
+        source,
+    })
+}
+
 /// Decodes `payload` as the signal's `Export*ServiceRequest` (validation) and counts its items.
 pub fn count_items(signal: Signal, payload: &[u8]) -> Result<u64, ProtobufError> {
-    fn count<R: ExportRequest>(payload: &[u8], kind: &'static str) -> Result<u64, ProtobufError> {
-        R::decode(payload)
-            .map(|r| r.items())
-            .map_err(|source| ProtobufError { kind, source })
+    fn count<R: ExportRequest>(payload: &[u8]) -> Result<u64, ProtobufError> {
+        decode_request::<R>(payload).map(|r| r.items())
     }
     match signal {
-        Signal::Traces => count::<ExportTraceServiceRequest>(payload, "ExportTraceServiceRequest"),
-        Signal::Metrics => {
-            count::<ExportMetricsServiceRequest>(payload, "ExportMetricsServiceRequest")
+        Signal::Traces => count::<ExportTraceServiceRequest>(payload),
+        Signal::Metrics => count::<ExportMetricsServiceRequest>(payload),
+        Signal::Logs => count::<ExportLogsServiceRequest>(payload),
+    }
+}
+
+/// The two OTLP ids. Their bytes are of this length, or empty ("no id").
+#[derive(Debug, Clone, Copy)]
+pub enum IdKind {
+    Trace,
+    Span,
+}
+
+impl IdKind {
+    pub fn byte_len(self) -> usize {
+        match self {
+            IdKind::Trace => 16,
+            IdKind::Span => 8,
         }
-        Signal::Logs => count::<ExportLogsServiceRequest>(payload, "ExportLogsServiceRequest"),
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            IdKind::Trace => "trace id",
+            IdKind::Span => "span id",
+        }
     }
 }
 

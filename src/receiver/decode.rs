@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::metrics::v1::{metric::Data, Exemplar};
 use crate::observe::Refusal;
 use crate::otlp::{
     self, ExportLogsServiceRequest, ExportMetricsServiceRequest, ExportRequest,
-    ExportTraceServiceRequest, Signal,
+    ExportTraceServiceRequest, IdKind, Signal,
 };
 
 use super::Rejection;
@@ -87,9 +87,7 @@ pub fn decode(
         .as_deref()
     {
         None | Some("") | Some("identity") => body,
-        Some("gzip") | Some("x-gzip") => {
-            gunzip(&body, limit).map_err(|e| e.unwrap_or_else(too_large))?
-        }
+        Some("gzip") | Some("x-gzip") => gunzip(&body, limit)?,
         Some(other) => {
             return Err(Rejection::new(
                 415,
@@ -118,66 +116,39 @@ pub fn decode(
 /// OpenTelemetry Collector, CloudWatch, any OTLP/JSON receiver) refuse the whole batch over it.
 pub fn validate(signal: Signal, payload: &[u8]) -> Result<u64, Rejection> {
     match signal {
-        Signal::Traces => {
-            let request: ExportTraceServiceRequest =
-                decode_request(payload, "ExportTraceServiceRequest")?;
-            check_trace_ids(&request)?;
-            Ok(request.items())
-        }
-        Signal::Metrics => {
-            let request: ExportMetricsServiceRequest =
-                decode_request(payload, "ExportMetricsServiceRequest")?;
-            check_exemplar_ids(&request)?;
-            Ok(request.items())
-        }
-        Signal::Logs => {
-            let request: ExportLogsServiceRequest =
-                decode_request(payload, "ExportLogsServiceRequest")?;
-            check_log_ids(&request)?;
-            Ok(request.items())
-        }
+        Signal::Traces => validate_as::<ExportTraceServiceRequest>(payload, check_trace_ids),
+        Signal::Metrics => validate_as::<ExportMetricsServiceRequest>(payload, check_exemplar_ids),
+        Signal::Logs => validate_as::<ExportLogsServiceRequest>(payload, check_log_ids),
     }
 }
 
-fn decode_request<R: ExportRequest>(payload: &[u8], kind: &str) -> Result<R, Rejection> {
-    R::decode(payload).map_err(|e| {
-        Rejection::new(
-            400,
-            Refusal::Invalid,
-            format!("invalid OTLP protobuf {kind}: {e}"),
-        )
-    })
+fn validate_as<R: ExportRequest>(
+    payload: &[u8],
+    check_ids: fn(&R) -> Result<(), Rejection>,
+) -> Result<u64, Rejection> {
+    let request = otlp::decode_request::<R>(payload)
+        .map_err(|e| Rejection::new(400, Refusal::Invalid, e.to_string()))?;
+    check_ids(&request)?;
+    Ok(request.items())
 }
 
-/// The two OTLP ids and their lengths in bytes; empty means "no id", as in OTLP/JSON.
-#[derive(Clone, Copy)]
-enum Id {
-    Trace,
-    Span,
-}
-
-impl Id {
-    /// Refuses `bytes` unless empty or of this id's length; `at` names the field (only rendered
-    /// on refusal).
-    fn check(self, bytes: &[u8], at: impl FnOnce() -> String) -> Result<(), Rejection> {
-        let (len, name) = match self {
-            Id::Trace => (16, "trace id"),
-            Id::Span => (8, "span id"),
-        };
-        if bytes.is_empty() || bytes.len() == len {
-            return Ok(());
-        }
-        Err(Rejection::new(
-            400,
-            Refusal::Invalid,
-            format!(
-                "invalid OTLP protobuf at `{}`: a {name} must be {len} bytes (or empty), found {} \
-                 bytes",
-                at(),
-                bytes.len()
-            ),
-        ))
+/// Refuses `bytes` unless empty or of `kind`'s length; `at` names the field (only rendered on
+/// refusal).
+fn check_id(kind: IdKind, bytes: &[u8], at: impl FnOnce() -> String) -> Result<(), Rejection> {
+    if bytes.is_empty() || bytes.len() == kind.byte_len() {
+        return Ok(());
     }
+    Err(Rejection::new(
+        400,
+        Refusal::Invalid,
+        format!(
+            "invalid OTLP protobuf at `{}`: a {} must be {} bytes (or empty), found {} bytes",
+            at(),
+            kind.name(),
+            kind.byte_len(),
+            bytes.len()
+        ),
+    ))
 }
 
 fn check_trace_ids(request: &ExportTraceServiceRequest) -> Result<(), Rejection> {
@@ -186,12 +157,16 @@ fn check_trace_ids(request: &ExportTraceServiceRequest) -> Result<(), Rejection>
             for (i, span) in scope.spans.iter().enumerate() {
                 let at =
                     |field: &str| format!("resourceSpans[{r}].scopeSpans[{s}].spans[{i}].{field}");
-                Id::Trace.check(&span.trace_id, || at("traceId"))?;
-                Id::Span.check(&span.span_id, || at("spanId"))?;
-                Id::Span.check(&span.parent_span_id, || at("parentSpanId"))?;
+                check_id(IdKind::Trace, &span.trace_id, || at("traceId"))?;
+                check_id(IdKind::Span, &span.span_id, || at("spanId"))?;
+                check_id(IdKind::Span, &span.parent_span_id, || at("parentSpanId"))?;
                 for (l, link) in span.links.iter().enumerate() {
-                    Id::Trace.check(&link.trace_id, || at(&format!("links[{l}].traceId")))?;
-                    Id::Span.check(&link.span_id, || at(&format!("links[{l}].spanId")))?;
+                    check_id(IdKind::Trace, &link.trace_id, || {
+                        at(&format!("links[{l}].traceId"))
+                    })?;
+                    check_id(IdKind::Span, &link.span_id, || {
+                        at(&format!("links[{l}].spanId"))
+                    })?;
                 }
             }
         }
@@ -206,8 +181,8 @@ fn check_log_ids(request: &ExportLogsServiceRequest) -> Result<(), Rejection> {
                 let at = |field: &str| {
                     format!("resourceLogs[{r}].scopeLogs[{s}].logRecords[{i}].{field}")
                 };
-                Id::Trace.check(&record.trace_id, || at("traceId"))?;
-                Id::Span.check(&record.span_id, || at("spanId"))?;
+                check_id(IdKind::Trace, &record.trace_id, || at("traceId"))?;
+                check_id(IdKind::Span, &record.span_id, || at("spanId"))?;
             }
         }
     }
@@ -219,37 +194,46 @@ fn check_exemplar_ids(request: &ExportMetricsServiceRequest) -> Result<(), Rejec
     for (r, resource) in request.resource_metrics.iter().enumerate() {
         for (s, scope) in resource.scope_metrics.iter().enumerate() {
             for (m, metric) in scope.metrics.iter().enumerate() {
-                let (kind, points): (&str, Vec<&[Exemplar]>) = match &metric.data {
-                    Some(Data::Gauge(g)) => (
-                        "gauge",
-                        g.data_points.iter().map(|p| &p.exemplars[..]).collect(),
-                    ),
-                    Some(Data::Sum(g)) => (
-                        "sum",
-                        g.data_points.iter().map(|p| &p.exemplars[..]).collect(),
-                    ),
-                    Some(Data::Histogram(h)) => (
-                        "histogram",
-                        h.data_points.iter().map(|p| &p.exemplars[..]).collect(),
-                    ),
-                    Some(Data::ExponentialHistogram(h)) => (
-                        "exponentialHistogram",
-                        h.data_points.iter().map(|p| &p.exemplars[..]).collect(),
-                    ),
-                    Some(Data::Summary(_)) | None => continue,
+                let at = |kind: &str, p: usize, e: usize, field: &str| {
+                    format!(
+                        "resourceMetrics[{r}].scopeMetrics[{s}].metrics[{m}].{kind}.dataPoints[{p}].exemplars[{e}].{field}"
+                    )
                 };
-                for (p, exemplars) in points.into_iter().enumerate() {
-                    for (e, exemplar) in exemplars.iter().enumerate() {
-                        let at = |field: &str| {
-                            format!(
-                                "resourceMetrics[{r}].scopeMetrics[{s}].metrics[{m}].{kind}.dataPoints[{p}].exemplars[{e}].{field}"
-                            )
-                        };
-                        Id::Trace.check(&exemplar.trace_id, || at("traceId"))?;
-                        Id::Span.check(&exemplar.span_id, || at("spanId"))?;
-                    }
+                match &metric.data {
+                    Some(Data::Gauge(g)) => check_points(
+                        g.data_points.iter().map(|p| &p.exemplars[..]),
+                        |p, e, field| at("gauge", p, e, field),
+                    )?,
+                    Some(Data::Sum(g)) => check_points(
+                        g.data_points.iter().map(|p| &p.exemplars[..]),
+                        |p, e, field| at("sum", p, e, field),
+                    )?,
+                    Some(Data::Histogram(h)) => check_points(
+                        h.data_points.iter().map(|p| &p.exemplars[..]),
+                        |p, e, field| at("histogram", p, e, field),
+                    )?,
+                    Some(Data::ExponentialHistogram(h)) => check_points(
+                        h.data_points.iter().map(|p| &p.exemplars[..]),
+                        |p, e, field| at("exponentialHistogram", p, e, field),
+                    )?,
+                    Some(Data::Summary(_)) | None => {}
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Checks the exemplar ids of one metric's data points; `at(point, exemplar, field)` names a
+/// field (only rendered on refusal).
+fn check_points<'a>(
+    points: impl Iterator<Item = &'a [Exemplar]>,
+    at: impl Fn(usize, usize, &str) -> String,
+) -> Result<(), Rejection> {
+    for (p, exemplars) in points.enumerate() {
+        for (e, exemplar) in exemplars.iter().enumerate() {
+            check_id(IdKind::Trace, &exemplar.trace_id, || at(p, e, "traceId"))?;
+            check_id(IdKind::Span, &exemplar.span_id, || at(p, e, "spanId"))?;
         }
     }
     Ok(())
@@ -272,23 +256,14 @@ fn too_large(limit: u64, max_decompressed: u64) -> Rejection {
     Rejection::new(413, Refusal::TooLarge, message)
 }
 
-/// Gunzips at most `limit` bytes: reading one byte past the limit proves the body is too large
-/// (`Err(None)`) without ever inflating a gzip bomb.
-fn gunzip(body: &[u8], limit: u64) -> Result<Vec<u8>, Option<Rejection>> {
+/// Gunzips at most `limit + 1` bytes: one byte past the limit is enough for the caller to refuse
+/// the body as too large, without ever inflating a gzip bomb.
+fn gunzip(body: &[u8], limit: u64) -> Result<Vec<u8>, Rejection> {
     let mut out = Vec::with_capacity((body.len() * 4).min(limit as usize));
     flate2::read::MultiGzDecoder::new(body)
         .take(limit + 1)
         .read_to_end(&mut out)
-        .map_err(|e| {
-            Some(Rejection::new(
-                400,
-                Refusal::Invalid,
-                format!("invalid gzip body: {e}"),
-            ))
-        })?;
-    if out.len() as u64 > limit {
-        return Err(None);
-    }
+        .map_err(|e| Rejection::new(400, Refusal::Invalid, format!("invalid gzip body: {e}")))?;
     Ok(out)
 }
 

@@ -127,12 +127,7 @@ impl GrpcReceiver {
 
     /// The token check of one call, on its headers (gRPC metadata), before its message is read.
     fn authorized(&self, headers: &http::HeaderMap) -> Result<(), Status> {
-        let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
-        if token_matches(
-            self.auth_token.as_deref(),
-            header("x-api-key"),
-            header("authorization"),
-        ) {
+        if token_matches(self.auth_token.as_deref(), headers) {
             return Ok(());
         }
         let rejection = Rejection::new(401, Refusal::Unauthorized, TOKEN_HINT);

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderMap, HeaderValue, ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+    HeaderValue, ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -159,7 +159,7 @@ impl HttpReceiver {
                 )
             };
         }
-        if !self.authorized(req.headers()) {
+        if !token_matches(self.auth_token.as_deref(), req.headers()) {
             tracing::debug!(%peer, path, "refused a request without a valid token");
             return self.refuse(
                 reply_format,
@@ -258,15 +258,6 @@ impl HttpReceiver {
             .await
             .map_err(fail)?;
         Ok(format)
-    }
-
-    fn authorized(&self, headers: &HeaderMap) -> bool {
-        let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
-        token_matches(
-            self.auth_token.as_deref(),
-            header("x-api-key"),
-            header("authorization"),
-        )
     }
 
     /// Counts a refusal and renders it as an OTLP error response.

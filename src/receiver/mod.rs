@@ -48,14 +48,13 @@ impl Rejection {
 /// What a client without the right token is told.
 pub const TOKEN_HINT: &str = "missing or wrong token: send \"Authorization: Bearer <server.auth_token>\" or \"x-api-key: <server.auth_token>\"";
 
-/// Whether a request's `x-api-key` or `Authorization: Bearer` value is the configured token
-/// (always, when none is configured). Compared in constant time.
-pub fn token_matches(
-    token: Option<&str>,
-    x_api_key: Option<&str>,
-    authorization: Option<&str>,
-) -> bool {
+/// Whether a request's `x-api-key` or `Authorization: Bearer` header (OTLP/HTTP headers or gRPC
+/// metadata) holds the configured token (always, when none is configured). Compared in constant
+/// time.
+pub fn token_matches(token: Option<&str>, headers: &hyper::HeaderMap) -> bool {
     let Some(token) = token else { return true };
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let (x_api_key, authorization) = (header("x-api-key"), header("authorization"));
     let bearer = authorization.and_then(|v| {
         v.strip_prefix("Bearer ")
             .or_else(|| v.strip_prefix("bearer "))
