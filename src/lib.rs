@@ -295,6 +295,22 @@ impl Agent {
     }
 }
 
+/// An error with its causes, on one line: reqwest's and the AWS SDK's top levels say only "error
+/// sending request" or "dispatch failure". A cause its parent already quotes is left out.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string().trim().replace('\n', " ");
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string().trim().replace('\n', " ");
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// Which destinations read each signal.
 fn routes(config: &Config) -> spool::Routes {
     let mut routes: spool::Routes = Default::default();

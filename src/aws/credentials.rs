@@ -28,6 +28,7 @@ use aws_credential_types::Credentials;
 use tokio::sync::Mutex;
 
 use crate::config::{AwsAuth, DestinationConfig, DestinationKind};
+use crate::error_chain;
 
 /// Credentials are renewed this long before they expire at most (less for short leases).
 const REFRESH_AHEAD: Duration = Duration::from_secs(5 * 60);
@@ -219,20 +220,6 @@ fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
             tls::rustls_provider::CryptoMode::Ring,
         ))
         .build_https()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string().trim().replace('\n', " ");
-    let mut source = e.source();
-    while let Some(s) = source {
-        let next = s.to_string().trim().replace('\n', " ");
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// Which credential source a destination would use, and what to run when it fails.

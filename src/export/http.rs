@@ -28,6 +28,7 @@ use reqwest::StatusCode;
 use super::retry::parse_retry_after;
 use super::Outcome;
 use crate::config::{mask_url_credentials, DestinationConfig};
+use crate::error_chain;
 
 /// The most of an answer's body read: an OTLP response with a partial-success message, or an
 /// error page, fits many times over.
@@ -236,18 +237,6 @@ fn certificate_advice(error: &str) -> Option<&'static str> {
         "the upstream's certificate is refused; the data is held and retried at the slow pace \
          (retry.max)"
     })
-}
-
-/// An error with its causes: reqwest's top level says only "error sending request".
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -25,7 +25,11 @@ pub fn changes() -> watch::Receiver<u64> {
             let sender = tx.clone();
             let started = std::thread::Builder::new()
                 .name("otlp-spool-network".into())
-                .spawn(move || watch_addresses(sender));
+                .spawn(move || {
+                    if let Err(e) = watch_addresses(&sender) {
+                        tracing::warn!(error = %e, "cannot watch for network changes; retries wait out their backoff");
+                    }
+                });
             if let Err(e) = started {
                 tracing::warn!(error = %e, "cannot watch for network changes; retries wait out their backoff");
             }
@@ -37,42 +41,27 @@ pub fn changes() -> watch::Receiver<u64> {
 /// How long the start-up report of existing addresses may pause before it counts as finished.
 const INITIAL_DUMP_QUIET: Duration = Duration::from_millis(200);
 
-fn watch_addresses(changes: watch::Sender<u64>) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// Bumps `changes` for each new address, for as long as the watcher works.
+fn watch_addresses(changes: &watch::Sender<u64>) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch for network changes; retries wait out their backoff");
-            return;
-        }
-    };
+        .build()?;
     runtime.block_on(async {
-        let mut watcher = match if_watch::tokio::IfWatcher::new() {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch for network changes; retries wait out their backoff");
-                return;
-            }
-        };
+        let mut watcher = if_watch::tokio::IfWatcher::new()?;
         // The watcher first reports every address the machine has; those are not changes.
         // They arrive at once (a local dump), so what comes before a short quiet spell is them.
         while let Ok(Some(_)) = tokio::time::timeout(INITIAL_DUMP_QUIET, watcher.next()).await {}
         while let Some(event) = watcher.next().await {
-            match event {
-                Ok(if_watch::IfEvent::Up(net)) => {
+            match event? {
+                if_watch::IfEvent::Up(net) => {
                     tracing::debug!(%net, "a new local address: waiting retries go now");
                     changes.send_modify(|n| *n += 1);
                 }
                 // Losing an address is no reason to retry.
-                Ok(if_watch::IfEvent::Down(_)) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "watching for network changes failed; retries wait out their backoff");
-                    return;
-                }
+                if_watch::IfEvent::Down(_) => {}
             }
         }
-    });
+        Ok(())
+    })
 }
