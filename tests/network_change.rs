@@ -103,8 +103,9 @@ fn a_new_address_ends_a_long_backoff_but_not_a_retry_after() {
             .await;
         eprintln!("delivered {took:?} after a new address appeared");
 
-        // A pause the upstream asked for (Retry-After) is its own: a network change keeps it.
-        sink.script([Reply::Status(503, Some(30))]);
+        // A pause the upstream asked for (Retry-After) is its own: a network change keeps it,
+        // and ends the (10-minute) backoff once the asked-for time is over.
+        sink.script([Reply::Status(503, Some(4))]);
         let attempts = sink.received().len();
         let status = reqwest::Client::new()
             .post(agent.url("/v1/traces"))
@@ -118,6 +119,7 @@ fn a_new_address_ends_a_long_backoff_but_not_a_retry_after() {
         // An attempt for the second span.
         sink.wait_attempts(attempts + 1, Duration::from_secs(10))
             .await;
+        let refused = Instant::now();
         ip("addr add 10.203.0.8/24 dev otlptest0");
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(
@@ -127,5 +129,18 @@ fn a_new_address_ends_a_long_backoff_but_not_a_retry_after() {
             agent.log_text()
         );
         assert_eq!(agent.log_text().matches("the network changed").count(), 1);
+        assert_eq!(
+            sink.wait_items("/v1/traces", 2, Duration::from_secs(10))
+                .await,
+            2,
+            "the network change seen during Retry-After did not end the backoff after it; log:\n{}",
+            agent.log_text()
+        );
+        let took = refused.elapsed();
+        assert!(took >= Duration::from_millis(3900), "{took:?}");
+        eprintln!("delivered {took:?} after a 503 with Retry-After: 4 and a network change");
+        agent
+            .wait_log("the network changed", 2, Duration::from_secs(1))
+            .await;
     });
 }

@@ -73,7 +73,8 @@ pub enum Outcome {
     /// 401/403: the credentials are refused. Keep the data, retry slowly.
     AuthFailed(String),
     /// A failure only a change of setting (or of network) fixes: a redirect, an untrusted
-    /// certificate. Keep the data, retry slowly.
+    /// certificate, an upstream [`otlp_http::Advice`] says to hold for (a missing log group).
+    /// Keep the data, retry slowly.
     Held(String),
     /// 413: the request was too large for the upstream; split it.
     TooLarge(String),

@@ -176,10 +176,7 @@ impl OtlpHttp {
                 }
                 Outcome::AuthFailed(error())
             }
-            400..=499 if advice().1.is_some_and(|a| a.hold) => Outcome::Retry {
-                retry_after: answer.retry_after,
-                error: error(),
-            },
+            400..=499 if advice().1.is_some_and(|a| a.hold) => Outcome::Held(error()),
             _ => Outcome::from_failure_status(code, answer.retry_after, error()),
         }
     }

@@ -96,19 +96,27 @@ pub enum Woken {
     ByNetworkChange,
 }
 
-/// Waits `pause`, or less if the machine was suspended meanwhile, or — with `network_wakes` —
-/// the network changed. (A pause the upstream asked for with `Retry-After` is not cut short by a
-/// network change: the upstream, not the route to it, said when.)
-pub async fn pause_unless_woken(pause: Duration, network_wakes: bool) -> Option<Woken> {
+/// Waits `pause`, or less if the machine was suspended meanwhile, or the network changed — but
+/// not before `asked_for` (the upstream's `Retry-After`: the upstream, not the route to it, said
+/// when; a change during it ends the pause once it is over).
+pub async fn pause_unless_woken(pause: Duration, asked_for: Duration) -> Option<Woken> {
     let (mono, wall) = (Instant::now(), SystemTime::now());
     let mut network = super::network::changes();
     loop {
-        let left = pause.saturating_sub(mono.elapsed());
+        let elapsed = mono.elapsed();
+        let left = pause.saturating_sub(elapsed);
         if left.is_zero() {
             return None;
         }
+        let network_wakes = elapsed >= asked_for;
+        // Also woken when `asked_for` ends, so that a change seen meanwhile counts then.
+        let nap = left.min(WAKE_CHECK_EVERY).min(if network_wakes {
+            Duration::MAX
+        } else {
+            asked_for - elapsed
+        });
         tokio::select! {
-            _ = tokio::time::sleep(left.min(WAKE_CHECK_EVERY)) => {}
+            _ = tokio::time::sleep(nap) => {}
             Ok(()) = network.changed(), if network_wakes => return Some(Woken::ByNetworkChange),
         }
         // A wall clock set backwards reads as no time passed: that never ends a wait early.
@@ -191,7 +199,7 @@ mod tests {
     async fn an_undisturbed_pause_lasts_its_time() {
         let started = Instant::now();
         assert_eq!(
-            pause_unless_woken(Duration::from_millis(120), true).await,
+            pause_unless_woken(Duration::from_millis(120), Duration::ZERO).await,
             None
         );
         assert!(started.elapsed() >= Duration::from_millis(120));

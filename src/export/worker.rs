@@ -91,13 +91,13 @@ impl Worker {
             }
             if let Err(failure) = self.deliver(&batch).await {
                 failures += 1;
-                let asked_for = failure.retry_after;
+                let asked_for = failure.retry_after.unwrap_or_default();
                 let pause = match failure.kind {
                     FailureKind::Retryable => backoff.next_delay(failure.retry_after),
                     FailureKind::Auth | FailureKind::Held => self.retry.slow(),
                 };
                 self.report_failure(failure, failures, pause);
-                if let Some(woken) = pause_unless_woken(pause, asked_for.is_none()).await {
+                if let Some(woken) = pause_unless_woken(pause, asked_for).await {
                     let why = match woken {
                         Woken::FromSleep => "the machine was asleep",
                         Woken::ByNetworkChange => "the network changed",
@@ -343,6 +343,6 @@ enum FailureKind {
     Retryable,
     /// 401/403: the slow pace (`retry.max`), shown as `auth_failed`.
     Auth,
-    /// A redirect or an untrusted certificate: the slow pace, shown as `held`.
+    /// A redirect, an untrusted certificate, a missing log group: the slow pace, shown as `held`.
     Held,
 }
