@@ -10,7 +10,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut};
@@ -39,19 +38,6 @@ const TRACE_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService
 /// A config with gRPC on a free loopback port (and HTTP too, for `/status`).
 fn grpc_config(dir: &std::path::Path, extra: &str) -> String {
     config_toml(dir, extra).replace("grpc_listen = \"\"", "grpc_listen = \"127.0.0.1:0\"")
-}
-
-async fn channel(addr: SocketAddr) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .expect("connecting to the agent's gRPC port")
-}
-
-fn trace_request(prefix: &str, n: usize) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest::decode(&spans(prefix, n)[..]).unwrap()
 }
 
 /// A gauge with `gauge_points` points and a sum with `sum_points`, named `<prefix>-gauge` and
@@ -203,7 +189,7 @@ async fn all_three_signals_are_spooled_and_forwarded_with_exact_counts() {
     // The upstream refuses at first, so what was acknowledged is seen held in the spool.
     sink.set_fallback(Some(Reply::Status(503, None)));
     let agent = start_agent(&grpc_config(dir.path(), &destination("up", &sink, ""))).await;
-    let ch = channel(agent.grpc_addrs()[0]).await;
+    let ch = grpc_channel(agent.grpc_addrs()[0]).await;
     let mut traces = TraceServiceClient::new(ch.clone());
     let mut metrics = MetricsServiceClient::new(ch.clone());
     let mut logs = LogsServiceClient::new(ch);
@@ -285,7 +271,7 @@ async fn gzip_requests_are_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start().await;
     let agent = start_agent(&grpc_config(dir.path(), &destination("up", &sink, ""))).await;
-    let ch = channel(agent.grpc_addrs()[0]).await;
+    let ch = grpc_channel(agent.grpc_addrs()[0]).await;
     let mut traces = TraceServiceClient::new(ch.clone()).send_compressed(CompressionEncoding::Gzip);
     let mut metrics =
         MetricsServiceClient::new(ch.clone()).send_compressed(CompressionEncoding::Gzip);
@@ -337,7 +323,7 @@ async fn oversized_messages_are_resource_exhausted_and_nothing_is_stored() {
         &format!("grpc_listen = \"127.0.0.1:0\"\n{limits}"),
     );
     let agent = start_agent(&toml).await;
-    let ch = channel(agent.grpc_addrs()[0]).await;
+    let ch = grpc_channel(agent.grpc_addrs()[0]).await;
     let plain = TraceServiceClient::new(ch.clone());
     let gzip = TraceServiceClient::new(ch.clone()).send_compressed(CompressionEncoding::Gzip);
     let size = |r: &ExportTraceServiceRequest| r.encoded_len();
@@ -414,7 +400,7 @@ async fn oversized_messages_are_resource_exhausted_and_nothing_is_stored() {
     agent.shutdown().await;
     let dir = tempfile::tempdir().unwrap();
     let agent = start_agent(&grpc_config(dir.path(), "max_bytes = \"4KiB\"\n")).await;
-    let mut client = TraceServiceClient::new(channel(agent.grpc_addrs()[0]).await);
+    let mut client = TraceServiceClient::new(grpc_channel(agent.grpc_addrs()[0]).await);
     let status = client
         .export(trace_request("big", 200))
         .await
@@ -446,7 +432,7 @@ async fn over_max_body_on_the_wire_is_resource_exhausted() {
         "grpc_listen = \"127.0.0.1:0\"\nmax_body = \"16KiB\"\nmax_decompressed = \"64KiB\"\n",
     );
     let agent = start_agent(&toml).await;
-    let mut client = TraceServiceClient::new(channel(agent.grpc_addrs()[0]).await);
+    let mut client = TraceServiceClient::new(grpc_channel(agent.grpc_addrs()[0]).await);
     let wire = trace_request("wire", 450);
     assert!(wire.encoded_len() > 16 * 1024 && wire.encoded_len() < 64 * 1024);
     let status = client.export(wire).await.expect_err("over max_body");
@@ -476,7 +462,7 @@ async fn the_token_is_checked_in_grpc_metadata() {
          max_decompressed = \"64KiB\"\n",
     ))
     .await;
-    let ch = channel(agent.grpc_addrs()[0]).await;
+    let ch = grpc_channel(agent.grpc_addrs()[0]).await;
     let mut traces = TraceServiceClient::new(ch.clone());
     let with = |kv: &[(&'static str, &str)], r: ExportTraceServiceRequest| {
         let mut req = tonic::Request::new(r);
@@ -605,7 +591,7 @@ async fn a_full_spool_under_reject_is_unavailable_with_retry_info() {
         ),
     );
     let agent = start_agent(&toml).await;
-    let mut client = TraceServiceClient::new(channel(agent.grpc_addrs()[0]).await);
+    let mut client = TraceServiceClient::new(grpc_channel(agent.grpc_addrs()[0]).await);
     let mut accepted = Vec::new();
     let mut refusal = None;
     for i in 0..100 {
@@ -651,7 +637,7 @@ async fn a_full_spool_under_reject_is_unavailable_with_retry_info() {
     let held = agent.spool().usage();
     assert!(held.bytes <= 16 * 1024);
     // Still full: another signal is refused the same way, and nothing held is touched.
-    let logs = LogsServiceClient::new(channel(agent.grpc_addrs()[0]).await)
+    let logs = LogsServiceClient::new(grpc_channel(agent.grpc_addrs()[0]).await)
         .export(logs_request("late", 200))
         .await
         .expect_err("still full");
@@ -692,7 +678,7 @@ async fn a_full_spool_under_reject_is_unavailable_with_retry_info() {
 async fn invalid_protobuf_is_invalid_argument_and_nothing_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let agent = start_agent(&grpc_config(dir.path(), "")).await;
-    let ch = channel(agent.grpc_addrs()[0]).await;
+    let ch = grpc_channel(agent.grpc_addrs()[0]).await;
     let mut wrong_id = trace_request("id", 1);
     wrong_id.resource_spans[0].scope_spans[0].spans[0].trace_id = vec![7; 35];
     let cases: [(&str, &'static str, Vec<u8>); 5] = [

@@ -29,7 +29,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 use support::process::{agent_command, agent_config, free_port, proc_status_kb, AgentProcess};
-use support::{destination, Sink};
+use support::{destination, grpc_endpoint, Sink};
 use tokio::sync::Barrier;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::Channel;
@@ -213,16 +213,13 @@ enum Connection {
 impl Connection {
     async fn open(transport: Transport, http_port: u16, grpc_port: u16) -> Result<Self, String> {
         match transport {
-            Transport::Grpc { .. } => {
-                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc_port}"))
-                    .unwrap()
-                    .timeout(REQUEST_TIMEOUT)
-                    .connect_timeout(REQUEST_TIMEOUT)
-                    .connect()
-                    .await
-                    .map(Connection::Grpc)
-                    .map_err(|e| format!("gRPC connect: {e:?}"))
-            }
+            Transport::Grpc { .. } => grpc_endpoint(([127, 0, 0, 1], grpc_port).into())
+                .timeout(REQUEST_TIMEOUT)
+                .connect_timeout(REQUEST_TIMEOUT)
+                .connect()
+                .await
+                .map(Connection::Grpc)
+                .map_err(|e| format!("gRPC connect: {e:?}")),
             _ => reqwest::Client::builder()
                 .http1_only()
                 .pool_max_idle_per_host(1)

@@ -12,10 +12,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
 use support::process::{agent_command, agent_config, free_port, AgentProcess};
-use support::{spans, Reply, Sink, JSON, PROTOBUF};
+use support::{grpc_channel, spans, trace_request, Reply, Sink, JSON, PROTOBUF};
 
 /// Every secret carries this marker, so one search finds any of them.
 const MARK: &str = "Sekr3t";
@@ -136,13 +134,8 @@ async fn no_secret_reaches_the_log_status_or_metrics() {
         .await
         .unwrap();
     assert_eq!(wrong_key.status(), 401);
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc_port}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut request =
-        tonic::Request::new(ExportTraceServiceRequest::decode(&spans("g", 1)[..]).unwrap());
+    let channel = grpc_channel(([127, 0, 0, 1], grpc_port).into()).await;
+    let mut request = tonic::Request::new(trace_request("g", 1));
     request.metadata_mut().insert(
         "authorization",
         format!("Bearer {}", secret("wrong-grpc")).parse().unwrap(),

@@ -171,18 +171,14 @@ async fn slow_loris_heads_and_bodies_are_cut_off() {
 #[tokio::test]
 async fn grpc_metadata_over_the_limit_is_refused() {
     use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use prost::Message;
 
     let dir = tempfile::tempdir().unwrap();
     let agent = start_agent(
         &config_toml(dir.path(), "").replace("grpc_listen = \"\"", "grpc_listen = \"127.0.0.1:0\""),
     )
     .await;
-    let endpoint = format!("http://{}", agent.grpc_addrs()[0]);
-    let mut client = TraceServiceClient::connect(endpoint).await.unwrap();
-    let request =
-        || tonic::Request::new(ExportTraceServiceRequest::decode(&spans("g", 1)[..]).unwrap());
+    let mut client = TraceServiceClient::new(grpc_channel(agent.grpc_addrs()[0]).await);
+    let request = || tonic::Request::new(trace_request("g", 1));
 
     let mut big = request();
     big.metadata_mut()
@@ -191,8 +187,7 @@ async fn grpc_metadata_over_the_limit_is_refused() {
     assert!(refused.is_err(), "100 KiB of metadata: {refused:?}");
 
     // The agent is still serving (a fresh connection: the refused one may be gone).
-    let endpoint = format!("http://{}", agent.grpc_addrs()[0]);
-    let mut client = TraceServiceClient::connect(endpoint).await.unwrap();
+    let mut client = TraceServiceClient::new(grpc_channel(agent.grpc_addrs()[0]).await);
     client.export(request()).await.expect("a normal call");
     assert_eq!(agent.spool().usage().records, 1);
 }

@@ -12,10 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
 use support::process::{agent_command, agent_config, free_port, AgentProcess};
-use support::{spans, Reply, Sink, PROTOBUF};
+use support::{grpc_endpoint, spans, trace_request, Reply, Sink, PROTOBUF};
 
 const HTTP_SENDERS: usize = 8;
 const GRPC_SENDERS: usize = 4;
@@ -88,11 +86,11 @@ async fn grpc_sender(id: usize, port: u16, stop: Arc<AtomicBool>, answers: Arc<M
     let mut n = 0;
     while !stop.load(SeqCst) {
         if client.is_none() {
-            let endpoint =
-                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-                    .unwrap()
-                    .timeout(Duration::from_secs(10));
-            client = endpoint.connect().await.ok().map(TraceServiceClient::new);
+            client = grpc_endpoint(([127, 0, 0, 1], port).into())
+                .connect()
+                .await
+                .ok()
+                .map(TraceServiceClient::new);
         }
         let Some(c) = client.as_mut() else {
             answers.lock().unwrap().refused_or_failed += 1;
@@ -101,9 +99,7 @@ async fn grpc_sender(id: usize, port: u16, stop: Arc<AtomicBool>, answers: Arc<M
         };
         let prefix = format!("g{id}-{n}");
         n += 1;
-        let request =
-            ExportTraceServiceRequest::decode(&spans(&prefix, SPANS_PER_REQUEST)[..]).unwrap();
-        match c.export(request).await {
+        match c.export(trace_request(&prefix, SPANS_PER_REQUEST)).await {
             Ok(_) => answers.lock().unwrap().acked.push((prefix, Instant::now())),
             Err(_) => {
                 answers.lock().unwrap().refused_or_failed += 1;

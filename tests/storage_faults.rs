@@ -14,10 +14,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
 use support::process::{agent_config, free_port, AgentProcess};
-use support::{destination, skip_or_fail, spans, Reply, Sink, PROTOBUF};
+use support::{
+    destination, grpc_channel, skip_or_fail, spans, trace_request, Reply, Sink, PROTOBUF,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_otlp-spool");
 const SPANS_PER_REQUEST: usize = 40;
@@ -181,13 +181,10 @@ async fn a_full_disk_refuses_data_then_recovers_by_itself_and_loses_nothing_ackn
         agent.status().await,
         agent.log_text()
     );
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc_port}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let request = ExportTraceServiceRequest::decode(&spans("g0", 3)[..]).unwrap();
-    let grpc = TraceServiceClient::new(channel).export(request).await;
+    let channel = grpc_channel(([127, 0, 0, 1], grpc_port).into()).await;
+    let grpc = TraceServiceClient::new(channel)
+        .export(trace_request("g0", 3))
+        .await;
     assert_eq!(
         grpc.as_ref().map_err(|s| s.code()).err(),
         Some(tonic::Code::Unavailable),

@@ -797,5 +797,26 @@ pub fn spans(prefix: &str, n: usize) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// [`spans`] as a message, for the gRPC clients.
+pub fn trace_request(prefix: &str, n: usize) -> trace::v1::ExportTraceServiceRequest {
+    trace::v1::ExportTraceServiceRequest::decode(&spans(prefix, n)[..]).unwrap()
+}
+
+/// A gRPC endpoint for the agent at `addr` (plain HTTP/2), every call timing out after 10 s
+/// unless the caller sets its own timeouts.
+pub fn grpc_endpoint(addr: SocketAddr) -> tonic::transport::Endpoint {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .timeout(Duration::from_secs(10))
+}
+
+/// A connected [`grpc_endpoint`]; panics if the agent does not accept the connection.
+pub async fn grpc_channel(addr: SocketAddr) -> tonic::transport::Channel {
+    grpc_endpoint(addr)
+        .connect()
+        .await
+        .expect("connecting to the agent's gRPC port")
+}
+
 pub const PROTOBUF: (&str, &str) = ("content-type", "application/x-protobuf");
 pub const JSON: (&str, &str) = ("content-type", "application/json");
