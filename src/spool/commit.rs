@@ -176,18 +176,30 @@ impl Drop for GroupCommit {
     }
 }
 
-/// How close to now a modification time of `blobs/` must be to hide a second change: file
-/// systems stamp directories with a coarse clock (a tick of a few milliseconds), so a file made
-/// just after a listing can leave the time as it was. Far more than any tick.
+/// How close to a listing a modification time must be to hide a later change: file systems stamp
+/// files with a coarse clock (a tick of a few milliseconds), so a file made just after a listing
+/// can leave `blobs/`'s time as it was, and a blob written just after its `fsync` can leave its
+/// own. Far more than any tick, and than the moment sled takes to write a blob (one go: create,
+/// three writes).
 const TIMESTAMP_SLACK: Duration = Duration::from_secs(1);
 
 /// The syncs sled's flush leaves out (see the module docs).
+///
+/// sled writes blob files on whichever thread inserts, while flushes of earlier appends list
+/// `blobs/`; so a listing can find a blob half written. A file whose time was within
+/// [`TIMESTAMP_SLACK`] of its listing is "unsettled" and synced again by every flush until a
+/// listing finds it older: the flush covering its append syncs it whole.
 pub struct DiskSync {
     log: File,
     blobs: PathBuf,
+    /// Blob files `fsync`ed at least once, their directory entry with them.
     synced_blobs: HashSet<OsString>,
+    /// Synced files that may still have been written to since (see above).
+    unsettled_blobs: HashSet<OsString>,
     /// `blobs/`'s modification time when it was last listed (`None`: it did not exist).
     listed_mtime: Option<SystemTime>,
+    /// Whether that time was too close to the listing to show a file made just after it.
+    listing_ambiguous: bool,
 }
 
 impl DiskSync {
@@ -199,48 +211,65 @@ impl DiskSync {
         Ok(DiskSync {
             log: File::open(dir.join("db"))?,
             listed_mtime: modified(&blobs)?,
+            // What a previous run left: what it acknowledged was synced before.
             synced_blobs: blob_names(&blobs)?.into_iter().collect(),
+            unsettled_blobs: HashSet::new(),
+            // Until a flush lists it, with a time to compare.
+            listing_ambiguous: true,
             blobs,
         })
     }
 
-    /// `fsync`s blob files new since the last look, if `blobs/` may have any, then `fdatasync`s
-    /// the log.
+    /// `fsync`s blob files new or unsettled since the last look, if `blobs/` may have any, then
+    /// `fdatasync`s the log.
     fn sync(&mut self) -> std::io::Result<()> {
-        let mtime = modified(&self.blobs)?;
-        let recent = mtime.is_some_and(|m| {
-            SystemTime::now()
-                .duration_since(m)
-                .map_or(true, |age| age < TIMESTAMP_SLACK)
-        });
-        if mtime != self.listed_mtime || recent {
+        if self.listing_ambiguous
+            || !self.unsettled_blobs.is_empty()
+            || modified(&self.blobs)? != self.listed_mtime
+        {
             self.sync_blobs()?;
         }
         self.log.sync_data()
     }
 
-    /// Lists `blobs/` and `fsync`s the files not synced before, then the directory.
+    /// Lists `blobs/` and `fsync`s the files not synced before or unsettled, then the directory
+    /// if any is new.
     fn sync_blobs(&mut self) -> std::io::Result<()> {
         // Taken first: a change while listing shows as a newer time at the next look.
         let mtime = modified(&self.blobs)?;
-        let present = blob_names(&self.blobs)?;
+        let listed_at = SystemTime::now();
+        let settled_by = listed_at - TIMESTAMP_SLACK;
+        let present: HashSet<OsString> = blob_names(&self.blobs)?.into_iter().collect();
         let mut new = false;
         for name in &present {
-            if !self.synced_blobs.contains(name) {
-                match File::open(self.blobs.join(name)) {
-                    Ok(file) => file.sync_data()?,
-                    // sled deleted it meanwhile (its segment was reclaimed).
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
-                }
-                new = true;
+            let first_time = !self.synced_blobs.contains(name);
+            if !first_time && !self.unsettled_blobs.contains(name) {
+                continue;
             }
+            let written = match File::open(self.blobs.join(name)) {
+                Ok(file) => {
+                    let written = file.metadata()?.modified()?;
+                    file.sync_data()?;
+                    written
+                }
+                // sled deleted it meanwhile (its segment was reclaimed).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if written <= settled_by {
+                self.unsettled_blobs.remove(name);
+            } else {
+                self.unsettled_blobs.insert(name.clone());
+            }
+            new |= first_time;
         }
         if new {
             File::open(&self.blobs)?.sync_all()?;
         }
-        self.synced_blobs = present.into_iter().collect();
+        self.unsettled_blobs.retain(|name| present.contains(name));
+        self.synced_blobs = present;
         self.listed_mtime = mtime;
+        self.listing_ambiguous = mtime.is_some_and(|m| m > settled_by);
         Ok(())
     }
 }
@@ -414,10 +443,60 @@ mod tests {
             .set_times(FileTimes::new().set_modified(old))
             .unwrap();
         disk.listed_mtime = modified(&blobs).unwrap();
+        disk.listing_ambiguous = false;
         disk.sync().unwrap();
         assert!(!synced(&disk, "late"), "the quick look listed anyway");
         disk.sync_blobs().unwrap();
         assert!(synced(&disk, "late"));
+    }
+
+    /// A listing made within a tick's reach of `blobs/`'s time cannot see a file made just after
+    /// it in the same tick: the next flush lists again, however much later it comes.
+    #[test]
+    fn a_listing_too_close_to_the_directory_time_is_repeated_by_a_late_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut disk, blobs) = disk_sync(dir.path());
+        let tick = SystemTime::now() - Duration::from_millis(500);
+        let set_tick = || {
+            File::open(&blobs)
+                .unwrap()
+                .set_times(FileTimes::new().set_modified(tick))
+                .unwrap()
+        };
+        set_tick();
+        disk.sync().unwrap();
+        std::fs::write(blobs.join("same-tick"), b"node").unwrap();
+        set_tick();
+        // The next flush comes when the directory's time no longer looks recent.
+        std::thread::sleep(TIMESTAMP_SLACK - Duration::from_millis(400));
+        disk.sync().unwrap();
+        assert!(
+            synced(&disk, "same-tick"),
+            "a late flush trusted an ambiguous listing"
+        );
+    }
+
+    /// A blob file listed while sled may still be writing it is synced again by later flushes,
+    /// until a listing finds its time old enough.
+    #[test]
+    fn a_blob_file_listed_while_it_may_be_written_is_synced_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut disk, blobs) = disk_sync(dir.path());
+        std::fs::write(blobs.join("1"), b"half a node").unwrap();
+        disk.sync().unwrap();
+        assert!(synced(&disk, "1"));
+        assert!(disk.unsettled_blobs.contains(OsStr::new("1")));
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(blobs.join("1"))
+            .unwrap();
+        file.set_times(FileTimes::new().set_modified(old)).unwrap();
+        disk.sync().unwrap();
+        assert!(
+            disk.unsettled_blobs.is_empty(),
+            "a blob written long before its listing stays unsettled"
+        );
     }
 
     /// sled deletes blob files as it reclaims segments, also between a listing and the open.
