@@ -97,7 +97,7 @@ const DISK_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// record, which sled writes once in its log and again when it rewrites the node), so that
 /// deletions, cursor moves and sled's own segment and node rewrites still have room.
 pub const FREE_SPACE_RESERVE: u64 = 8 << 20;
-/// A spool that drains empty after this many record bytes were removed hands the memory they
+/// A spool that drains empty after holding this many record bytes at once hands the memory they
 /// took back to the system ([`release_free_memory`]).
 const RELEASE_AFTER_BYTES: u64 = 32 << 20;
 /// Free space above the reserve below which `/healthz` reports the spool unable to take data:
@@ -294,18 +294,29 @@ struct State {
     disk_bytes: u64,
     disk_checked: Option<Instant>,
     reopens: u64,
-    /// Record bytes removed since memory was last handed back ([`release_free_memory`]).
-    removed_since_release: u64,
+    /// The most record bytes held at once since memory was last handed back
+    /// ([`release_free_memory`]).
+    peak_since_release: u64,
 }
 
 impl State {
-    /// Whether the spool has just drained empty after enough was removed to be worth handing
-    /// the freed memory back; if so, starts counting again.
+    /// Record bytes held (headers and payloads).
+    fn held_bytes(&self) -> u64 {
+        self.trees.iter().map(|t| t.bytes).sum()
+    }
+
+    fn note_held(&mut self) {
+        self.peak_since_release = self.peak_since_release.max(self.held_bytes());
+    }
+
+    /// Whether the spool has just drained empty after holding a backlog large enough to be worth
+    /// handing the freed memory back (a spool that keeps up holds a few records at a time, and
+    /// is not trimmed however much flows through it); if so, starts watching again.
     fn drained_enough_to_release(&mut self) -> bool {
         let empty = self.trees.iter().all(|t| t.records == 0);
-        let due = empty && self.removed_since_release >= RELEASE_AFTER_BYTES;
+        let due = empty && self.peak_since_release >= RELEASE_AFTER_BYTES;
         if due {
-            self.removed_since_release = 0;
+            self.peak_since_release = 0;
         }
         due
     }
@@ -508,7 +519,6 @@ impl Store {
         Ok(removed.map(|value| {
             state.trees[tree].records -= 1;
             state.trees[tree].bytes -= value.len() as u64;
-            state.removed_since_release += value.len() as u64;
             RecordHeader::decode(&value)
                 .map(|(h, _)| h)
                 .unwrap_or(RecordHeader {
@@ -699,6 +709,7 @@ impl Spool {
             disk_bytes: store.db.size_on_disk().unwrap_or(0),
             ..State::default()
         };
+        state.note_held();
         store
             .forget_unrouted(&mut state)
             .map_err(|e| sled_error(dir, e).into_open_error(dir))?;
@@ -812,6 +823,7 @@ impl Spool {
             let tree = &mut state.trees[signal.index()];
             tree.records += 1;
             tree.bytes += size;
+            state.note_held();
             seq
         };
         store.commit.wait().await.map_err(AppendError::Storage)?;
@@ -865,7 +877,6 @@ impl Spool {
             state.disk_bytes = store.db.size_on_disk().unwrap_or(state.disk_bytes);
             state.disk_checked = Some(Instant::now());
         }
-        let used = |s: &State| s.trees.iter().map(|t| t.bytes).sum::<u64>();
         // Over the on-disk cap, free half the logical cap so sled can reuse its segments.
         let target = if state.disk_bytes > limits.disk_cap() {
             tracing::warn!(
@@ -877,18 +888,18 @@ impl Spool {
         } else {
             limits.max_bytes
         };
-        if used(state) + size <= target {
+        if state.held_bytes() + size <= target {
             return Ok(());
         }
         if limits.when_full == WhenFull::Reject {
             return Err(AppendError::Full {
-                used: used(state),
+                used: state.held_bytes(),
                 cap: limits.max_bytes,
             });
         }
         let evict_failed =
             |e| AppendError::Storage(self.storage_error(store, "evicting for space", e));
-        while used(state) + size > target {
+        while state.held_bytes() + size > target {
             let oldest = store
                 .records
                 .iter()
@@ -1521,6 +1532,36 @@ fn set_private_files(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A spool that keeps up holds little however much flows through it: no trimming (a
+    /// `malloc_trim` walks the whole heap). One that drained a backlog is trimmed, once.
+    #[test]
+    fn memory_is_handed_back_after_a_backlog_not_after_throughput() {
+        let mut state = State::default();
+        let hold = |state: &mut State, bytes: u64| {
+            state.trees[0] = TreeUsage {
+                records: u64::from(bytes > 0),
+                bytes,
+            };
+            state.note_held();
+        };
+        for _ in 0..100 {
+            hold(&mut state, 1 << 20);
+            hold(&mut state, 0);
+            assert!(
+                !state.drained_enough_to_release(),
+                "trimmed while keeping up"
+            );
+        }
+        hold(&mut state, RELEASE_AFTER_BYTES);
+        assert!(!state.drained_enough_to_release(), "not drained yet");
+        hold(&mut state, 0);
+        assert!(state.drained_enough_to_release());
+        assert!(
+            !state.drained_enough_to_release(),
+            "trimmed twice for one backlog"
+        );
+    }
 
     fn limits() -> Limits {
         Limits {
