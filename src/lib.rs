@@ -69,16 +69,6 @@ struct RunningDestination {
     workers: JoinSet<()>,
 }
 
-/// What [`Agent::reload`] changed, by destination name.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Reloaded {
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    pub changed: Vec<String>,
-    /// Keys that differ but only take effect at a restart (`server.*`, `spool.*`).
-    pub needs_restart: Vec<&'static str>,
-}
-
 impl Agent {
     /// Opens the spool, binds every listen address, and starts the receivers and workers.
     pub async fn start(config: Config) -> Result<Agent, StartError> {
@@ -169,54 +159,63 @@ impl Agent {
     ///
     /// `server` and `spool` keys take effect at the next restart. If a new destination cannot
     /// be built, nothing changes and the error is returned.
-    pub async fn reload(&mut self, config: Config) -> Result<Reloaded, StartError> {
-        let mut reloaded = Reloaded::default();
-        if self.config.server != config.server {
-            reloaded.needs_restart.push("server");
-        }
-        if self.config.spool != config.spool {
-            reloaded.needs_restart.push("spool");
-        }
-        let old = |name: &str| {
-            self.config
-                .destinations
-                .iter()
-                .position(|d| d.name.as_str() == name)
-        };
-        let mut keep = vec![None; config.destinations.len()];
-        let mut stopping = vec![true; self.config.destinations.len()];
-        for (i, d) in config.destinations.iter().enumerate() {
-            match old(d.name.as_str()) {
-                Some(j) if self.config.destinations[j] == *d => {
-                    keep[i] = Some(j);
-                    stopping[j] = false;
-                }
-                Some(_) => reloaded.changed.push(d.name.to_string()),
-                None => reloaded.added.push(d.name.to_string()),
+    pub async fn reload(&mut self, config: Config) -> Result<(), StartError> {
+        let needs_restart: Vec<&str> = [
+            ("server", self.config.server != config.server),
+            ("spool", self.config.spool != config.spool),
+        ]
+        .into_iter()
+        .filter_map(|(section, differs)| differs.then_some(section))
+        .collect();
+        // The running destination each new one keeps: the same name with the same settings.
+        let keep: Vec<Option<usize>> = config
+            .destinations
+            .iter()
+            .map(|d| self.config.destinations.iter().position(|old| old == d))
+            .collect();
+        let had =
+            |name: &str, among: &[DestinationConfig]| among.iter().any(|d| d.name.as_str() == name);
+        let (mut added, mut changed) = (Vec::new(), Vec::new());
+        for (d, _) in config
+            .destinations
+            .iter()
+            .zip(&keep)
+            .filter(|(_, k)| k.is_none())
+        {
+            let name = d.name.as_str();
+            if had(name, &self.config.destinations) {
+                changed.push(name);
+            } else {
+                added.push(name);
             }
         }
-        for (j, d) in self.config.destinations.iter().enumerate() {
-            if stopping[j] && !config.destinations.iter().any(|n| n.name == d.name) {
-                reloaded.removed.push(d.name.to_string());
-            }
-        }
+        let removed: Vec<&str> = self
+            .config
+            .destinations
+            .iter()
+            .map(|d| d.name.as_str())
+            .filter(|name| !had(name, &config.destinations))
+            .collect();
         // Build every new upstream before stopping anything: a bad one leaves all as it was.
-        let mut built = Vec::with_capacity(config.destinations.len());
-        for (i, d) in config.destinations.iter().enumerate() {
-            built.push(match keep[i] {
-                Some(_) => None,
-                None => Some(Upstream::new(d, &self.spool).map_err(StartError::Destination)?),
-            });
-        }
+        // Building reads nothing the old workers may still change (see `prw::cumulative`).
+        let mut built = config
+            .destinations
+            .iter()
+            .zip(&keep)
+            .map(|(d, k)| match k {
+                Some(_) => Ok(None),
+                None => Upstream::new(d, &self.spool).map(Some),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StartError::Destination)?;
         // Stopped workers are awaited before the cursors change, so none acks afterwards.
-        let mut old_running: Vec<Option<RunningDestination>> =
-            std::mem::take(&mut self.destinations)
-                .into_iter()
-                .map(Some)
-                .collect();
-        for (j, running) in old_running.iter_mut().enumerate() {
-            if stopping[j] {
-                if let Some(mut r) = running.take() {
+        let mut running: Vec<Option<RunningDestination>> = std::mem::take(&mut self.destinations)
+            .into_iter()
+            .map(Some)
+            .collect();
+        for (j, slot) in running.iter_mut().enumerate() {
+            if !keep.contains(&Some(j)) {
+                if let Some(mut r) = slot.take() {
                     r.stop.cancel();
                     while r.workers.join_next().await.is_some() {}
                 }
@@ -228,40 +227,35 @@ impl Agent {
         }
         let mut destination_stats = Vec::new();
         for (i, d) in config.destinations.iter().enumerate() {
-            let running = match (keep[i].and_then(|j| old_running[j].take()), built[i].take()) {
-                (Some(running), _) => {
-                    destination_stats.push(destination_stats_of(d, &self.stats));
-                    running
+            let (r, d_stats) = match keep[i] {
+                Some(j) => (
+                    running[j]
+                        .take()
+                        .expect("a running destination is kept once"),
+                    destination_stats_of(d, &self.stats),
+                ),
+                None => {
+                    let upstream = built[i].take().expect("built above");
+                    start_destination(d, upstream, &self.spool, &self.stats, &self.stop)
                 }
-                (None, Some(first_build)) => {
-                    // A changed destination is built again now that its old workers stopped:
-                    // an upstream reads its state when built (remote write's delta totals), and
-                    // a batch they delivered after the first build would be missing from it.
-                    let upstream = if reloaded.changed.iter().any(|n| n == d.name.as_str()) {
-                        Upstream::new(d, &self.spool).unwrap_or_else(|e| {
-                            tracing::error!(destination = %d.name, error = %e, "rebuilding the destination failed; running the one built before its old workers stopped");
-                            first_build
-                        })
-                    } else {
-                        first_build
-                    };
-                    let (running, d_stats) =
-                        start_destination(d, upstream, &self.spool, &self.stats, &self.stop);
-                    destination_stats.push(d_stats);
-                    running
-                }
-                (None, None) => unreachable!("a destination is either kept or built"),
             };
-            self.destinations.push(running);
+            self.destinations.push(r);
+            destination_stats.push(d_stats);
         }
         self.stats.set_destinations(destination_stats);
+        tracing::info!(
+            ?added,
+            ?removed,
+            ?changed,
+            unchanged = config.destinations.len() - added.len() - changed.len(),
+            "config reloaded"
+        );
+        if !needs_restart.is_empty() {
+            tracing::warn!(sections = ?needs_restart, "these config sections changed and take effect only at the next restart");
+        }
         self.config.destinations = config.destinations;
         warn_if_holding(&self.config);
-        tracing::info!(added = ?reloaded.added, removed = ?reloaded.removed, changed = ?reloaded.changed, unchanged = self.config.destinations.len() - reloaded.added.len() - reloaded.changed.len(), "config reloaded");
-        if !reloaded.needs_restart.is_empty() {
-            tracing::warn!(sections = ?reloaded.needs_restart, "these config sections changed and take effect only at the next restart");
-        }
-        Ok(reloaded)
+        Ok(())
     }
 
     /// The bound OTLP/HTTP addresses (with real ports when the config said port 0).

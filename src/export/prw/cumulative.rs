@@ -29,10 +29,11 @@
 //! Owns the state tree it is given (one per destination); touches no other part of the spool. It
 //! looks the tree up on each use ([`StateTree`]) and keeps no handle: a handle would keep the
 //! spool's database open, and the spool must be able to close and reopen it after a storage
-//! failure.
+//! failure. It reads the tree at its first use, not when built: a config reload builds the new
+//! destination while the old one's workers may still deliver (and commit) a batch.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -211,7 +212,8 @@ pub struct State {
 pub type StateTree = Box<dyn Fn() -> Result<sled::Tree, String> + Send + Sync>;
 
 pub struct Cumulative {
-    state: Mutex<State>,
+    /// Loaded from `tree` at the first use.
+    state: OnceLock<Mutex<State>>,
     tree: Option<StateTree>,
     stale_after_ns: u64,
 }
@@ -220,11 +222,31 @@ pub struct Cumulative {
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(3600);
 
 impl Cumulative {
-    /// Loads every series held in `tree` (none without a tree: state in memory only).
-    pub fn open(tree: Option<StateTree>, stale_after: Duration) -> Result<Cumulative, String> {
+    /// The totals kept in `tree` (in memory only without one), read at the first use.
+    pub fn new(tree: Option<StateTree>, stale_after: Duration) -> Cumulative {
+        Cumulative {
+            state: OnceLock::new(),
+            tree,
+            stale_after_ns: stale_after.as_nanos().min(u64::MAX as u128) as u64,
+        }
+    }
+
+    /// The committed state; the first call reads every series held in the tree.
+    pub fn lock(&self) -> Result<MutexGuard<'_, State>, String> {
+        let state = match self.state.get() {
+            Some(state) => state,
+            None => {
+                let loaded = self.load()?;
+                self.state.get_or_init(|| Mutex::new(loaded))
+            }
+        };
+        Ok(state.lock().expect("delta state lock poisoned"))
+    }
+
+    fn load(&self) -> Result<State, String> {
         let mut series = HashMap::new();
         let mut watermark_ns = 0;
-        if let Some(tree) = &tree {
+        if let Some(tree) = &self.tree {
             for entry in tree()?.iter() {
                 let (k, v) = entry.map_err(|e| format!("reading delta state: {e}"))?;
                 let key = String::from_utf8_lossy(&k).into_owned();
@@ -239,33 +261,20 @@ impl Cumulative {
                 }
             }
         }
-        Ok(Cumulative {
-            state: Mutex::new(State {
-                series,
-                watermark_ns,
-                last_sweep_ns: watermark_ns,
-            }),
-            tree,
-            stale_after_ns: stale_after.as_nanos().min(u64::MAX as u128) as u64,
+        Ok(State {
+            series,
+            watermark_ns,
+            last_sweep_ns: watermark_ns,
         })
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().expect("delta state lock poisoned")
-    }
-
-    /// Series held in memory.
-    pub fn len(&self) -> usize {
-        self.lock().series.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Applies a transaction's changes, persists them, and evicts idle series.
+    /// Applies a transaction's changes (made on [`Self::lock`]'s state), persists them, and
+    /// evicts idle series.
     pub fn commit(&self, changes: Changes) {
-        let mut state = self.lock();
+        let mut state = match self.lock() {
+            Ok(state) => state,
+            Err(e) => unreachable!("a transaction's state was loaded: {e}"),
+        };
         let tree = self.tree.as_ref().and_then(|tree| {
             tree()
                 .inspect_err(|e| tracing::error!(error = %e, "saving delta state failed; after a restart the series in this batch start over"))
@@ -382,7 +391,7 @@ mod tests {
     use super::*;
 
     fn total(c: &Cumulative, key: &str) -> Option<f64> {
-        match c.lock().series.get(key).map(|s| s.value.clone()) {
+        match c.lock().unwrap().series.get(key).map(|s| s.value.clone()) {
             Some(Value::Sum(v)) => Some(v),
             _ => None,
         }
@@ -397,9 +406,9 @@ mod tests {
     fn accumulates_ignores_duplicates_and_survives_reopen() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let tree = db.open_tree("t").unwrap();
-        let c = Cumulative::open(Some(state_tree(&tree)), DEFAULT_STALE_AFTER).unwrap();
+        let c = Cumulative::new(Some(state_tree(&tree)), DEFAULT_STALE_AFTER);
         let changes = {
-            let state = c.lock();
+            let state = c.lock().unwrap();
             let mut txn = Txn::new(&state);
             assert!(txn.add("a", 10, 20, Value::Sum(1.0)).is_some());
             assert!(txn.add("a", 20, 30, Value::Sum(2.0)).is_some());
@@ -415,27 +424,27 @@ mod tests {
         assert_eq!(total(&c, "a"), Some(3.0));
         let awkward = 1.8084509999999994_f64;
         let changes = {
-            let state = c.lock();
+            let state = c.lock().unwrap();
             let mut txn = Txn::new(&state);
             txn.add("b", 1, 2, Value::Sum(awkward));
             txn.into_changes()
         };
         c.commit(changes);
         drop(c);
-        let c = Cumulative::open(Some(state_tree(&tree)), DEFAULT_STALE_AFTER).unwrap();
+        let c = Cumulative::new(Some(state_tree(&tree)), DEFAULT_STALE_AFTER);
         assert_eq!(total(&c, "a"), Some(3.0));
         assert_eq!(
             total(&c, "b").map(f64::to_bits),
             Some(awkward.to_bits()),
             "saved totals read back bit for bit"
         );
-        let s = c.lock().series["a"].clone();
+        let s = c.lock().unwrap().series["a"].clone();
         assert_eq!((s.start_ns, s.last_ns), (10, 30));
     }
 
     #[test]
     fn histogram_bounds_change_starts_over_and_idle_series_are_evicted() {
-        let c = Cumulative::open(None, Duration::from_nanos(100)).unwrap();
+        let c = Cumulative::new(None, Duration::from_nanos(100));
         let h = |bounds: Vec<f64>, counts: Vec<u64>| Value::Histogram {
             sum: 1.0,
             count: counts.iter().sum(),
@@ -443,7 +452,7 @@ mod tests {
             counts,
         };
         let changes = {
-            let state = c.lock();
+            let state = c.lock().unwrap();
             let mut txn = Txn::new(&state);
             txn.add("h", 1, 2, h(vec![1.0], vec![1, 1]));
             let s = txn.add("h", 2, 3, h(vec![1.0], vec![0, 2])).unwrap();
@@ -462,15 +471,19 @@ mod tests {
             txn.into_changes()
         };
         c.commit(changes);
-        assert_eq!(c.len(), 2);
+        assert_eq!(c.lock().unwrap().series.len(), 2);
         let changes = {
-            let state = c.lock();
+            let state = c.lock().unwrap();
             let mut txn = Txn::new(&state);
             txn.add("h", 4, 500, h(vec![2.0], vec![1, 0]));
             txn.into_changes()
         };
         c.commit(changes);
-        assert_eq!(c.len(), 1, "'old' was idle for more than stale_after");
+        assert_eq!(
+            c.lock().unwrap().series.len(),
+            1,
+            "'old' was idle for more than stale_after"
+        );
     }
 
     #[test]

@@ -50,7 +50,8 @@ pub struct PrometheusRemoteWrite {
 }
 
 impl PrometheusRemoteWrite {
-    /// Builds the client; the delta state lives in the spool tree `prw/<destination>`.
+    /// Builds the client; the delta state lives in the spool tree `prw/<destination>`, read at
+    /// the first send.
     pub fn new(config: &DestinationConfig, spool: &Spool) -> Result<PrometheusRemoteWrite, String> {
         let name = &config.name;
         let mut external = Vec::new();
@@ -70,8 +71,7 @@ impl PrometheusRemoteWrite {
         let stale_after = config
             .stale_after
             .unwrap_or(cumulative::DEFAULT_STALE_AFTER);
-        let cumulative = Cumulative::open(Some(tree), stale_after)
-            .map_err(|e| format!("destination {name}: opening its delta state: {e}"))?;
+        let cumulative = Cumulative::new(Some(tree), stale_after);
         let mut headers = configured_headers(config)?;
         headers.insert(CONTENT_ENCODING, HeaderValue::from_static("snappy"));
         headers.insert(
@@ -113,7 +113,15 @@ impl PrometheusRemoteWrite {
             Err(e) => return Outcome::Refused(format!("stored batch is not OTLP metrics: {e}")),
         };
         let (body, changes, series, ignored) = {
-            let state = self.cumulative.lock();
+            let state = match self.cumulative.lock() {
+                Ok(state) => state,
+                Err(e) => {
+                    return Outcome::Retry {
+                        retry_after: None,
+                        error: format!("reading the delta state from the spool: {e}"),
+                    }
+                }
+            };
             let mut txn = Txn::new(&state);
             let translated = translate::translate(&request, &self.external, &mut txn);
             let series = translated.series.len();

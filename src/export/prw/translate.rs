@@ -817,8 +817,8 @@ mod tests {
                 value: "not-this".into(),
             },
         ];
-        let state = super::super::cumulative::Cumulative::open(None, Default::default()).unwrap();
-        let guard = state.lock();
+        let state = super::super::cumulative::Cumulative::new(None, Default::default());
+        let guard = state.lock().unwrap();
         let mut txn = Txn::new(&guard);
         let t = translate(&req, &external, &mut txn);
         let show = |ts: &TimeSeries| {
