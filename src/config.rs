@@ -974,17 +974,8 @@ impl<'de> Deserialize<'de> for Secret {
 /// Whether `raw` (a config string before `${VAR}` expansion) holds secret text of its own:
 /// anything but `${VAR}` references and an authorization scheme word (`Bearer ${TOKEN}`).
 fn holds_literal_secret(raw: &str) -> bool {
-    let mut rest = raw;
-    let mut literal = String::new();
-    while let Some(start) = rest.find("${") {
-        literal.push_str(&rest[..start]);
-        literal.push(' ');
-        match rest[start..].find('}') {
-            Some(end) => rest = &rest[start + end + 1..],
-            None => break,
-        }
-    }
-    literal.push_str(rest);
+    // An unterminated reference fails the load anyway: then the whole text counts.
+    let literal = substitute(raw, |_| Ok(" ".into())).unwrap_or_else(|_| raw.to_string());
     // Separators between references (`${USER}:${PASS}`) are not secrets.
     literal.split_whitespace().any(|word| {
         word.chars().any(char::is_alphanumeric)
@@ -1083,6 +1074,28 @@ mod human_duration {
 /// Expands every `${VAR}` in `text` from the environment. `HOSTNAME` and `USER`, which shells
 /// set but often do not export (and services do not have), fall back to the system's values.
 pub fn expand_env(text: &str) -> Result<String, String> {
+    substitute(text, |var| {
+        std::env::var(var)
+            .ok()
+            .or_else(|| match var {
+                "HOSTNAME" => gethostname::gethostname().into_string().ok(),
+                "USER" => std::env::var("LOGNAME").ok(),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                format!(
+                    "environment variable {var} is not set (referenced as ${{{var}}}); set it \
+                     in the agent's environment or write the value in the file"
+                )
+            })
+    })
+}
+
+/// `text` with each `${VAR}` replaced by `value_of(VAR)`.
+fn substitute(
+    text: &str,
+    mut value_of: impl FnMut(&str) -> Result<String, String>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -1091,21 +1104,7 @@ pub fn expand_env(text: &str) -> Result<String, String> {
         let end = after
             .find('}')
             .ok_or_else(|| format!("unterminated ${{ in {text:?}: write ${{VAR}}"))?;
-        let var = &after[..end];
-        let value = std::env::var(var).ok().or_else(|| match var {
-            "HOSTNAME" => gethostname::gethostname().into_string().ok(),
-            "USER" => std::env::var("LOGNAME").ok(),
-            _ => None,
-        });
-        match value {
-            Some(v) => out.push_str(&v),
-            None => {
-                return Err(format!(
-                    "environment variable {var} is not set (referenced as ${{{var}}}); set it \
-                     in the agent's environment or write the value in the file"
-                ))
-            }
-        }
+        out.push_str(&value_of(&after[..end])?);
         rest = &after[end + 1..];
     }
     out.push_str(rest);

@@ -74,7 +74,7 @@ impl Agent {
     pub async fn start(config: Config) -> Result<Agent, StartError> {
         let limits = Limits::from(&config.spool);
         let spool = Spool::open(&config.spool.dir, limits, routes(&config))?;
-        let stats = Arc::new(Stats::new(Vec::new()));
+        let stats = Arc::new(Stats::default());
         let stop = CancellationToken::new();
         let mut destinations = Vec::new();
         let mut destination_stats = Vec::new();
@@ -318,9 +318,7 @@ fn routes(config: &Config) -> spool::Routes {
 
 fn warn_if_holding(config: &Config) {
     if config.destinations.is_empty() {
-        tracing::warn!(
-            "no destination is configured: holding received data in the spool (bounded by spool.max_bytes and spool.max_age) until one is added"
-        );
+        tracing::warn!("{}", observe::HOLDING);
     }
 }
 

@@ -102,13 +102,16 @@ impl WorkerStats {
     }
 }
 
-#[derive(Clone)]
 pub struct DestinationStats {
     pub name: String,
     pub kind: &'static str,
     pub endpoint: String,
     pub workers: Vec<(Signal, Arc<WorkerStats>)>,
 }
+
+/// What an agent without destinations says, in its log and in `/status`.
+pub const HOLDING: &str = "no destination is configured: holding received data in the spool \
+                           (bounded by spool.max_bytes and spool.max_age) until one is added";
 
 /// Everything the agent counts.
 pub struct Stats {
@@ -126,16 +129,19 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-impl Stats {
-    pub fn new(destinations: Vec<DestinationStats>) -> Stats {
+impl Default for Stats {
+    /// Counting from now, with no destinations yet.
+    fn default() -> Stats {
         Stats {
             started: Instant::now(),
             received: Default::default(),
             refused: Default::default(),
-            destinations: Mutex::new(destinations),
+            destinations: Mutex::new(Vec::new()),
         }
     }
+}
 
+impl Stats {
     pub fn set_destinations(&self, destinations: Vec<DestinationStats>) {
         *self.destinations.lock().expect("stats lock") = destinations;
     }
@@ -262,10 +268,7 @@ impl Stats {
             "destinations": destinations,
         });
         if destinations.is_empty() {
-            status["holding"] = json!(
-                "no destination is configured: holding received data in the spool (bounded by \
-                 spool.max_bytes and spool.max_age) until one is added"
-            );
+            status["holding"] = json!(HOLDING);
         }
         status
     }

@@ -442,7 +442,7 @@ mod tests {
             ..Default::default()
         };
         let spool = Spool::open(&config.dir, Limits::from(&config), Default::default()).unwrap();
-        let stats = Arc::new(Stats::new(Vec::new()));
+        let stats = Arc::new(Stats::default());
         let receiver = Arc::new(GrpcReceiver {
             ingest: Ingest {
                 spool: spool.clone(),
