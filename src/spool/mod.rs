@@ -14,9 +14,9 @@
 //!   gone.
 //! - Beside sled's files, `durable-seq`: the [`mark`] that tells a database which lost
 //!   acknowledged writes at open.
-//! - `state/<name>`: opaque state a destination keeps ([`Spool::state_tree`]; today
-//!   `state/prw/<destination>`, Prometheus remote write's delta totals). Not counted in
-//!   `max_bytes`.
+//! - `state/<kind>/<destination>`: opaque state a destination keeps ([`Spool::state_tree`];
+//!   today `state/prw/<destination>`, Prometheus remote write's delta totals), dropped with its
+//!   cursors when the destination routes nothing. Not counted in `max_bytes`.
 //!
 //! The directory and everything sled puts in it are owner-only (0700 / 0600): set at open, and
 //! re-applied by the commit thread after writes, since sled keeps creating files (blobs for
@@ -574,6 +574,24 @@ impl Store {
             state.cursors.remove(&name);
             tracing::info!(cursor = %name, "forgot the cursor of a destination that no longer routes its signal");
         }
+        // A destination routing nothing starts over if it comes back: its state goes too.
+        let routed = |destination: &[u8]| {
+            state
+                .routes
+                .iter()
+                .flatten()
+                .any(|d| d.as_bytes() == destination)
+        };
+        for tree in self.db.tree_names() {
+            let Some(rest) = tree.strip_prefix(b"state/") else {
+                continue;
+            };
+            let destination = rest.rsplit(|&b| b == b'/').next().unwrap_or(rest);
+            if !routed(destination) {
+                self.db.drop_tree(&tree)?;
+                tracing::info!(tree = %String::from_utf8_lossy(&tree), "dropped the state of a destination that no longer routes anything");
+            }
+        }
         Ok(())
     }
 
@@ -747,16 +765,18 @@ impl Spool {
         &self.inner.dir
     }
 
-    /// A tree for a destination's own state, named `state/<name>` (used by
-    /// `prometheus_remote_write` for its delta totals). The spool neither reads nor caps it;
-    /// its writes become durable with the next group commit (an `ack`'s, at the latest).
-    /// Look it up for each use and drop it after: a tree keeps the database it came from open,
-    /// and a reopen after a storage failure waits (retrying) until no one holds one.
-    pub fn state_tree(&self, name: &str) -> Result<sled::Tree, String> {
+    /// A tree for `destination`'s own state of some `kind`, named `state/<kind>/<destination>`
+    /// (used by `prometheus_remote_write` for its delta totals). The spool neither reads nor
+    /// caps it, and drops it when `destination` routes no signal any more, as it forgets its
+    /// cursors. Its writes become durable with the next group commit (an `ack`'s, at the
+    /// latest). Look it up for each use and drop it after: a tree keeps the database it came
+    /// from open, and a reopen after a storage failure waits (retrying) until no one holds one.
+    pub fn state_tree(&self, destination: &str, kind: &str) -> Result<sled::Tree, String> {
+        let name = format!("state/{kind}/{destination}");
         self.store()?
             .db
-            .open_tree(format!("state/{name}"))
-            .map_err(|e| format!("opening spool tree state/{name}: {e}"))
+            .open_tree(&name)
+            .map_err(|e| format!("opening spool tree {name}: {e}"))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -1618,6 +1638,34 @@ mod tests {
         assert!(next > 2, "{next}");
         let read = spool.read(Signal::Traces, 2, u64::MAX, u64::MAX).unwrap();
         assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), [next]);
+    }
+
+    /// A destination that comes back after it routed nothing starts over: remote write's totals
+    /// kept from before would count the records it is sent again twice.
+    #[tokio::test]
+    async fn the_state_of_a_destination_routing_nothing_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), limits(), routes(&["a", "b"])).unwrap();
+        for d in ["a", "b"] {
+            spool
+                .state_tree(d, "prw")
+                .unwrap()
+                .insert("series", "1")
+                .unwrap();
+        }
+        spool.reroute(routes(&["b"])).unwrap();
+        assert!(
+            spool.state_tree("a", "prw").unwrap().is_empty(),
+            "a's state kept"
+        );
+        assert_eq!(spool.state_tree("b", "prw").unwrap().len(), 1);
+        drop(spool);
+        // At a start, too: b is gone from the config.
+        let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
+        assert!(
+            spool.state_tree("b", "prw").unwrap().is_empty(),
+            "b's state kept"
+        );
     }
 
     #[tokio::test]

@@ -50,7 +50,7 @@ pub struct PrometheusRemoteWrite {
 }
 
 impl PrometheusRemoteWrite {
-    /// Builds the client; the delta state lives in the spool tree `prw/<destination>`, read at
+    /// Builds the client; the delta state lives in the spool tree `state/prw/<destination>`, read at
     /// the first send.
     pub fn new(config: &DestinationConfig, spool: &Spool) -> Result<PrometheusRemoteWrite, String> {
         let name = &config.name;
@@ -66,8 +66,8 @@ impl PrometheusRemoteWrite {
                 value: v.clone(),
             });
         }
-        let (spool, tree_name) = (spool.clone(), format!("prw/{name}"));
-        let tree = Box::new(move || spool.state_tree(&tree_name));
+        let (spool, destination) = (spool.clone(), name.to_string());
+        let tree = Box::new(move || spool.state_tree(&destination, "prw"));
         let stale_after = config
             .stale_after
             .unwrap_or(cumulative::DEFAULT_STALE_AFTER);
