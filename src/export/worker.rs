@@ -91,10 +91,14 @@ impl Worker {
             }
             if let Err(failure) = self.deliver(&batch).await {
                 failures += 1;
-                let asked_for = failure.retry_after.unwrap_or_default();
-                let pause = match failure.kind {
-                    FailureKind::Retryable => backoff.next_delay(failure.retry_after),
-                    FailureKind::Auth | FailureKind::Held => self.retry.slow(),
+                // 401/403 and held failures wait the slow pace; only the upstream's
+                // Retry-After keeps a network change from ending a wait early.
+                let (pause, asked_for) = match &failure {
+                    Outcome::Retry { retry_after, .. } => (
+                        backoff.next_delay(*retry_after),
+                        retry_after.unwrap_or_default(),
+                    ),
+                    _ => (self.retry.slow(), Duration::ZERO),
                 };
                 self.report_failure(failure, failures, pause);
                 if let Some(woken) = pause_unless_woken(pause, asked_for).await {
@@ -137,8 +141,9 @@ impl Worker {
     }
 
     /// Sends one batch. `Ok` when the cursor may move past it: every piece of it was delivered
-    /// or refused (refused pieces are dead-lettered first).
-    async fn deliver(&self, batch: &[Record]) -> Result<(), Failure> {
+    /// or refused (refused pieces are dead-lettered first); else the failure to retry it after
+    /// (`Retry`, `AuthFailed` or `Held`).
+    async fn deliver(&self, batch: &[Record]) -> Result<(), Outcome> {
         // Concatenated Export*ServiceRequests are one valid request (their resources merge).
         let payload = batch
             .iter()
@@ -147,21 +152,7 @@ impl Worker {
             .concat();
         let items: u64 = batch.iter().map(|r| u64::from(r.header.items)).sum();
         let mut sent = Sent::default();
-        match self.send_splitting(&payload, 0, &mut sent).await {
-            Ok(()) => {}
-            Err(Outcome::AuthFailed(error)) => return Err(Failure::slow(FailureKind::Auth, error)),
-            Err(Outcome::Held(error)) => return Err(Failure::slow(FailureKind::Held, error)),
-            Err(Outcome::Retry { retry_after, error }) => {
-                return Err(Failure {
-                    error,
-                    retry_after,
-                    kind: FailureKind::Retryable,
-                })
-            }
-            Err(other) => {
-                unreachable!("send_splitting fails only with Retry, AuthFailed or Held: {other:?}")
-            }
-        }
+        self.send_splitting(&payload, 0, &mut sent).await?;
         let refused_items: u64 = sent.refused.iter().map(|p| p.items).sum();
         let delivered_items = items.saturating_sub(refused_items);
         if sent.requests > 0 {
@@ -269,24 +260,37 @@ impl Worker {
         }
     }
 
-    fn report_failure(&self, failure: Failure, failures: u64, pause: Duration) {
-        tracing::warn!(destination = %self.destination, signal = self.signal.name(), error = %failure.error, retry_in = ?pause, failures, "upstream attempt failed; data kept");
-        let next_attempt_ms = now_ms() + pause.as_millis() as u64;
-        self.stats.set_last_error(failure.error);
-        self.stats.set_retry(match failure.kind {
-            FailureKind::Auth => RetryState::AuthFailed {
-                consecutive_failures: failures,
-                next_attempt_ms,
-            },
-            FailureKind::Held => RetryState::Held {
-                consecutive_failures: failures,
-                next_attempt_ms,
-            },
-            FailureKind::Retryable => RetryState::Backoff {
-                consecutive_failures: failures,
-                next_attempt_ms,
-            },
-        });
+    /// Logs and shows a failure [`Self::deliver`] returned.
+    fn report_failure(&self, failure: Outcome, failures: u64, pause: Duration) {
+        let (consecutive_failures, next_attempt_ms) =
+            (failures, now_ms() + pause.as_millis() as u64);
+        let (retry, error) = match failure {
+            Outcome::Retry { error, .. } => (
+                RetryState::Backoff {
+                    consecutive_failures,
+                    next_attempt_ms,
+                },
+                error,
+            ),
+            Outcome::AuthFailed(error) => (
+                RetryState::AuthFailed {
+                    consecutive_failures,
+                    next_attempt_ms,
+                },
+                error,
+            ),
+            Outcome::Held(error) => (
+                RetryState::Held {
+                    consecutive_failures,
+                    next_attempt_ms,
+                },
+                error,
+            ),
+            other => unreachable!("deliver fails only with Retry, AuthFailed or Held: {other:?}"),
+        };
+        tracing::warn!(destination = %self.destination, signal = self.signal.name(), %error, retry_in = ?pause, failures, "upstream attempt failed; data kept");
+        self.stats.set_last_error(error);
+        self.stats.set_retry(retry);
     }
 }
 
@@ -317,32 +321,4 @@ impl RefusedPiece {
             error,
         }
     }
-}
-
-/// A batch that must be tried again.
-struct Failure {
-    error: String,
-    retry_after: Option<Duration>,
-    kind: FailureKind,
-}
-
-impl Failure {
-    fn slow(kind: FailureKind, error: String) -> Failure {
-        Failure {
-            error,
-            retry_after: None,
-            kind,
-        }
-    }
-}
-
-/// Which pace a failure is retried at.
-#[derive(Clone, Copy)]
-enum FailureKind {
-    /// Connection failures, timeouts, 408, 429, 5xx: the jittered backoff.
-    Retryable,
-    /// 401/403: the slow pace (`retry.max`), shown as `auth_failed`.
-    Auth,
-    /// A redirect, an untrusted certificate, a missing log group: the slow pace, shown as `held`.
-    Held,
 }
