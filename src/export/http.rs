@@ -1,5 +1,5 @@
 //! The HTTP every upstream client shares: the one place a [`reqwest::Client`] is built, one
-//! exchange with an upstream ([`exchange`]: send, then read the answer), and how a failed
+//! exchange with an upstream ([`post`]: sign, send, then read the answer), and how a failed
 //! exchange reads in `status`.
 //!
 //! Invariants:
@@ -22,11 +22,12 @@
 
 use std::time::Duration;
 
-use reqwest::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use reqwest::header::{HeaderMap, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use reqwest::StatusCode;
 
 use super::retry::parse_retry_after;
 use super::Outcome;
+use crate::aws::sigv4::{SignError, Signer};
 use crate::config::{mask_url_credentials, DestinationConfig};
 use crate::error_chain;
 
@@ -110,9 +111,32 @@ pub struct Answer {
     pub body_cut: Option<String>,
 }
 
-/// Sends `request` (to `url`) and reads the answer. `Err` is what a failed exchange comes to:
-/// [`Outcome::Retry`] for a transport failure, [`Outcome::Held`] for an untrusted certificate.
-pub async fn exchange(request: reqwest::RequestBuilder, url: &str) -> Result<Answer, Outcome> {
+/// POSTs `body` with `headers` to `url`, signed by `signer` if any, and reads the answer. `Err`
+/// is what a failed exchange comes to: [`Outcome::AuthFailed`] when there is nothing to sign
+/// with, [`Outcome::Retry`] for a transport failure, [`Outcome::Held`] for an untrusted
+/// certificate. A 401 or 403 makes `signer` fetch its credentials anew before the next attempt
+/// (they were revoked or expired upstream).
+pub async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+    mut headers: HeaderMap,
+    body: Vec<u8>,
+    signer: Option<&Signer>,
+) -> Result<Answer, Outcome> {
+    if let Some(signer) = signer {
+        match signer.sign("POST", url, &headers, &body).await {
+            Ok(signature) => headers.extend(signature),
+            Err(SignError::Credentials(e) | SignError::Request(e)) => {
+                return Err(Outcome::AuthFailed(e))
+            }
+        }
+    }
+    let request = client
+        .post(url)
+        .timeout(timeout)
+        .headers(headers)
+        .body(body);
     let mut response = request
         .send()
         .await
@@ -128,6 +152,9 @@ pub async fn exchange(request: reqwest::RequestBuilder, url: &str) -> Result<Ans
     // `to_str` admits visible ASCII only: no control characters to clean.
     let location = header(LOCATION).map(|l| l.chars().take(MESSAGE_CHARS).collect());
     let status = response.status();
+    if let (401 | 403, Some(signer)) = (status.as_u16(), signer) {
+        signer.credentials().invalidate();
+    }
     let (body, body_cut) = read_capped(&mut response).await;
     Ok(Answer {
         status,

@@ -21,10 +21,10 @@ use flate2::write::GzEncoder;
 use prost::Message;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
 
-use super::http::{self, exchange};
+use super::http;
 use super::Outcome;
 use crate::aws::credentials::{CachedCredentials, CredentialSettings};
-use crate::aws::sigv4::{SignError, Signer};
+use crate::aws::sigv4::Signer;
 use crate::config::{mask_url_credentials, Compression, DestinationConfig, Encoding};
 use crate::otlp::{json, RpcStatus, Signal};
 
@@ -119,20 +119,17 @@ impl OtlpHttp {
                 gzip(&body)
             }
         };
-        if let Some(signer) = &route.signer {
-            match signer.sign("POST", &route.url, &headers, &body).await {
-                Ok(signature) => headers.extend(signature),
-                Err(SignError::Credentials(error)) => return Outcome::AuthFailed(error),
-                Err(SignError::Request(error)) => return Outcome::AuthFailed(error),
-            }
-        }
-        let request = self
-            .client
-            .post(&route.url)
-            .timeout(self.timeout)
-            .headers(headers)
-            .body(body);
-        let answer = match exchange(request, &route.url).await {
+        let signer = route.signer.as_ref();
+        let answer = match http::post(
+            &self.client,
+            &route.url,
+            self.timeout,
+            headers,
+            body,
+            signer,
+        )
+        .await
+        {
             Ok(answer) => answer,
             Err(failure) => return failure,
         };
@@ -168,13 +165,6 @@ impl OtlpHttp {
                     rejected_items: rejected,
                     message,
                 }
-            }
-            401 | 403 => {
-                if let Some(signer) = &route.signer {
-                    // Revoked or expired upstream: fetch anew before the next attempt.
-                    signer.credentials().invalidate();
-                }
-                Outcome::AuthFailed(error())
             }
             400..=499 if advice().1.is_some_and(|a| a.hold) => Outcome::Held(error()),
             _ => Outcome::from_failure_status(code, answer.retry_after, error()),

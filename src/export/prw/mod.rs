@@ -28,11 +28,11 @@ use std::time::Duration;
 use prost::Message;
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
 
-use super::http::{self, exchange};
+use super::http;
 use super::otlp_http::configured_headers;
 use super::Outcome;
 use crate::aws::credentials::{CachedCredentials, CredentialSettings};
-use crate::aws::sigv4::{SignError, Signer};
+use crate::aws::sigv4::Signer;
 use crate::config::DestinationConfig;
 use crate::otlp::{ExportMetricsServiceRequest, Signal};
 use crate::spool::Spool;
@@ -150,25 +150,13 @@ impl PrometheusRemoteWrite {
             Ok(b) => b,
             Err(e) => return Outcome::Refused(format!("snappy compression failed: {e}")),
         };
-        let mut headers = self.headers.clone();
-        if let Some(signer) = &self.signer {
-            match signer.sign("POST", &self.url, &headers, &body).await {
-                Ok(signature) => headers.extend(signature),
-                Err(SignError::Credentials(e) | SignError::Request(e)) => {
-                    return Outcome::AuthFailed(e)
-                }
-            }
-        }
-        let request = self
-            .client
-            .post(&self.url)
-            .timeout(self.timeout)
-            .headers(headers)
-            .body(body);
-        let answer = match exchange(request, &self.url).await {
-            Ok(answer) => answer,
-            Err(failure) => return failure,
-        };
+        let headers = self.headers.clone();
+        let signer = self.signer.as_ref();
+        let answer =
+            match http::post(&self.client, &self.url, self.timeout, headers, body, signer).await {
+                Ok(answer) => answer,
+                Err(failure) => return failure,
+            };
         let error = || answer.error(&self.url, &String::from_utf8_lossy(&answer.body));
         match answer.status.as_u16() {
             200..=299 => {
@@ -176,11 +164,6 @@ impl PrometheusRemoteWrite {
                 delivered()
             }
             code => {
-                if matches!(code, 401 | 403) {
-                    if let Some(signer) = &self.signer {
-                        signer.credentials().invalidate();
-                    }
-                }
                 let outcome = Outcome::from_failure_status(code, answer.retry_after, error());
                 if matches!(outcome, Outcome::Refused(_)) {
                     // Refused for good and dead-lettered: the deltas still happened, so the
