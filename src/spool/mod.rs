@@ -893,17 +893,21 @@ impl Spool {
         let checked_recently = state
             .disk_checked
             .is_some_and(|at| at.elapsed() < DISK_CHECK_EVERY);
+        let over_disk_cap = |state: &State| state.disk_bytes > limits.disk_cap();
         if !checked_recently {
             state.disk_bytes = store.db.size_on_disk().unwrap_or(state.disk_bytes);
             state.disk_checked = Some(Instant::now());
+            // Said at each check (once a second at most), not at each append.
+            if over_disk_cap(state) {
+                tracing::warn!(
+                    disk_bytes = state.disk_bytes,
+                    disk_cap = limits.disk_cap(),
+                    "spool files are over their on-disk cap"
+                );
+            }
         }
         // Over the on-disk cap, free half the logical cap so sled can reuse its segments.
-        let target = if state.disk_bytes > limits.disk_cap() {
-            tracing::warn!(
-                disk_bytes = state.disk_bytes,
-                disk_cap = limits.disk_cap(),
-                "spool files are over their on-disk cap"
-            );
+        let target = if over_disk_cap(state) {
             limits.max_bytes / 2
         } else {
             limits.max_bytes
