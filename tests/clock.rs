@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::process::{agent_command, agent_config, free_port, AgentProcess};
-use support::{skip_or_fail, spans, Reply, Sink, PROTOBUF};
+use support::{skip_or_fail, spans, Reply, Sink};
 
 /// libfaketime's preload library: `$OTLP_SPOOL_TEST_FAKETIME` (set by the test script), else
 /// Debian's path. `None` (and a loud SKIP) when missing outside CI; a failure under CI.
@@ -92,15 +92,7 @@ async fn send(agent: &AgentProcess, prefix: &str) {
         Some(body) => ("/v1/logs", log_record(body)),
         None => ("/v1/traces", spans(prefix, 1)),
     };
-    let status = reqwest::Client::new()
-        .post(agent.url(path))
-        .header(PROTOBUF.0, PROTOBUF.1)
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, 200);
+    assert_eq!(agent.post(path, body).await, 200);
 }
 
 #[tokio::test]

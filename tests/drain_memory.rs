@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::process::{agent_command, agent_config, free_port, proc_status_kb, AgentProcess};
-use support::{spans, Reply, Sink, PROTOBUF};
+use support::{spans, Reply, Sink};
 
 /// About 36 KB a request, as a 100-span SDK batch.
 const SPANS_PER_REQUEST: usize = 900;
@@ -36,19 +36,10 @@ async fn a_drained_backlog_gives_its_memory_back() {
         AgentProcess::start(agent_command(&config), port, &dir.path().join("agent.log")).await;
     let before = rss_mb(agent.pid());
 
-    let http = reqwest::Client::new();
     let body = spans("backlog", SPANS_PER_REQUEST);
     let requests = BACKLOG_BYTES / body.len() as u64;
     for _ in 0..requests {
-        let status = http
-            .post(agent.url("/v1/traces"))
-            .header(PROTOBUF.0, PROTOBUF.1)
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(status, 200);
+        assert_eq!(agent.post("/v1/traces", body.clone()).await, 200);
     }
     let filled = rss_mb(agent.pid());
 

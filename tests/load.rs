@@ -26,10 +26,9 @@ use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
 };
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 use support::process::{agent_command, agent_config, free_port, proc_status_kb, AgentProcess};
-use support::{destination, grpc_endpoint, Sink};
+use support::{destination, grpc_endpoint, trace_request_named, Sink};
 use tokio::sync::Barrier;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::Channel;
@@ -110,23 +109,7 @@ enum Request {
 impl Request {
     fn new(signal: Signal, names: &[String]) -> Request {
         match signal {
-            Signal::Traces => Request::Traces(ExportTraceServiceRequest {
-                resource_spans: vec![ResourceSpans {
-                    scope_spans: vec![ScopeSpans {
-                        spans: names
-                            .iter()
-                            .map(|n| Span {
-                                name: n.clone(),
-                                trace_id: vec![1; 16],
-                                span_id: vec![2; 8],
-                                ..Default::default()
-                            })
-                            .collect(),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }],
-            }),
+            Signal::Traces => Request::Traces(trace_request_named(names.iter().cloned())),
             Signal::Metrics => Request::Metrics(ExportMetricsServiceRequest {
                 resource_metrics: vec![ResourceMetrics {
                     scope_metrics: vec![ScopeMetrics {

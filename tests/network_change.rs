@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::process::{agent_command, agent_config, free_port, AgentProcess};
-use support::{skip_or_fail, spans, Reply, Sink, PROTOBUF};
+use support::{skip_or_fail, spans, Reply, Sink};
 
 fn ip(args: &str) {
     let out = Command::new("ip")
@@ -69,15 +69,7 @@ fn a_new_address_ends_a_long_backoff_but_not_a_retry_after() {
         std::fs::write(&config, toml).unwrap();
         let agent =
             AgentProcess::start(agent_command(&config), port, &dir.path().join("agent.log")).await;
-        let status = reqwest::Client::new()
-            .post(agent.url("/v1/traces"))
-            .header(PROTOBUF.0, PROTOBUF.1)
-            .body(spans("offline", 1))
-            .send()
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(status, 200);
+        assert_eq!(agent.post("/v1/traces", spans("offline", 1)).await, 200);
         // The 503 starts a backoff of at least ten minutes.
         sink.wait_first_attempt(Duration::from_secs(10)).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -107,15 +99,10 @@ fn a_new_address_ends_a_long_backoff_but_not_a_retry_after() {
         // and ends the (10-minute) backoff once the asked-for time is over.
         sink.script([Reply::Status(503, Some(4))]);
         let attempts = sink.received().len();
-        let status = reqwest::Client::new()
-            .post(agent.url("/v1/traces"))
-            .header(PROTOBUF.0, PROTOBUF.1)
-            .body(spans("asked-to-wait", 1))
-            .send()
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(status, 200);
+        assert_eq!(
+            agent.post("/v1/traces", spans("asked-to-wait", 1)).await,
+            200
+        );
         // An attempt for the second span.
         sink.wait_attempts(attempts + 1, Duration::from_secs(10))
             .await;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::process::{agent_command, agent_config, free_port, AgentProcess};
-use support::{destination, spans, Reply, Sink, PROTOBUF};
+use support::{destination, spans, Reply, Sink};
 
 fn write_config(path: &Path, port: u16, spool: &Path, destinations: &str) {
     write_config_with(path, port, spool, "", destinations)
@@ -19,17 +19,9 @@ fn write_config_with(path: &Path, port: u16, spool: &Path, server: &str, destina
 }
 
 async fn send(agent: &AgentProcess, prefix: &str, requests: usize) {
-    let client = reqwest::Client::new();
     for i in 0..requests {
-        let status = client
-            .post(agent.url("/v1/traces"))
-            .header(PROTOBUF.0, PROTOBUF.1)
-            .body(spans(&format!("{prefix}{i}"), 1))
-            .send()
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(status, 200);
+        let body = spans(&format!("{prefix}{i}"), 1);
+        assert_eq!(agent.post("/v1/traces", body).await, 200);
     }
 }
 

@@ -777,13 +777,26 @@ pub async fn post(
 
 /// A trace request with `n` spans named `<prefix>-<i>`, as canonical protobuf.
 pub fn spans(prefix: &str, n: usize) -> Vec<u8> {
+    trace_request(prefix, n).encode_to_vec()
+}
+
+/// [`spans`] as a message, for the gRPC clients.
+pub fn trace_request(prefix: &str, n: usize) -> trace::v1::ExportTraceServiceRequest {
+    trace_request_named((0..n).map(|i| format!("{prefix}-{i}")))
+}
+
+/// A trace request with one span (valid ids) per name, in one resource.
+pub fn trace_request_named(
+    names: impl IntoIterator<Item = String>,
+) -> trace::v1::ExportTraceServiceRequest {
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
     trace::v1::ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             scope_spans: vec![ScopeSpans {
-                spans: (0..n)
-                    .map(|i| Span {
-                        name: format!("{prefix}-{i}"),
+                spans: names
+                    .into_iter()
+                    .map(|name| Span {
+                        name,
                         trace_id: vec![1; 16],
                         span_id: vec![2; 8],
                         ..Default::default()
@@ -794,12 +807,6 @@ pub fn spans(prefix: &str, n: usize) -> Vec<u8> {
             ..Default::default()
         }],
     }
-    .encode_to_vec()
-}
-
-/// [`spans`] as a message, for the gRPC clients.
-pub fn trace_request(prefix: &str, n: usize) -> trace::v1::ExportTraceServiceRequest {
-    trace::v1::ExportTraceServiceRequest::decode(&spans(prefix, n)[..]).unwrap()
 }
 
 /// A gRPC endpoint for the agent at `addr` (plain HTTP/2), every call timing out after 10 s

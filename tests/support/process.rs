@@ -138,6 +138,19 @@ impl AgentProcess {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// POSTs an OTLP/HTTP protobuf `body` to `path` (`/v1/traces`…); returns the status.
+    pub async fn post(&self, path: &str, body: Vec<u8>) -> u16 {
+        let response = self
+            .http
+            .post(self.url(path))
+            .header(super::PROTOBUF.0, super::PROTOBUF.1)
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("posting to the agent's {path}: {e}"));
+        response.status().as_u16()
+    }
+
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our own child's pid; the child is not reaped before Drop.
         let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
