@@ -8,9 +8,7 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +17,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use rand::Rng;
-use support::process::{agent_config, free_port};
+use support::process::{agent_command, agent_config, free_port, AgentProcess};
 use support::{destination, spans, Reply, Sink, PROTOBUF};
 use tonic::codec::CompressionEncoding;
 
@@ -31,30 +29,6 @@ const KILLS: usize = 40;
 const RUN_MS: std::ops::RangeInclusive<u64> = 50..=400;
 /// How long the final agent gets to deliver every acknowledged span.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
-
-/// A running agent process. Dropping it SIGKILLs and reaps it, so a panicking test leaves no
-/// process behind (and no sled lock held).
-struct AgentProcess {
-    child: Child,
-}
-
-impl AgentProcess {
-    /// SIGKILL, then wait until the process is reaped: only then is its spool lock released.
-    fn kill(mut self) {
-        self.reap();
-    }
-
-    fn reap(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        self.reap();
-    }
-}
 
 struct Harness {
     config: PathBuf,
@@ -70,64 +44,14 @@ impl Harness {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    fn spawn(&self) -> Child {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("opening the agent log");
-        Command::new(env!("CARGO_BIN_EXE_otlp-spool"))
-            .arg("run")
-            .arg("--config")
-            .arg(&self.config)
-            .env("OTLP_SPOOL_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawning otlp-spool")
-    }
-
-    /// Starts the agent and returns once `GET /healthz` answers 200. A start that exits at once
-    /// (the port briefly taken, e.g. by a client socket) is retried.
+    /// Starts the agent and returns once `GET /healthz` answers 200 (a start that exits at once,
+    /// the port or the spool lock not yet free after the kill, is retried).
     async fn start(&self) -> AgentProcess {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut early_exits = 0;
-        loop {
-            let mut agent = AgentProcess {
-                child: self.spawn(),
-            };
-            let started = Instant::now();
-            loop {
-                if let Ok(Some(status)) = agent.child.try_wait() {
-                    early_exits += 1;
-                    assert!(
-                        Instant::now() < deadline,
-                        "the agent kept exiting at startup ({early_exits} times, last {status}); log tail:\n{}",
-                        log_tail(&self.log)
-                    );
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    break;
-                }
-                let healthy = self
-                    .http
-                    .get(self.url("/healthz"))
-                    .timeout(Duration::from_millis(500))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200);
-                if healthy {
-                    self.epoch.fetch_add(1, SeqCst);
-                    return agent;
-                }
-                assert!(
-                    started.elapsed() < Duration::from_secs(15),
-                    "the agent did not answer /healthz within 15 s; log tail:\n{}",
-                    log_tail(&self.log)
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
+        let agent =
+            AgentProcess::start_retrying(|| agent_command(&self.config), self.port, &self.log)
+                .await;
+        self.epoch.fetch_add(1, SeqCst);
+        agent
     }
 
     async fn status(&self) -> Option<serde_json::Value> {
@@ -351,7 +275,8 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_span() {
             max_backlog = max_backlog.max(backlog);
             kills_with_backlog += u64::from(backlog > 0);
         }
-        agent.kill();
+        // SIGKILLed and reaped (only then is the spool lock free) before the next start.
+        drop(agent);
         agent = harness.start().await;
     }
 
@@ -393,7 +318,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_span() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let final_status = harness.status().await;
-    agent.kill();
+    drop(agent);
 
     let missing: Vec<&String> = want.iter().filter(|n| !got.contains_key(*n)).collect();
     let delivered_total: u64 = got.values().sum();

@@ -38,7 +38,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use serde_json::Value;
-use support::process::{agent_config, free_port};
+use support::process::{agent_command, agent_config, free_port, AgentProcess};
 use support::*;
 
 type Labels = BTreeMap<String, String>;
@@ -1182,15 +1182,6 @@ fn prometheus_remote_write_config_rules() {
 // kill -9 mid-stream
 
 /// An agent process, SIGKILLed and reaped when dropped (also when a test panics).
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The real binary, SIGKILLed at random moments while it forwards a DELTA stream (so some
 /// kills land between Prometheus accepting a batch and the cursor moving, and the batch goes
 /// again): the totals in Prometheus are still exact and no counter ever resets.
@@ -1215,47 +1206,7 @@ async fn delta_totals_survive_sigkill_at_random_moments() {
     std::fs::write(&config, toml).unwrap();
     let log = dir.path().join("agent.log");
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    let start = || async {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let child = std::process::Command::new(env!("CARGO_BIN_EXE_otlp-spool"))
-                .args(["run", "--config"])
-                .arg(&config)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&log)
-                        .unwrap(),
-                )
-                .spawn()
-                .unwrap();
-            let mut child = Killed(child);
-            loop {
-                if let Ok(Some(_)) = child.0.try_wait() {
-                    break; // the port or the spool lock was not free yet: try again
-                }
-                let healthy = reqwest::Client::new()
-                    .get(format!("http://{addr}/healthz"))
-                    .timeout(Duration::from_millis(500))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200);
-                if healthy {
-                    return child;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the agent did not start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
+    let start = || AgentProcess::start_retrying(|| agent_command(&config), port, &log);
 
     let mut rng = rand::rng();
     let step = 5_000_000_000u64;

@@ -71,7 +71,48 @@ pub fn proc_status_kb(pid: &str, field: &str) -> u64 {
 impl AgentProcess {
     /// Spawns `command` (stderr appended to `log`) and returns once `GET /healthz` on `port`
     /// answers 200.
-    pub async fn start(mut command: Command, port: u16, log: &Path) -> AgentProcess {
+    pub async fn start(command: Command, port: u16, log: &Path) -> AgentProcess {
+        Self::try_start(command, port, log)
+            .await
+            .unwrap_or_else(|status| {
+                panic!(
+                    "the agent exited at startup ({status}); log:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )
+            })
+    }
+
+    /// [`Self::start`], retrying a start that exits at once: after a SIGKILL the port or the
+    /// spool lock may not be free yet. Gives up after 20 s.
+    pub async fn start_retrying(
+        command: impl Fn() -> Command,
+        port: u16,
+        log: &Path,
+    ) -> AgentProcess {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut early_exits = 0;
+        loop {
+            match Self::try_start(command(), port, log).await {
+                Ok(agent) => return agent,
+                Err(status) => {
+                    early_exits += 1;
+                    assert!(
+                        Instant::now() < deadline,
+                        "the agent kept exiting at startup ({early_exits} times, last {status}); log:\n{}",
+                        std::fs::read_to_string(log).unwrap_or_default()
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// [`Self::start`], or the exit status of a process that exited before it answered.
+    async fn try_start(
+        mut command: Command,
+        port: u16,
+        log: &Path,
+    ) -> Result<AgentProcess, std::process::ExitStatus> {
         let stderr = OpenOptions::new()
             .create(true)
             .append(true)
@@ -95,10 +136,7 @@ impl AgentProcess {
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = agent.child.try_wait() {
-                panic!(
-                    "the agent exited at startup ({status}); log:\n{}",
-                    agent.log_text()
-                );
+                return Err(status);
             }
             let healthy = agent
                 .http
@@ -108,7 +146,7 @@ impl AgentProcess {
                 .await
                 .is_ok_and(|r| r.status() == 200);
             if healthy {
-                return agent;
+                return Ok(agent);
             }
             assert!(
                 started.elapsed() < Duration::from_secs(20),
