@@ -3,22 +3,62 @@
 #
 # The caller sets ROOT, WORK (a fresh work directory), BIN (where otlp-spool, loadgen and sink
 # are), HTTP_PORT, GRPC_PORT, SINK_PORT, and FAILED=0; these functions set AGENT_PID, SINK_PID,
-# SAMPLER_PID and READY_MS. Everything listens on 127.0.0.1 only.
+# SAMPLER_PID, READY_MS and SINK_COUNT; the caller adds any loadgen it runs in the background to
+# LOADGEN_PIDS. Everything listens on 127.0.0.1 only.
 
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 fail() { log "FAIL: $*"; FAILED=1; }
+
+# need_tools TOOL…: exits 2 unless every TOOL is on the PATH.
+need_tools() {
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "bench/$(basename "$0"): needs $tool" >&2; exit 2; }
+  done
+}
+
+# cleanup: the EXIT trap (trap cleanup EXIT); kills whatever is still running that was started here.
+AGENT_PID="" SINK_PID="" SAMPLER_PID="" LOADGEN_PIDS=""
+cleanup() {
+  local pid
+  for pid in $LOADGEN_PIDS $SAMPLER_PID $AGENT_PID $SINK_PID; do kill "$pid" 2>/dev/null || true; done
+}
+
+# commit_label [REV]: the short hash of REV (default HEAD); without REV, " + uncommitted changes"
+# is added when src/ or Cargo.toml differ from HEAD.
+commit_label() {
+  local label; label=$(git -C "$ROOT" rev-parse --short "${1:-HEAD}")
+  [ -z "${1:-}" ] && ! git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml && label="$label + uncommitted changes"
+  echo "$label"
+}
 
 # build_bins SRC TARGET PROFILE DEST: cargo build of the agent, loadgen and sink, copied to DEST
 # (a copy, so that later edits and builds in the shared tree do not change a running benchmark).
 build_bins() {
   local src=$1 target=$2 profile=$3 dest=$4 dir
-  dir=$([ "$profile" = dev ] && echo debug || echo release)
+  case $profile in dev|test) dir=debug ;; release|bench) dir=release ;; *) dir=$profile ;; esac   # cargo's output dir
   log "building ($profile) in $src"
   (cd "$src" && CARGO_TARGET_DIR="$target" cargo build --quiet --profile "$profile" \
     --bin otlp-spool --example loadgen --example sink) \
     || { log "the build failed (see above); if another engineer is mid-edit, retry in a minute, or pass --bin DIR"; exit 1; }
   mkdir -p "$dest"
   cp "$target/$dir/otlp-spool" "$target/$dir/examples/loadgen" "$target/$dir/examples/sink" "$dest/"
+}
+
+# install_bins PREBUILT SRC TARGET PROFILE DEST: copies otlp-spool, loadgen and sink from the
+# directory PREBUILT (--bin DIR) to DEST, or, with PREBUILT empty, builds them (build_bins).
+install_bins() {
+  local prebuilt=$1; shift
+  if [ -n "$prebuilt" ]; then
+    mkdir -p "$5"; cp "$prebuilt/otlp-spool" "$prebuilt/loadgen" "$prebuilt/sink" "$5/"
+  else
+    build_bins "$@"
+  fi
+}
+# build_label PREBUILT PROFILE: what the reports call the binaries ("release build", "dev build",
+# or "binaries from DIR" with --bin DIR).
+build_label() {
+  if [ -n "$1" ]; then echo "binaries from $1"; else echo "$2 build"; fi
 }
 
 # wait_http URL SECONDS: until URL answers 2xx.
@@ -46,6 +86,18 @@ stop_pid() {   # stop_pid PID: SIGTERM, then SIGKILL after 20 s
 }
 stop_sink() { stop_pid "$SINK_PID"; SINK_PID=""; }
 sink_count() { curl -sf "http://127.0.0.1:$SINK_PORT/count"; }
+# wait_delivered SECONDS SIGNAL=N…: until the sink has at least N items of each SIGNAL; returns 1
+# (and says so) if that takes longer than SECONDS. Leaves the sink's last /count in SINK_COUNT.
+wait_delivered() {
+  local until=$(( $(date +%s) + $1 )) pair ok; shift
+  while :; do
+    SINK_COUNT=$(sink_count || true) ok=1
+    for pair in "$@"; do [ "$(jq -r ".${pair%%=*}" <<<"$SINK_COUNT")" -ge "${pair#*=}" ] || ok=0; done
+    [ "$ok" = 1 ] && return 0
+    [ "$(date +%s)" -ge "$until" ] && { log "not every acknowledged item arrived within the wait: sink $SINK_COUNT, want $*"; return 1; }
+    sleep 0.2
+  done
+}
 
 # write_config FILE DESTINATION(yes|no) SPOOL_DIR MAX_BYTES [EXTRA DESTINATION LINES]
 write_config() {

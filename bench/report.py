@@ -2,12 +2,15 @@
 """Turns bench/run.sh's results (JSON lines, one per run) into markdown tables of medians, and
 bench/soak.sh's samples (CSV, one row per sample) into the soak and drain-memory reports.
 
-    report.py RESULTS.jsonl [MORE.jsonl …] --machine M --commit C --started T --args A --rotel V  > report.md
+    report.py RESULTS.jsonl [MORE.jsonl …] --machine M --commit C --build B --started T --args A --rotel V  > report.md
     report.py --splice bench/RESULTS.md report.md [NAME]   # replace the generated part NAME
                                                           # (default "bench"; soak.sh uses "soak")
-    report.py --soak SAMPLES.csv --sink SINK.json --status STATUS.json --command C --commit C \
+    report.py --soak SAMPLES.csv --sink SINK.json --status STATUS.json --command C --commit C --build B \
               --started T --load1 L --warmup S LOADGEN.json…   # exit 1 if items were lost or RSS/fds grew
-    report.py --drain SAMPLES.csv --work DIR --command C --commit C --started T
+    report.py --drain SAMPLES.csv --work DIR --command C --commit C --build B --started T
+
+--build is what the binaries were, as bench/lib.sh's build_label says it ("release build", "dev build",
+"binaries from DIR").
 
 Each run.sh figure is the median over the runs, with [min–max] when there was more than one run.
 The soak's pass/fail limits are the constants below; bench/soak.sh's --help states them too.
@@ -55,8 +58,19 @@ def splice(results_md, report_md, name="bench"):
     open(results_md, "w").write(out)
 
 
+def known(values):
+    """The values that were measured (None: not measured, or not sampled)."""
+    return [v for v in values if v is not None]
+
+
+def median(values):
+    """The median of the known values, None if there are none."""
+    values = known(values)
+    return statistics.median(values) if values else None
+
+
 def fmt(values, digits=1, unit=""):
-    values = [v for v in values if v is not None]
+    values = known(values)
     if not values:
         return "–"
     m = statistics.median(values)
@@ -86,19 +100,10 @@ def read_samples(path):
     return rows
 
 
-def med(rows, key):
-    values = [r[key] for r in rows if r[key] is not None]
-    return statistics.median(values) if values else None
-
-
-def num(v, digits=1):
-    return "–" if v is None else f"{v:,.{digits}f}"
-
-
 def soak(argv):
     ap = argparse.ArgumentParser(prog="report.py --soak")
     ap.add_argument("--soak", required=True)
-    for o in ("--sink", "--status", "--command", "--commit", "--started", "--load1"):
+    for o in ("--sink", "--status", "--command", "--commit", "--build", "--started", "--load1"):
         ap.add_argument(o, required=True)
     ap.add_argument("--warmup", type=float, required=True, help="seconds of the load not judged")
     ap.add_argument("--judge-rss-growth", action="store_true")
@@ -124,7 +129,7 @@ def soak(argv):
     w = out.append
     w(f"### Soak: `{a.command}`")
     w("")
-    w(f"- started {a.started}, otlp-spool {a.commit}, release build; {len(rows)} samples over {rows[-1]['t']:,.0f} s "
+    w(f"- started {a.started}, otlp-spool {a.commit}, {a.build}; {len(rows)} samples over {rows[-1]['t']:,.0f} s "
       f"(load {span:,.0f} s, warm-up {warm:,.0f} s excluded from the quarters); 1-minute load average at the end {a.load1} (2 cores, shared)")
     w("- start = last sample before the load; median and max over the load; end = last sample after every acknowledged item "
       "was delivered and the clients had gone; quarters = medians of the first and last quarter of the load after warm-up")
@@ -133,11 +138,11 @@ def soak(argv):
     w("|---|---|---|---|---|---|---|---|---|")
 
     def line(label, key, digits=1, limit=None):
-        fq, lq = med(first, key), med(last, key)
+        fq, lq = median(col(first, key)), median(col(last, key))
         growth = None if fq is None or lq is None else lq - fq
-        mx = max((r[key] for r in rows if r[key] is not None), default=None)
-        w(f"| {label} | {num(before[-1][key], digits)} | {num(med(load, key), digits)} | {num(mx, digits)} | "
-          f"{num(after[-1][key], digits)} | {num(fq, digits)} | {num(lq, digits)} | "
+        mx = max(known(col(load, key)), default=None)
+        w(f"| {label} | {fmt([before[-1][key]], digits)} | {fmt([median(col(load, key))], digits)} | {fmt([mx], digits)} | "
+          f"{fmt([after[-1][key]], digits)} | {fmt([fq], digits)} | {fmt([lq], digits)} | "
           f"{'–' if growth is None else f'{growth:+,.{digits}f}'} | {limit or '–'} |")
         return fq, lq
 
@@ -192,7 +197,7 @@ def soak(argv):
 def drain(argv):
     ap = argparse.ArgumentParser(prog="report.py --drain")
     ap.add_argument("--drain", required=True)
-    for o in ("--work", "--command", "--commit", "--started"):
+    for o in ("--work", "--command", "--commit", "--build", "--started"):
         ap.add_argument(o, required=True)
     a = ap.parse_args(argv)
     rows = read_samples(a.drain)
@@ -205,7 +210,7 @@ def drain(argv):
     w(f"### Drain memory: `{a.command}`")
     w("")
     every = statistics.median(b["t"] - a_["t"] for a_, b in zip(rows, rows[1:]))
-    w(f"- started {a.started}, otlp-spool {a.commit}, release build; VmRSS, RssAnon and RssFile sampled every "
+    w(f"- started {a.started}, otlp-spool {a.commit}, {a.build}; VmRSS, RssAnon and RssFile sampled every "
       f"{every:.1f} s; the upstream was down (nothing listening) during the fills")
     w("")
     w("| phase | what | seconds | RSS MB at start | RSS MB max | … anonymous at max | … file-backed at max | RSS MB at end | spool records at start → end |")
@@ -226,7 +231,7 @@ def drain(argv):
         peak = max(rs, key=lambda r: r["rss_mb"])
         w(f"| {phase} | {what[phase]} | {rs[-1]['t'] - rs[0]['t']:,.0f} | {rs[0]['rss_mb']:,.1f} | {peak['rss_mb']:,.1f} | "
           f"{peak['rss_anon_mb']:,.1f} | {peak['rss_file_mb']:,.1f} | {rs[-1]['rss_mb']:,.1f} | "
-          f"{num(rs[0]['spool_records'], 0)} → {num(rs[-1]['spool_records'], 0)} |")
+          f"{fmt([rs[0]['spool_records']], 0)} → {fmt([rs[-1]['spool_records']], 0)} |")
     w("")
     lost = False
     for name, fill in (("drain-live", "fill1"), ("drain-restarted", "fill2")):
@@ -262,7 +267,7 @@ def main():
     w = out.append
     w("## Measured by `bench/run.sh` (generated; edit the prose outside the markers)")
     w("")
-    w(f"- started {opts['--started']}, otlp-spool {opts['--commit']}, release build")
+    w(f"- started {opts['--started']}, otlp-spool {opts['--commit']}, {opts.get('--build', 'release build')}")
     w(f"- machine: {opts['--machine']}")
     w(f"- run.sh settings: `{opts['--args']}`; reference: {opts['--rotel']}")
     w("- load generator and sink run on the same cores as the agent (they compete with it).")

@@ -34,6 +34,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$PWD"
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 SMOKE=0 REPEAT=3 SECONDS_RATE=60 SECONDS_MAX=20 IDLE=300 BACKLOG=$((1 << 30)) BACKLOG_REPEAT=""
 ONLY="metrics,traces,grpc,ingest,backlog,idle,rotel" REV="" REPORT=1 PROFILE="" PREBUILT=""
@@ -65,9 +67,7 @@ fi
 BACKLOG_REPEAT=${BACKLOG_REPEAT:-$REPEAT}
 has() { [[ ",$ONLY," == *",$1,"* ]]; }
 
-for tool in curl jq python3; do
-  command -v "$tool" >/dev/null || { echo "bench/run.sh: needs $tool" >&2; exit 2; }
-done
+need_tools curl jq python3
 
 HTTP_PORT=$PORT_BASE GRPC_PORT=$((PORT_BASE + 1)) SINK_PORT=$((PORT_BASE + 2))
 ROTEL_HTTP=$((PORT_BASE + 3)) ROTEL_GRPC=$((PORT_BASE + 4))
@@ -76,32 +76,21 @@ WORK="${BENCH_WORK:-$ROOT/.cache/bench-run-$(date -u +%Y%m%dT%H%M%SZ)-$PORT_BASE
 rm -rf "$WORK"; mkdir -p "$WORK/bin"
 RESULTS="$WORK/results.jsonl"; : >"$RESULTS"
 FAILED=0
-# shellcheck source=bench/lib.sh
-. "$ROOT/bench/lib.sh"
 
 # ---- build ---------------------------------------------------------------------------------
-if [ -n "$PREBUILT" ]; then
-  cp "$PREBUILT/otlp-spool" "$PREBUILT/loadgen" "$PREBUILT/sink" "$WORK/bin/"
-else
-  SRC="$ROOT" TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-  if [ -n "$REV" ]; then
-    SRC="$ROOT/.cache/bench-src" TARGET="$ROOT/.cache/bench-target"
-    rm -rf "$SRC"; mkdir -p "$SRC"
-    git archive "$REV" | tar -x -C "$SRC"
-    cp "$ROOT"/examples/*.rs "$SRC/examples/"
-  fi
-  [ -n "$PROFILE" ] || { PROFILE=release; [ "$SMOKE" = 1 ] && PROFILE=dev; }
-  build_bins "$SRC" "$TARGET" "$PROFILE" "$WORK/bin"
+SRC="$ROOT" TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+if [ -z "$PREBUILT" ] && [ -n "$REV" ]; then
+  SRC="$ROOT/.cache/bench-src" TARGET="$ROOT/.cache/bench-target"
+  rm -rf "$SRC"; mkdir -p "$SRC"
+  git archive "$REV" | tar -x -C "$SRC"
+  cp "$ROOT"/examples/*.rs "$SRC/examples/"
 fi
+[ -n "$PROFILE" ] || { PROFILE=release; [ "$SMOKE" = 1 ] && PROFILE=dev; }
+install_bins "$PREBUILT" "$SRC" "$TARGET" "$PROFILE" "$WORK/bin"
 BIN="$WORK/bin"
-COMMIT=$(git -C "$ROOT" rev-parse --short "${REV:-HEAD}")
-DIRTY=""; [ -z "$REV" ] && ! git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml && DIRTY=" + uncommitted changes"
+COMMIT=$(commit_label "$REV") BUILD=$(build_label "$PREBUILT" "$PROFILE")
 
 # ---- processes -----------------------------------------------------------------------------
-AGENT_PID="" SINK_PID="" SAMPLER_PID=""
-cleanup() {
-  for pid in $SAMPLER_PID $AGENT_PID $SINK_PID; do kill "$pid" 2>/dev/null || true; done
-}
 trap cleanup EXIT
 
 
@@ -116,15 +105,6 @@ start_rotel() {
     sleep 0.05
   done
   fail "rotel did not start"; exit 1
-}
-# wait_sink SIGNAL N SECONDS: until the sink has N items of SIGNAL; prints the count.
-wait_sink() {
-  local until=$(( $(date +%s) + $3 )) n
-  while :; do
-    n=$(sink_count | jq -r ".$1")
-    { [ "$n" -ge "$2" ] || [ "$(date +%s)" -ge "$until" ]; } && { echo "$n"; return; }
-    sleep 0.2
-  done
 }
 
 # record JSON: one result line, with the 1-minute load average at its end (other work on the
@@ -151,7 +131,7 @@ rate_run() {
   lg=$("$BIN/loadgen" --protocol "$proto" --addr "127.0.0.1:$port" --signal "$signal" --rate "$rate" \
         --batch 100 --seconds "$SECONDS_RATE" --concurrency 16 --threads 1 --json 2>>"$WORK/loadgen.log")
   acked=$(jq -r .items_ok <<<"$lg")
-  delivered=$(wait_sink "$signal" "$acked" 60)
+  wait_delivered 60 "$signal=$acked" || true; delivered=$(jq -r ".$signal" <<<"$SINK_COUNT")
   c1=$(ticks "$AGENT_PID"); t1=$(date +%s%N)
   local hwm; hwm=$(mem_kb "$AGENT_PID" VmHWM)
   stop_sampler; stop_agent; stop_sink
@@ -182,7 +162,7 @@ ingest_run() {
         --seconds "$SECONDS_MAX" --threads 2 --json 2>>"$WORK/loadgen.log")
   c1=$(ticks "$AGENT_PID")
   acked=$(jq -r .items_ok <<<"$lg")
-  delivered=$(wait_sink traces "$acked" 120)
+  wait_delivered 120 "traces=$acked" || true; delivered=$(jq -r .traces <<<"$SINK_COUNT")
   local hwm; hwm=$(mem_kb "$AGENT_PID" VmHWM)
   stop_sampler; stop_agent; stop_sink
   [ "$delivered" = "$acked" ] && [ "$acked" -gt 0 ] || fail "ingest rep $rep: acked $acked, at sink $delivered"
@@ -221,7 +201,7 @@ backlog_run() {
   start_agent "$WORK/drain.toml"
   local ready_ms=$READY_MS d0; d0=$(date +%s%N)
   start_sampler "$AGENT_PID" "$WORK/samples" 0.5
-  local delivered; delivered=$(wait_sink traces "$acked" 1800)
+  local delivered; wait_delivered 1800 "traces=$acked" || true; delivered=$(jq -r .traces <<<"$SINK_COUNT")
   local drain_s; drain_s=$(div "$(( $(date +%s%N) - d0 ))" 1000000000)
   local sink; sink=$(sink_count)
   local hwm rss_end; hwm=$(mem_kb "$AGENT_PID" VmHWM); rss_end=$(mem_kb "$AGENT_PID" VmRSS)
@@ -264,7 +244,7 @@ idle_run() {
   if [ "$variant" = restarted ]; then
     local lg; lg=$("$BIN/loadgen" --addr "127.0.0.1:$HTTP_PORT" --signal traces --rate 1000 --batch 100 \
           --seconds 1 --threads 1 --json 2>>"$WORK/loadgen.log")
-    wait_sink traces "$(jq -r .items_ok <<<"$lg")" 30 >/dev/null
+    wait_delivered 30 "traces=$(jq -r .items_ok <<<"$lg")" || true
     stop_agent; start_agent "$WORK/agent.toml"
   fi
   sleep 2
@@ -324,7 +304,7 @@ MACHINE=$(printf '%s nproc, %s, %s MiB RAM, %s (rotational=%s), kernel %s, %s' \
   "$(lsblk -dn -o ROTA "$(findmnt -n -o SOURCE --target "$WORK")" 2>/dev/null | tr -d ' ' || echo '?')" \
   "$(uname -r)" "$(rustc --version)")
 ARGS="repeat=$REPEAT seconds=$SECONDS_RATE max-seconds=$SECONDS_MAX idle-seconds=$IDLE backlog=$BACKLOG backlog-repeat=$BACKLOG_REPEAT only=$ONLY"
-python3 "$ROOT/bench/report.py" "$RESULTS" --machine "$MACHINE" --commit "$COMMIT$DIRTY" \
+python3 "$ROOT/bench/report.py" "$RESULTS" --machine "$MACHINE" --commit "$COMMIT" --build "$BUILD" \
   --started "$START" --args "$ARGS" --rotel "$([ -n "$ROTEL" ] && "$ROTEL" --version 2>/dev/null || echo none)" \
   >"$WORK/report.md"
 if [ "$REPORT" = 1 ]; then

@@ -40,6 +40,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$PWD"
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 DURATION=30m DRAIN="" INTERVAL="" PORT_BASE=24400 PREBUILT="" PROFILE=release RECORD=0
 while [ $# -gt 0 ]; do
@@ -56,9 +58,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-for tool in curl jq python3; do
-  command -v "$tool" >/dev/null || { echo "bench/soak.sh: needs $tool" >&2; exit 2; }
-done
+need_tools curl jq python3
 
 # seconds_of 90 | 60s | 15m | 2h
 seconds_of() {
@@ -88,38 +88,16 @@ rm -rf "$WORK"; mkdir -p "$WORK" "$ROOT/bench/results"
 # Recorded runs keep their samples beside RESULTS.md; others (CI's) leave them in the work dir.
 CSV="$([ "$RECORD" = 1 ] && echo "$ROOT/bench/results" || echo "$WORK")/$STAMP-$MODE.csv"
 FAILED=0
-# shellcheck source=bench/lib.sh
-. "$ROOT/bench/lib.sh"
 
-if [ -n "$PREBUILT" ]; then
-  mkdir -p "$WORK/bin"; cp "$PREBUILT/otlp-spool" "$PREBUILT/loadgen" "$PREBUILT/sink" "$WORK/bin/"
-else
-  build_bins "$ROOT" "${CARGO_TARGET_DIR:-$ROOT/target}" "$PROFILE" "$WORK/bin"
-fi
+install_bins "$PREBUILT" "$ROOT" "${CARGO_TARGET_DIR:-$ROOT/target}" "$PROFILE" "$WORK/bin"
 BIN="$WORK/bin"
-COMMIT=$(git rev-parse --short HEAD)
-git diff --quiet HEAD -- src Cargo.toml || COMMIT="$COMMIT + uncommitted changes"
+COMMIT=$(commit_label) BUILD=$(build_label "$PREBUILT" "$PROFILE")
 
-AGENT_PID="" SINK_PID="" SAMPLER_PID="" LOADGEN_PIDS=""
-cleanup() {
-  for pid in $LOADGEN_PIDS $SAMPLER_PID $AGENT_PID $SINK_PID; do kill "$pid" 2>/dev/null || true; done
-}
 trap cleanup EXIT
 phase() { echo "$1" >"$WORK/phase"; log "phase: $1"; }
 # Retries quickly, so the backlog drains soon after each failure window.
 DEST_EXTRA='retry = { initial = "200ms", max = "2s" }'
 
-# wait_delivered SECONDS SIGNAL=N…: until the sink has at least N items of each SIGNAL.
-wait_delivered() {
-  local until=$(( $(date +%s) + $1 )) c pair ok; shift
-  while :; do
-    c=$(sink_count) ok=1
-    for pair in "$@"; do [ "$(jq -r ".${pair%%=*}" <<<"$c")" -ge "${pair#*=}" ] || ok=0; done
-    [ "$ok" = 1 ] && return 0
-    [ "$(date +%s)" -ge "$until" ] && { log "not every acknowledged item arrived within the wait: sink $c, want $*"; return 1; }
-    sleep 0.5
-  done
-}
 # acked LOADGEN_JSON…: the sum of items_ok.
 acked() { jq -s 'map(.items_ok) | add' "$@"; }
 
@@ -169,7 +147,7 @@ EOF
   [ "$warmup" -ge $(( every * 3 / 2 )) ] || warmup=$(( every * 3 / 2 ))
   local args_line="bench/soak.sh $DURATION (sink fails ${fail_for}s of every ${every}s; sampled every ${INTERVAL}s)"
   python3 "$ROOT/bench/report.py" --soak "$CSV" --sink "$WORK/sink.json" --status "$WORK/status.json" \
-    --command "$args_line" --commit "$COMMIT" --started "$STAMP" --load1 "$(cut -d' ' -f1 /proc/loadavg)" \
+    --command "$args_line" --commit "$COMMIT" --build "$BUILD" --started "$STAMP" --load1 "$(cut -d' ' -f1 /proc/loadavg)" \
     --warmup "$warmup" $([ "$SECS" -ge 600 ] && echo --judge-rss-growth) \
     "${lg[@]}" >"$WORK/report.md" || FAILED=1
   cat "$WORK/report.md"
@@ -221,7 +199,7 @@ drain_memory() {
   stop_sampler; stop_agent
   tail -n +2 "$CSV.restarted" >>"$CSV"; rm "$CSV.restarted"
   python3 "$ROOT/bench/report.py" --drain "$CSV" --work "$WORK" --command "bench/soak.sh --drain $DRAIN" \
-    --commit "$COMMIT" --started "$STAMP" >"$WORK/report.md" || FAILED=1
+    --commit "$COMMIT" --build "$BUILD" --started "$STAMP" >"$WORK/report.md" || FAILED=1
   cat "$WORK/report.md"
   if [ "$RECORD" = 1 ]; then
     python3 "$ROOT/bench/report.py" --splice "$ROOT/bench/RESULTS.md" "$WORK/report.md" drain
