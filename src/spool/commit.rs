@@ -34,7 +34,7 @@
 //! Dropping the [`GroupCommit`] does a final flush and joins the thread. This file knows nothing
 //! of records or signals.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -187,19 +187,35 @@ const TIMESTAMP_SLACK: Duration = Duration::from_secs(1);
 ///
 /// sled writes blob files on whichever thread inserts, while flushes of earlier appends list
 /// `blobs/`; so a listing can find a blob half written. A file whose time was within
-/// [`TIMESTAMP_SLACK`] of its listing is "unsettled" and synced again by every flush until a
-/// listing finds it older: the flush covering its append syncs it whole.
+/// [`TIMESTAMP_SLACK`] of its sync is "unsettled": every later flush looks at it (one `stat`)
+/// and syncs it again if it grew or changed since, until its time is that old.
 pub struct DiskSync {
     log: File,
     blobs: PathBuf,
     /// Blob files `fsync`ed at least once, their directory entry with them.
     synced_blobs: HashSet<OsString>,
-    /// Synced files that may still have been written to since (see above).
-    unsettled_blobs: HashSet<OsString>,
+    /// Synced files that may still be written to (see above), as they were when synced.
+    unsettled_blobs: HashMap<OsString, Written>,
     /// `blobs/`'s modification time when it was last listed (`None`: it did not exist).
     listed_mtime: Option<SystemTime>,
     /// Whether that time was too close to the listing to show a file made just after it.
     listing_ambiguous: bool,
+}
+
+/// A file's length and modification time.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Written {
+    len: u64,
+    mtime: SystemTime,
+}
+
+impl Written {
+    fn of(meta: &std::fs::Metadata) -> std::io::Result<Written> {
+        Ok(Written {
+            len: meta.len(),
+            mtime: meta.modified()?,
+        })
+    }
 }
 
 impl DiskSync {
@@ -213,65 +229,92 @@ impl DiskSync {
             listed_mtime: modified(&blobs)?,
             // What a previous run left: what it acknowledged was synced before.
             synced_blobs: blob_names(&blobs)?.into_iter().collect(),
-            unsettled_blobs: HashSet::new(),
+            unsettled_blobs: HashMap::new(),
             // Until a flush lists it, with a time to compare.
             listing_ambiguous: true,
             blobs,
         })
     }
 
-    /// `fsync`s blob files new or unsettled since the last look, if `blobs/` may have any, then
-    /// `fdatasync`s the log.
+    /// `fsync`s blob files new since the last look (if `blobs/` may have any) or changed since
+    /// their sync, then `fdatasync`s the log.
     fn sync(&mut self) -> std::io::Result<()> {
-        if self.listing_ambiguous
-            || !self.unsettled_blobs.is_empty()
-            || modified(&self.blobs)? != self.listed_mtime
-        {
+        self.resync_unsettled()?;
+        if self.listing_ambiguous || modified(&self.blobs)? != self.listed_mtime {
             self.sync_blobs()?;
         }
         self.log.sync_data()
     }
 
-    /// Lists `blobs/` and `fsync`s the files not synced before or unsettled, then the directory
-    /// if any is new.
+    /// Syncs the unsettled files that changed since their sync; forgets those now old enough.
+    fn resync_unsettled(&mut self) -> std::io::Result<()> {
+        if self.unsettled_blobs.is_empty() {
+            return Ok(());
+        }
+        let settled_by = SystemTime::now() - TIMESTAMP_SLACK;
+        let mut settled = Vec::new();
+        for (name, synced) in &mut self.unsettled_blobs {
+            let path = self.blobs.join(name);
+            let now = match std::fs::metadata(&path) {
+                Ok(meta) => Written::of(&meta)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    settled.push(name.clone());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if now != *synced {
+                *synced = sync_file(&path)?.unwrap_or(now);
+            }
+            if synced.mtime <= settled_by {
+                settled.push(name.clone());
+            }
+        }
+        for name in settled {
+            self.unsettled_blobs.remove(&name);
+        }
+        Ok(())
+    }
+
+    /// Lists `blobs/` and `fsync`s the files not synced before, then the directory if any is
+    /// new.
     fn sync_blobs(&mut self) -> std::io::Result<()> {
         // Taken first: a change while listing shows as a newer time at the next look.
         let mtime = modified(&self.blobs)?;
-        let listed_at = SystemTime::now();
-        let settled_by = listed_at - TIMESTAMP_SLACK;
+        let settled_by = SystemTime::now() - TIMESTAMP_SLACK;
         let present: HashSet<OsString> = blob_names(&self.blobs)?.into_iter().collect();
         let mut new = false;
-        for name in &present {
-            let first_time = !self.synced_blobs.contains(name);
-            if !first_time && !self.unsettled_blobs.contains(name) {
-                continue;
-            }
-            let written = match File::open(self.blobs.join(name)) {
-                Ok(file) => {
-                    let written = file.metadata()?.modified()?;
-                    file.sync_data()?;
-                    written
+        for name in present.difference(&self.synced_blobs) {
+            // `None`: sled deleted it meanwhile (its segment was reclaimed).
+            if let Some(written) = sync_file(&self.blobs.join(name))? {
+                if written.mtime > settled_by {
+                    self.unsettled_blobs.insert(name.clone(), written);
                 }
-                // sled deleted it meanwhile (its segment was reclaimed).
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            if written <= settled_by {
-                self.unsettled_blobs.remove(name);
-            } else {
-                self.unsettled_blobs.insert(name.clone());
+                new = true;
             }
-            new |= first_time;
         }
         if new {
             File::open(&self.blobs)?.sync_all()?;
         }
-        self.unsettled_blobs.retain(|name| present.contains(name));
+        self.unsettled_blobs
+            .retain(|name, _| present.contains(name));
         self.synced_blobs = present;
         self.listed_mtime = mtime;
         self.listing_ambiguous = mtime.is_some_and(|m| m > settled_by);
         Ok(())
     }
+}
+
+/// `fdatasync`s the file at `path`; how it was just before (`None`: it no longer exists).
+fn sync_file(path: &Path) -> std::io::Result<Option<Written>> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let written = Written::of(&file.metadata()?)?;
+    file.sync_data()?;
+    Ok(Some(written))
 }
 
 impl DiskSync {
@@ -476,26 +519,35 @@ mod tests {
         );
     }
 
-    /// A blob file listed while sled may still be writing it is synced again by later flushes,
-    /// until a listing finds its time old enough.
+    /// A blob file listed while sled may still be writing it is synced again by a later flush
+    /// once it changed, and forgotten once its time is old enough.
     #[test]
     fn a_blob_file_listed_while_it_may_be_written_is_synced_again() {
+        use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
         let (mut disk, blobs) = disk_sync(dir.path());
         std::fs::write(blobs.join("1"), b"half a node").unwrap();
         disk.sync().unwrap();
         assert!(synced(&disk, "1"));
-        assert!(disk.unsettled_blobs.contains(OsStr::new("1")));
-        let old = SystemTime::now() - Duration::from_secs(3600);
-        let file = std::fs::OpenOptions::new()
+        let unsettled = |disk: &DiskSync| disk.unsettled_blobs.get(OsStr::new("1")).map(|w| w.len);
+        assert_eq!(unsettled(&disk), Some(11));
+        let mut file = std::fs::OpenOptions::new()
             .append(true)
             .open(blobs.join("1"))
             .unwrap();
+        file.write_all(b" and the rest").unwrap();
+        disk.sync().unwrap();
+        assert_eq!(
+            unsettled(&disk),
+            Some(24),
+            "the rest of the blob was not synced"
+        );
+        let old = SystemTime::now() - Duration::from_secs(3600);
         file.set_times(FileTimes::new().set_modified(old)).unwrap();
         disk.sync().unwrap();
         assert!(
             disk.unsettled_blobs.is_empty(),
-            "a blob written long before its listing stays unsettled"
+            "a blob written long before its sync stays unsettled"
         );
     }
 
