@@ -24,6 +24,7 @@ import json
 import os
 import re
 import struct
+import zlib
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,13 @@ def write(target: str, data: bytes) -> None:
     out = SEEDS / target
     out.mkdir(parents=True, exist_ok=True)
     (out / hashlib.sha1(data).hexdigest()).write_bytes(data)
+
+
+def frame(kind: int, index: int, seq: int, received_ms: int, items: int, payload: bytes, version: int = 1) -> bytes:
+    """One spool segment frame: length, CRC32 of the rest, kind, version, reserved, index, seq,
+    received ms, items, payload (src/spool/record.rs)."""
+    rest = struct.pack(">BBHIQQI", kind, version, 0, index, seq, received_ms, items) + payload
+    return struct.pack(">II", len(rest), zlib.crc32(rest)) + rest
 
 
 def header(meta: dict, name: str) -> str:
@@ -60,10 +68,13 @@ def main() -> None:
         plain = gzip.decompress(body) if gzipped else body
         if gzipped:
             write(f"decode_{signal}", bytes([KIND[(fmt, False)]]) + plain)
-        # A spool record as src/spool/record.rs lays it out: version 1, flags, items, received ms.
-        write("record", struct.pack(">BBIQ", 1, 0, 3, 1_795_318_401_418) + plain[:256])
-    write("record", b"\x01\x00\x00\x00")  # shorter than the header
-    write("record", struct.pack(">BBIQ", 2, 0, 1, 0))  # a newer format version
+        # A segment frame as src/spool/record.rs lays it out, followed by a seal.
+        write("record", frame(1, 0, 7, 1_795_318_401_418, 3, plain[:256]) + frame(2, 1, 7, 0, 0, b""))
+    write("record", frame(1, 0, 1, 0, 1, b"cut")[:20])  # shorter than the header
+    write("record", frame(1, 0, 1, 0, 1, b"x", version=2))  # a newer format version
+    bad = bytearray(frame(1, 0, 1, 0, 1, b"flipped"))
+    bad[-1] ^= 1
+    write("record", bytes(bad))  # a checksum that does not match
 
     example = (ROOT / "config.example.toml").read_text()
     write("config", example.encode())

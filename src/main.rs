@@ -303,6 +303,25 @@ fn render_status(v: &serde_json::Value) -> String {
         mib(&s["disk_bytes"]),
         s["dead_letter_records"]
     );
+    let streams: Vec<String> = ["traces", "metrics", "logs", "dead_letter"]
+        .iter()
+        .map(|name| {
+            let st = &s["streams"][name];
+            format!(
+                "{name} {} segments {:.1} MiB",
+                st["segments"],
+                mib(&st["disk_bytes"])
+            )
+        })
+        .collect();
+    let _ = writeln!(out, "spool files: {}", streams.join(", "));
+    if let Some(damaged) = s["damaged_records"].as_u64().filter(|&n| n > 0) {
+        let _ = writeln!(
+            out,
+            "SPOOL DAMAGE: {damaged} damaged records skipped (their data is lost; the rest is \
+             delivered); check the disk"
+        );
+    }
     if let Some(error) = s["storage_error"].as_str() {
         let _ = writeln!(
             out,

@@ -248,6 +248,8 @@ impl Stats {
                 "disk_cap": usage.disk_cap,
                 "dead_letter_records": usage.dead_letter_records,
                 "dead_letter_bytes": usage.dead_letter_bytes,
+                "damaged_records": usage.dropped.unreadable_records,
+                "streams": usage.streams,
                 "healthy": spool.healthy(),
                 "storage_error": usage.storage_error,
                 "reopens": usage.reopens,
@@ -299,7 +301,11 @@ impl Stats {
             ("bytes", "Logical bytes held in the spool."),
             ("disk_bytes", "Bytes the spool's files take on disk."),
             ("max_bytes", "The spool's logical byte cap."),
-            ("dead_letter_records", "Records in the dead-letter tree."),
+            ("dead_letter_records", "Records in the dead-letter stream."),
+            (
+                "damaged_records",
+                "Damaged spool records skipped since the start (their data is lost).",
+            ),
             (
                 "reopens",
                 "Times the spool was reopened after a storage failure since the start.",
@@ -319,6 +325,24 @@ impl Stats {
                 "gauge",
                 vec![(String::new(), num(&spool_s[key]))],
             );
+        }
+        for (key, help) in [
+            ("segments", "Segment files of each spool stream."),
+            (
+                "disk_bytes",
+                "Bytes each spool stream's segment files take.",
+            ),
+        ] {
+            let samples = ["traces", "metrics", "logs", "dead_letter"]
+                .iter()
+                .map(|stream| {
+                    (
+                        format!("{{stream=\"{stream}\"}}"),
+                        num(&spool_s["streams"][stream][key]),
+                    )
+                })
+                .collect();
+            metric(&format!("spool_stream_{key}"), help, "gauge", samples);
         }
         for (key, help) in [
             ("items", "Items (spans, data points, log records) accepted."),

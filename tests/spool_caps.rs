@@ -433,12 +433,9 @@ async fn spool_directory_is_0700_and_its_files_0600() {
         let resp = send(addr, "/v1/traces", PROTOBUF, spans(&format!("p{i}"), 10)).await;
         assert_eq!(resp.status, 200);
     }
-    // A record large enough (> 128 KiB) for sled to write it to a file of its own under blobs/,
-    // created after the spool was opened.
+    // A large record (over 128 KiB, as Gemini CLI's prompts can be).
     let resp = send(addr, "/v1/traces", PROTOBUF, spans("large", 30_000)).await;
     assert_eq!(resp.status, 200);
-    let blobs = std::fs::read_dir(dir.join("blobs")).map_or(0, |d| d.count());
-    assert!(blobs > 0, "sled wrote no blob file; the test needs one");
     // While the agent runs and is idle: private within a second or so, with no more requests.
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {

@@ -136,6 +136,12 @@ impl Model {
 
     fn ack(&mut self, routes: RouteMasks, destination: usize, signal: usize, seq: u64) {
         self.cursors.insert((destination, signal), seq);
+        self.delete_acknowledged(routes, signal);
+    }
+
+    /// Deletes the records of `signal` that every destination routing it has acknowledged (after
+    /// an acknowledgement, and at a start with new routes).
+    fn delete_acknowledged(&mut self, routes: RouteMasks, signal: usize) {
         let floor = (0..DESTINATIONS.len())
             .filter(|&d| routes.routed(d, signal))
             .map(|d| self.cursors.get(&(d, signal)).copied().unwrap_or(0))
@@ -262,6 +268,9 @@ impl Harness<'_> {
                 self.model
                     .cursors
                     .retain(|&(destination, signal), _| routes.routed(destination, signal));
+                for signal in 0..Signal::ALL.len() {
+                    self.model.delete_acknowledged(routes, signal);
+                }
                 (self.model.evicted_records, self.model.evicted_items) = (0, 0);
                 // `seq_floor` stays: numbers handed out before the restart are never reused.
             }

@@ -112,7 +112,7 @@ fn span_names(prefixes: &[String]) -> Vec<String> {
 
 /// The disk fills: first with the agent's own data (it refuses before the file system is full,
 /// keeping room for deletions), then to the last byte by another writer while the agent holds a
-/// backlog and its worker acknowledges deliveries (sled writes on every deletion). Clients get
+/// backlog and its worker acknowledges deliveries (each moves a cursor in the sled index). Clients get
 /// 503 + Retry-After and gRPC UNAVAILABLE, `/healthz` says 503, the process lives on; once the
 /// space is back it accepts again by itself, and every acknowledged span reaches the sink.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,14 +234,16 @@ async fn a_full_disk_refuses_data_then_recovers_by_itself_and_loses_nothing_ackn
         "the agent died on a full disk; log:\n{}",
         agent.log_text()
     );
-    // The deletions and cursor moves met ENOSPC inside sled, which latched it: the spool is
-    // failing (and will have to reopen), not merely under its free-space reserve.
+    // Cursor moves write to the spool's sled index, which latches an ENOSPC it meets: the spool
+    // then fails (and must reopen). The index writes little (payloads are in segment files,
+    // and deleting those frees space), so on a full disk it may not meet one at all.
     let storage_error = during["spool"]["storage_error"]
         .as_str()
         .unwrap_or_default();
+    let index_failed = !storage_error.is_empty();
     assert!(
-        storage_error.contains("No space left on device"),
-        "no storage error on a completely full disk: {during}"
+        !index_failed || storage_error.contains("No space left on device"),
+        "an unexpected storage error on a completely full disk: {during}"
     );
     println!(
         "on a completely full disk: storage_error {}, spool {} records",
@@ -308,7 +310,9 @@ async fn a_full_disk_refuses_data_then_recovers_by_itself_and_loses_nothing_ackn
     );
     assert_eq!(last["spool"]["records"], 0, "the spool drained: {last}");
     assert!(last["refused_requests"]["storage"].as_u64() >= Some(refused));
-    assert!(last["spool"]["reopens"].as_u64() >= Some(1), "{last}");
+    if index_failed {
+        assert!(last["spool"]["reopens"].as_u64() >= Some(1), "{last}");
+    }
     assert_eq!(last["spool"]["storage_error"], serde_json::Value::Null);
     assert!(agent.running());
 }
@@ -374,8 +378,9 @@ async fn a_corrupt_spool_is_quarantined_and_the_agent_starts() {
     for (case, corrupt) in [
         (
             "garbled conf",
-            Box::new(|s: &Path| std::fs::write(s.join("conf"), b"garbage garbage garbage").unwrap())
-                as Box<dyn Fn(&Path)>,
+            Box::new(|s: &Path| {
+                std::fs::write(s.join("index/conf"), b"garbage garbage garbage").unwrap()
+            }) as Box<dyn Fn(&Path)>,
         ),
         (
             "garbage over the start of the log",
@@ -383,7 +388,7 @@ async fn a_corrupt_spool_is_quarantined_and_the_agent_starts() {
                 use std::io::Write;
                 let mut db = std::fs::OpenOptions::new()
                     .write(true)
-                    .open(s.join("db"))
+                    .open(s.join("index/db"))
                     .unwrap();
                 db.write_all(&[0xA5; 8192]).unwrap();
             }),
@@ -467,12 +472,19 @@ async fn a_truncated_spool_is_reported_and_what_survived_is_delivered() {
     let sink = Sink::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (agent, spool) = start_on_damaged_spool(dir.path(), &sink, 200, |s| {
-        // sled's file runs on past its data, in space it preallocated: cut the data in half.
-        let db = s.join("db");
-        let bytes = std::fs::read(&db).unwrap();
-        let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
-        let file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
-        file.set_len(end as u64 / 2).unwrap();
+        // The traces segment (one file: 200 small records) cut in half.
+        let segment = std::fs::read_dir(s.join("seg/traces"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .next()
+            .unwrap();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap();
+        let len = file.metadata().unwrap().len();
+        file.set_len(len / 2).unwrap();
     })
     .await;
     let status = agent.status().await;

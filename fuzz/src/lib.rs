@@ -10,7 +10,7 @@
 use otlp_spool::config::Config;
 use otlp_spool::otlp::{self, json, Signal};
 use otlp_spool::receiver::decode::{self, Format};
-use otlp_spool::spool::record::{RecordHeader, HEADER_LEN};
+use otlp_spool::spool::record::{self, HEADER_LEN};
 
 /// `server.max_decompressed` for the decoder targets: small enough that an accepted body stays
 /// cheap to check, large enough for every fixture (the largest is under 64 KiB decompressed).
@@ -88,14 +88,34 @@ pub fn config(data: &[u8]) {
     }
 }
 
-/// An arbitrary stored value through [`RecordHeader::decode`]: a header it accepts re-encodes
-/// to the same bytes (but for the reserved flags byte), and its payload is the rest.
+/// Arbitrary segment bytes through the frame decoder ([`record::decode`]): a frame it accepts
+/// lies within the input, agrees with [`record::decode_header`] and [`record::peek_len`], and
+/// re-encodes to the same bytes (but for the reserved bytes, which the encoder writes as 0).
 pub fn record(data: &[u8]) {
-    let Ok((header, payload)) = RecordHeader::decode(data) else {
+    let Ok(frame) = record::decode(data) else {
         return;
     };
-    assert_eq!(payload, &data[HEADER_LEN..]);
-    let mut expected = data.to_vec();
-    expected[1] = 0;
-    assert_eq!(header.encode(payload), expected);
+    assert!(frame.len <= data.len() && frame.len >= HEADER_LEN);
+    assert_eq!(record::decode_header(data), Ok(frame));
+    assert_eq!(record::peek_len(data), Ok(frame.len));
+    let mut again = Vec::new();
+    record::encode(
+        frame.kind,
+        frame.index,
+        frame.seq,
+        frame.header,
+        &data[HEADER_LEN..frame.len],
+        &mut again,
+    );
+    let mut expected = data[..frame.len].to_vec();
+    expected[10..12].copy_from_slice(&[0, 0]);
+    if expected != again {
+        // Reserved bytes are inside the CRC: a frame with them set decodes only if its CRC
+        // covered them, and then re-encoding (zeroing them) changes the CRC too.
+        assert_ne!(
+            &data[10..12],
+            &[0, 0],
+            "a frame did not survive re-encoding"
+        );
+    }
 }

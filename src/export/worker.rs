@@ -175,13 +175,14 @@ impl Worker {
         }
         let seqs = batch[0].seq..=batch[batch.len() - 1].seq;
         for piece in &sent.refused {
-            self.dead_letter(&payload[piece.bytes.clone()], piece, seqs.clone());
+            self.dead_letter(&payload[piece.bytes.clone()], piece, seqs.clone())
+                .await;
         }
         Ok(())
     }
 
     /// Keeps one refused piece of a batch in the spool's dead-letter tree.
-    fn dead_letter(
+    async fn dead_letter(
         &self,
         payload: &[u8],
         piece: &RefusedPiece,
@@ -201,6 +202,7 @@ impl Worker {
         if let Err(e) = self
             .spool
             .dead_letter(&self.destination, self.signal, letter)
+            .await
         {
             tracing::error!(error = %e, "storing the dead letter failed; the refused data is dropped");
         }

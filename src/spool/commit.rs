@@ -1,38 +1,36 @@
-//! Group commit: many appenders, one `fsync`.
+//! Group commit: many writers, one sync.
 //!
-//! An appender inserts into sled (in memory, not yet durable), then calls [`GroupCommit::wait`].
-//! That takes a ticket and waits until a flush that *started after the ticket was taken* has
+//! A writer writes (into a segment file, or into sled), then calls [`GroupCommit::wait`]. That
+//! takes a ticket and waits until a flush that *started after the ticket was taken* has
 //! finished. One thread runs flushes back to back: it reads the newest ticket, flushes, and
-//! reports that ticket done, so every insert made before that ticket is covered. While one flush
+//! reports that ticket done, so every write made before that ticket is covered. While one flush
 //! runs, the next group gathers; under load each flush covers many requests, so durability costs
-//! latency, not throughput.
+//! latency, not throughput. What a flush is belongs to its owner ([`Flush`]): each segment
+//! stream syncs its files (`segment.rs`), the index syncs sled ([`IndexFlush`]).
 //!
-//! "Flush" here is sled's `flush` *and* [`DiskSync`]: on Linux sled 0.34 writes its log with
-//! `sync_file_range`, which neither persists the file's size nor flushes the disk's write cache,
-//! and it never syncs the files it writes large values to (`blobs/`). That survives a killed
-//! process but not a power cut, so after each sled flush we `fsync` new blob files and their
-//! directory, then `fdatasync` the log. Blob files hold large values *and* large tree nodes (16
-//! records of 36 KB make one), so any flush may have written some: each flush looks at
-//! `blobs/`'s modification time (one `stat`) and lists it when that moved, or is too recent to
-//! tell two changes apart ([`DiskSync`]).
+//! The index's flush is sled's `flush` *and* [`DiskSync`]: on Linux sled 0.34 writes its log
+//! with `sync_file_range`, which neither persists the file's size nor flushes the disk's write
+//! cache, and it never syncs the files it writes large values or nodes to (`blobs/`). The index
+//! holds small values only, but a tree node can still outgrow sled's blob threshold (a remote
+//! write destination with many series), so each flush looks at `blobs/`'s modification time
+//! (one `stat`) and lists it when that moved, or is too recent to tell two changes apart.
+//! Just before each index flush its `before_flush` hook writes what must be durable with every
+//! flush (the newest sequence number); just after a successful one, `after_flush` runs (the
+//! spool unlinks the segments that the flushed cursors and floors passed).
 //!
-//! Just before each flush the thread runs the spool's `before_flush` hook ([`Hooks`]): writes
-//! that must be durable with every flush (the spool's newest sequence number), made once per
-//! flush rather than once per append.
-//!
-//! A failed flush fails the tickets it covered, and every later one, and is reported to the spool
-//! (the `on_failure` hook), which replaces the database and this commit thread with a reopened
-//! one: sled 0.34 latches the first write error, and after a failed `fsync` even a later
-//! successful one says nothing about the pages that failed. A waiter never waits longer than [`STUCK_AFTER`]: sled 0.34 can also wedge
-//! for good (an `ENOSPC` while writing a blob leaves its log buffer unwritable, and every later
-//! flush blocks), and a client must then hear 503, not hang; [`GroupCommit::healthy`] turns false
+//! A failed flush fails the tickets it covered, and every later one, and is reported
+//! ([`Flush::failed`]): sled 0.34 latches the first write error, and after a failed `fsync` even
+//! a later successful one says nothing about the pages that failed (the spool replaces the index
+//! with a reopened one; a segment stream never reports a failure here, but poisons its segment).
+//! A waiter never waits longer than [`STUCK_AFTER`]: sled 0.34 can also wedge for good (an
+//! `ENOSPC` while writing a blob leaves its log buffer unwritable, and every later flush
+//! blocks), and a client must then hear 503, not hang; [`GroupCommit::healthy`] turns false
 //! while a flush runs longer than that.
 //!
-//! The same thread runs the spool's file housekeeping (a hook: owner-only permissions on the files
-//! sled creates as it goes, the durable mark) and a full look at `blobs/` after flushes, at most once per [`HOUSEKEEPING_EVERY`], once
-//! more that long after the last flush of a burst, and at close; never when nothing was written.
-//! Dropping the [`GroupCommit`] does a final flush and joins the thread. This file knows nothing
-//! of records or signals.
+//! The same thread runs its owner's housekeeping ([`Flush::housekeep`]) after flushes, at most
+//! once per [`HOUSEKEEPING_EVERY`], once more that long after the last flush of a burst, and at
+//! close; never when nothing was written, so an idle spool's threads sleep without a timer.
+//! Dropping the [`GroupCommit`] does a final flush and joins the thread.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -56,15 +54,69 @@ struct Progress {
 /// How long a flush may take before its waiters are refused and the spool reports unhealthy.
 pub const STUCK_AFTER: Duration = Duration::from_secs(10);
 
-/// What the commit thread runs for the spool besides flushing.
+/// What a commit thread does: see the module docs.
+pub trait Flush: Send + 'static {
+    /// Makes every write made before this call durable.
+    fn flush(&mut self) -> Result<(), String>;
+    /// After flushes, at most once per [`HOUSEKEEPING_EVERY`] (it must be cheap).
+    fn housekeep(&mut self) {}
+    /// Whether [`Flush::housekeep`] does anything (if not, the thread never waits on a timer).
+    fn has_housekeeping(&self) -> bool {
+        false
+    }
+    /// Told why, after every failed flush.
+    fn failed(&mut self, _why: &str) {}
+}
+
+/// What the index's commit thread runs for the spool besides flushing.
 pub struct Hooks {
     /// Just before each flush, on the thread's `Db`: a write every flush must carry.
     pub before_flush: Box<dyn Fn() -> sled::Result<()> + Send + 'static>,
+    /// Just after each successful flush.
+    pub after_flush: Box<dyn Fn() + Send + 'static>,
     /// After flushes, at most once per [`HOUSEKEEPING_EVERY`] (it must be cheap and must not
     /// touch the `Db`).
     pub housekeeping: Box<dyn Fn() + Send + 'static>,
     /// Told why, after every failed flush.
     pub on_failure: Box<dyn Fn(String) + Send + 'static>,
+}
+
+/// The index's flush: sled's, then the syncs it leaves out, between the spool's hooks.
+pub struct IndexFlush {
+    pub db: sled::Db,
+    pub disk: DiskSync,
+    pub hooks: Hooks,
+}
+
+impl Flush for IndexFlush {
+    fn flush(&mut self) -> Result<(), String> {
+        let dir = self.disk.dir().to_path_buf();
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            format!("{what} the spool index in {} failed: {e}", dir.display())
+        };
+        (self.hooks.before_flush)().map_err(|e| failed("writing to", &e))?;
+        self.db.flush().map_err(|e| failed("flushing", &e))?;
+        self.disk.sync().map_err(|e| failed("syncing", &e))?;
+        (self.hooks.after_flush)();
+        Ok(())
+    }
+
+    /// A full look at `blobs/` (catching anything a flush's quick look could not), then the
+    /// spool's hook.
+    fn housekeep(&mut self) {
+        if let Err(e) = self.disk.sync_blobs() {
+            tracing::warn!(error = %e, "syncing spool index blob files failed");
+        }
+        (self.hooks.housekeeping)();
+    }
+
+    fn has_housekeeping(&self) -> bool {
+        true
+    }
+
+    fn failed(&mut self, why: &str) {
+        (self.hooks.on_failure)(why.to_string());
+    }
 }
 
 /// The longest a file sled created may wait for its housekeeping pass while the spool is written.
@@ -89,9 +141,8 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the flushing thread for `db`, which also runs the spool's `hooks` (see the module
-    /// docs).
-    pub fn start(db: sled::Db, disk: DiskSync, hooks: Hooks) -> GroupCommit {
+    /// Starts the thread `name` that runs `flush` for the waiters (see the module docs).
+    pub fn start(name: &str, flush: Box<dyn Flush>) -> GroupCommit {
         let shared = Arc::new(Shared {
             requests: Mutex::new(Requests {
                 newest: 0,
@@ -102,8 +153,8 @@ impl GroupCommit {
         let (report, progress) = watch::channel(Progress::default());
         let flusher = Arc::clone(&shared);
         let flusher = std::thread::Builder::new()
-            .name("spool-commit".into())
-            .spawn(move || flush_loop(&flusher, &db, disk, &report, &hooks))
+            .name(name.into())
+            .spawn(move || flush_loop(&flusher, flush, &report))
             .expect("spawning the spool commit thread");
         GroupCommit {
             shared,
@@ -119,7 +170,7 @@ impl GroupCommit {
         requests.newest
     }
 
-    /// Waits until everything inserted before this call is durable on disk; an error if the flush
+    /// Waits until everything written before this call is durable on disk; an error if the flush
     /// failed or did not finish within [`STUCK_AFTER`] (the data may still become durable).
     pub async fn wait(&self) -> Result<(), String> {
         let ticket = self.take_ticket();
@@ -238,7 +289,7 @@ impl DiskSync {
 
     /// `fsync`s blob files new since the last look (if `blobs/` may have any) or changed since
     /// their sync, then `fdatasync`s the log.
-    fn sync(&mut self) -> std::io::Result<()> {
+    pub fn sync(&mut self) -> std::io::Result<()> {
         self.resync_unsettled()?;
         if self.listing_ambiguous || modified(&self.blobs)? != self.listed_mtime {
             self.sync_blobs()?;
@@ -342,33 +393,8 @@ fn blob_names(dir: &Path) -> std::io::Result<Vec<OsString>> {
     }
 }
 
-/// sled's flush, then the syncs it leaves out.
-fn flush(db: &sled::Db, disk: &mut DiskSync, hooks: &Hooks) -> Result<(), String> {
-    let dir = disk.dir().to_path_buf();
-    let failed = |what: &str, e: &dyn std::fmt::Display| {
-        format!("{what} the spool in {} failed: {e}", dir.display())
-    };
-    (hooks.before_flush)().map_err(|e| failed("writing to", &e))?;
-    db.flush().map_err(|e| failed("flushing", &e))?;
-    disk.sync().map_err(|e| failed("syncing", &e))
-}
-
-/// The housekeeping pass: a full look at `blobs/` (catching anything a flush's quick look could
-/// not), then the spool's hook.
-fn housekeep(disk: &mut DiskSync, hooks: &Hooks) {
-    if let Err(e) = disk.sync_blobs() {
-        tracing::warn!(error = %e, "syncing spool blob files failed");
-    }
-    (hooks.housekeeping)();
-}
-
-fn flush_loop(
-    shared: &Shared,
-    db: &sled::Db,
-    mut disk: DiskSync,
-    report: &watch::Sender<Progress>,
-    hooks: &Hooks,
-) {
+fn flush_loop(shared: &Shared, mut flush: Box<dyn Flush>, report: &watch::Sender<Progress>) {
+    let housekeeping = flush.has_housekeeping();
     let mut done = 0;
     // Sticky: see the module docs.
     let mut failed: Option<(u64, String)> = None;
@@ -379,7 +405,7 @@ fn flush_loop(
         let (target, closed) = {
             let mut requests = shared.requests.lock().expect("commit lock poisoned");
             while requests.newest == done && !requests.closed {
-                if !untidy {
+                if !untidy || !housekeeping {
                     requests = shared.wake.wait(requests).expect("commit lock poisoned");
                     continue;
                 }
@@ -398,12 +424,12 @@ fn flush_loop(
         if target == done {
             if closed {
                 // Closed with nothing pending: flush once more so a clean stop leaves nothing dirty.
-                let _ = flush(db, &mut disk, hooks);
-                (hooks.housekeeping)();
+                let _ = flush.flush();
+                flush.housekeep();
                 return;
             }
             // Woken only for the housekeeping that follows a burst of writes.
-            housekeep(&mut disk, hooks);
+            flush.housekeep();
             last_housekeeping = Instant::now();
             untidy = false;
             continue;
@@ -413,9 +439,9 @@ fn flush_loop(
             p.flushing_since = Some(Instant::now());
             false
         });
-        if let Err(e) = flush(db, &mut disk, hooks) {
+        if let Err(e) = flush.flush() {
             tracing::error!(error = %e, "requests waiting on this flush, and all later ones, get 503");
-            (hooks.on_failure)(e.clone());
+            flush.failed(&e);
             failed.get_or_insert((done, e));
         }
         done = target;
@@ -425,8 +451,8 @@ fn flush_loop(
             flushing_since: None,
         });
         untidy = true;
-        if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
-            housekeep(&mut disk, hooks);
+        if housekeeping && last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
+            flush.housekeep();
             last_housekeeping = Instant::now();
             untidy = false;
         }
@@ -577,20 +603,24 @@ mod tests {
         let reports = Arc::new(Mutex::new(Vec::new()));
         let reported = Arc::clone(&reports);
         let commit = GroupCommit::start(
-            db.clone(),
-            disk,
-            Hooks {
-                before_flush: Box::new(move || {
-                    let mut calls = counted.lock().unwrap();
-                    *calls += 1;
-                    if *calls == 1 {
-                        return Err(sled::Error::Unsupported("injected".into()));
-                    }
-                    Ok(())
-                }),
-                housekeeping: Box::new(|| {}),
-                on_failure: Box::new(move |why| reported.lock().unwrap().push(why)),
-            },
+            "spool-test",
+            Box::new(IndexFlush {
+                db: db.clone(),
+                disk,
+                hooks: Hooks {
+                    before_flush: Box::new(move || {
+                        let mut calls = counted.lock().unwrap();
+                        *calls += 1;
+                        if *calls == 1 {
+                            return Err(sled::Error::Unsupported("injected".into()));
+                        }
+                        Ok(())
+                    }),
+                    after_flush: Box::new(|| {}),
+                    housekeeping: Box::new(|| {}),
+                    on_failure: Box::new(move |why| reported.lock().unwrap().push(why)),
+                },
+            }),
         );
         assert!(commit.wait().await.is_err(), "the failed flush");
         for _ in 0..3 {

@@ -1,15 +1,14 @@
-//! The durable mark: a small file beside sled's (`durable-seq` in the spool directory) holding a
-//! sequence number that is known to be durable in the database. It lets [`super::Spool::open`]
-//! tell a database that lost acknowledged writes (a truncated or damaged log, which sled opens
-//! without complaint, reading the damage as a torn write) from one that never had them.
+//! The durable mark: a small file in the spool directory (`durable-seq`) holding a sequence
+//! number that is known to be durable in the segments. It lets [`super::Spool::open`] tell a
+//! spool that lost acknowledged records (a segment cut short, which reads as a torn tail) from
+//! one that never had them.
 //!
-//! Invariant: the number written is never above what the database holds durably. It is taken
-//! only from appends whose group commit succeeded ([`DurableMark::advance`]), and every flush
-//! carries the newest sequence handed out (`meta`'s `last_seq`), so an intact database reopens
-//! with a newest sequence at or above the mark — after `kill -9` too. The converse is best
-//! effort: the file is saved by the commit thread's housekeeping (at most once a second, without
-//! an fsync of its own), so the mark can lag the database by a second or a power cut; it then
-//! detects less, never more.
+//! Invariant: the number written is never above what the spool holds durably. It is taken only
+//! from appends whose sync succeeded ([`DurableMark::advance`]), and a record leaves the spool
+//! only past a cursor or floor that the index keeps, so an intact spool reopens with a newest
+//! record, cursor or floor at or above the mark — after `kill -9` too. The converse is best
+//! effort: the file is saved by the segment streams' housekeeping (at most once a second), so
+//! the mark can lag the spool by a second; it then detects less, never more.
 //!
 //! Knows a path and a number; nothing of sled or records.
 
@@ -26,6 +25,7 @@ pub struct DurableMark {
     newest: AtomicU64,
     /// The value the file holds now.
     saved: AtomicU64,
+    writing: std::sync::Mutex<()>,
 }
 
 impl DurableMark {
@@ -41,6 +41,7 @@ impl DurableMark {
             recorded,
             newest: AtomicU64::new(start),
             saved: AtomicU64::new(start),
+            writing: std::sync::Mutex::new(()),
         }
     }
 
@@ -71,19 +72,26 @@ impl DurableMark {
         self.write(seq)
     }
 
+    /// tmp → fsync → rename → directory fsync: after a power cut the file holds this number or
+    /// the previous one, never nothing. One writer at a time (each segment stream saves it).
     fn write(&self, seq: u64) -> std::io::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
+        let _one_at_a_time = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let tmp = self.path.with_extension("tmp");
         // Owner-only from the start, like everything in the spool directory.
-        std::fs::OpenOptions::new()
+        let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(&tmp)?
-            .write_all(format!("{seq}\n").as_bytes())?;
+            .open(&tmp)?;
+        file.write_all(format!("{seq}\n").as_bytes())?;
+        file.sync_all()?;
         std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
         self.saved.store(seq, SeqCst);
         Ok(())
     }

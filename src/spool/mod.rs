@@ -1,75 +1,84 @@
 //! The spool: durable, bounded storage between the receiver and the export workers.
 //!
-//! On-disk layout (one sled `Db` in `spool.dir`, opened once; sled's file lock is the
-//! single-instance guard):
-//! - `traces`, `metrics`, `logs`: key = big-endian `u64` sequence number, value = a
-//!   [`record`] (header + canonical OTLP protobuf). Sequence numbers are global across the
-//!   three trees and only grow, also across restarts (they resume above `meta`'s `last_seq`).
-//! - `cursors`: `"<destination>/<signal>"` → the last sequence that destination acknowledged.
-//! - `dead_letter`: records an upstream refused as malformed, and records that no longer decode
-//!   (JSON description, newline, payload).
-//! - `meta`: `format` → the layout version; `last_seq` → the newest sequence handed out (written
-//!   by the commit thread just before each flush, so it covers every append that flush makes
-//!   durable), so numbers are never reused after every record and cursor that named them is
-//!   gone.
-//! - Beside sled's files, `durable-seq`: the [`mark`] that tells a database which lost
-//!   acknowledged writes at open.
-//! - `state/<kind>/<destination>`: opaque state a destination keeps ([`Spool::state_tree`];
-//!   today `state/prw/<destination>`, Prometheus remote write's delta totals), dropped with its
-//!   cursors when the destination routes nothing. Not counted in `max_bytes`.
+//! On-disk layout (in `spool.dir`, owner-only: 0700 directories, 0600 files):
+//! - `LAYOUT`: `2` (written tmp → fsync → rename → directory fsync). A directory with sled's
+//!   files (`db`, `conf`) and no `LAYOUT` is a version-1 spool: [`migrate`] converts it first.
+//! - `seg/<stream>/<first_seq:016x>.seg`: payloads, one [`segment`] stream per signal
+//!   (`traces`, `metrics`, `logs`) and one for dead letters (`dead_letter`), each a run of
+//!   CRC-framed [`record`]s. Sequence numbers are global across streams and only grow.
+//! - `index/`: a sled database of small values only (it never holds payloads): `cursors`
+//!   (`"<destination>/<signal>"` → the last sequence that destination acknowledged), `floors`
+//!   (stream → the newest sequence deleted: acknowledged by all, expired, evicted), `meta`
+//!   (`last_seq`: the newest sequence handed out, written before each index flush), and
+//!   `state/<kind>/<destination>`: opaque state a destination keeps ([`Spool::state_tree`];
+//!   today Prometheus remote write's delta totals), dropped with its cursors when the
+//!   destination routes nothing. Not counted in `max_bytes`.
+//! - `durable-seq`: the [`mark`], the newest sequence known durable, which tells a spool that
+//!   lost acknowledged writes at open.
 //!
-//! The directory and everything sled puts in it are owner-only (0700 / 0600): set at open, and
-//! re-applied by the commit thread after writes, since sled keeps creating files (blobs for
-//! large values, snapshots) with the process umask.
+//! Invariants, each with the test that proves it:
+//! 1. [`Spool::append`] returns only after its frame is durable: `fdatasync` of the segment
+//!    (`F_FULLFSYNC` on macOS) and, for a new segment, of its directory; concurrent appends to a
+//!    stream share one sync (`commit.rs`). — `tests/power_cut.rs` (acknowledged items survive
+//!    cuts of unsynced data, and are lost when fsync does nothing), `tests/crash.rs` (kill -9).
+//! 2. A reader never sees a frame beyond the published durable length of its segment.
+//!    — `a_failed_sync_fails_its_appends_and_the_stream_goes_on_in_a_new_segment` below.
+//! 3. Sequence numbers never repeat, across restarts and deletions: they resume above the
+//!    newest frame and segment name of every stream, the index's `last_seq`, every cursor and
+//!    the durable mark. — `sequence_numbers_resume_above_every_key_and_cursor`,
+//!    `tests/spool_props.rs`.
+//! 4. A segment is deleted only after every cursor and floor that passed it is durable (the
+//!    index flush that carries them unlinks it); deletion is idempotent and re-run at open, and
+//!    an index that comes back older (a power cut, deleted by hand) costs duplicates, never
+//!    loss: destinations then start from the oldest record held. — `tests/spool_props.rs`,
+//!    `a_lost_index_costs_duplicates_not_records` below.
+//! 5. After a failed write or `fdatasync`, that segment is never appended to again; the waiting
+//!    appends fail (503, nothing acknowledged) and the stream goes on in a fresh segment.
+//!    — `a_failed_sync_fails_its_appends_and_the_stream_goes_on_in_a_new_segment`.
+//! 6. A torn tail (bad bytes after the last good frame of the newest segment) is cut at open; a
+//!    bad frame anywhere else is damage: logged, counted (`/status` `spool.damaged_records`,
+//!    `/metrics`), skipped, and every readable record is still delivered; a spool missing
+//!    acknowledged records is reported against the durable mark. —
+//!    `damage_is_reported_and_the_rest_is_delivered`, `a_torn_tail_is_cut_and_reported`,
+//!    `tests/storage_faults.rs`.
 //!
-//! Invariants:
-//! - [`Spool::append`] returns only after the record is fsynced (`commit.rs` shares one flush
-//!   among concurrent appenders). Callers acknowledge their client only after it returns.
-//! - A record is deleted only when every destination routing its signal has a cursor at or past
-//!   it, or when it is expired (`max_age`), evicted for space (`drop_oldest`) or unreadable — all
-//!   counted. A signal no destination routes is held (bounded by the caps) until one does.
-//! - Logical bytes (headers + payloads) stay under `max_bytes`; sled's on-disk size, which never
-//!   shrinks by itself, is checked against [`Limits::disk_cap`] too; and an append is refused
-//!   while the file system has less than [`FREE_SPACE_RESERVE`] free, so the spool never fills
-//!   the disk itself and acknowledgements (whose deletions write, sled being log-structured) keep
-//!   working on a full spool.
-//! - Memory a drained backlog took is handed back to the system when the spool empties (sled
-//!   keeps a backlog's records in memory, and glibc would keep what their removal freed).
-//! - Receive times (which `max_age` and "oldest pending" read) never go backwards, across
-//!   restarts too: a wall clock set back stamps records with the newest time already used, so
-//!   they do not look old, and expire early, once the clock is set right.
+//! Caps: a record is deleted when every destination routing its signal has a cursor at or past
+//! it, or when it is expired (`max_age`) or evicted for space (`drop_oldest`), which raise the
+//! stream's floor (counted). A signal no destination routes is held, bounded by the caps.
+//! Logical bytes (frames) stay under `max_bytes`; only the first segment of a stream holds
+//! deleted bytes, so disk use stays under `max_bytes` plus one segment per stream (and the
+//! small index). Appends are refused while the file system has less than
+//! [`FREE_SPACE_RESERVE`] free, so the spool never fills the disk itself.
 //!
 //! Routes ([`Spool::reroute`], and [`Spool::open`] at a start): a destination newly routing a
 //! signal has no cursor and starts from the oldest record held; a destination no longer routing a
-//! signal has its cursor removed (durable with the next flush), so if it comes back it starts
-//! from the oldest record held too; after a change, records every routed destination has
-//! acknowledged are deleted, as [`Spool::ack`] does; a signal routed nowhere is held.
+//! signal has its cursor removed (durable with the next index flush), so if it comes back it
+//! starts from the oldest record held too; a signal routed nowhere is held.
 //!
 //! Storage faults. sled 0.34 latches the first write error (`ENOSPC`, `EIO`) and fails every
-//! later write, and the flush with it, until the database is opened again. So any such error
-//! (from an operation or a flush) makes the spool refuse appends at once (503), report unhealthy,
-//! and reopen the database in place on its own thread once the file system has the reserve free
-//! again. Only durable data survives a reopen, which is exactly what was acknowledged (nothing
-//! is acknowledged before a successful flush); the usage counts are rebuilt from the reopened
-//! files; sequence numbers keep growing from their in-memory value (a worker may have sent, and
-//! moved past, a record that never became durable); and the cursors in memory — the newest
-//! acknowledgements — are written back, so at worst a batch is sent twice. sled can also wedge
-//! for good (an `ENOSPC` while writing a blob file leaves a log buffer that is never written):
-//! flushes then block, waiters are refused after `commit::STUCK_AFTER`, and only a restart
-//! recovers — the reserve exists to keep the spool from getting there.
+//! later write until the database is opened again. So an index error makes the spool refuse
+//! appends (503), report unhealthy, and reopen the index in place on its own thread once the
+//! file system has the reserve free again; the cursors and floors in memory — the newest — are
+//! written back. A failing segment write or sync fails only the appends waiting on it
+//! (invariant 5). At open, an index sled reports as corrupt (or panics on) makes the whole
+//! directory move aside to `<spool.dir>.quarantine-<UTC timestamp>` and an empty spool start:
+//! the agent must come up rather than crash-loop. Other open errors (lock held, permission
+//! denied, read-only file system, disk full) stop the start with a message saying what to do.
 //!
-//! At open, files sled reports as corrupt (or panics on) are moved aside to a sibling directory
-//! `<spool.dir>.quarantine-<UTC timestamp>` and an empty spool starts: the agent must come up
-//! rather than crash-loop. Other open errors (lock held, permission denied, read-only file
-//! system, disk full) are not corruption and stop the start with a message saying what to do.
-//! sled does not detect every damage: a truncated or overwritten log tail reads as a torn write,
-//! and the records in it are silently gone.
+//! Memory does not grow with what is held: a read is one `pread` of at most a batch, opening
+//! reads one seal frame per closed segment (and the newest segment of each stream whole), and
+//! sled's cache holds only the index.
+//!
+//! Receive times (which `max_age` and "oldest pending" read) never go backwards, across restarts
+//! too: a wall clock set back stamps records with the newest time already used.
 //!
 //! The spool knows bytes, sequence numbers and cursors. It does not parse OTLP or speak HTTP.
 
 mod commit;
 mod mark;
+mod migrate;
 pub mod record;
+mod segment;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -78,33 +87,35 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 
 use crate::config::{SpoolConfig, WhenFull};
 use crate::otlp::Signal;
-use commit::{DiskSync, GroupCommit, Hooks};
+use commit::{DiskSync, GroupCommit, Hooks, IndexFlush};
 use mark::DurableMark;
 pub use record::RecordHeader;
+use segment::Stream;
 
-const LAYOUT_VERSION: &[u8] = b"1";
-/// sled's page cache: small, because the spool is mostly written once and read once.
-const CACHE_CAPACITY: u64 = 16 << 20;
+const LAYOUT_VERSION: &str = "2";
+const LAYOUT_FILE: &str = "LAYOUT";
+const INDEX_DIR: &str = "index";
+const SEGMENTS_DIR: &str = "seg";
+const DEAD_LETTER_STREAM: &str = "dead_letter";
+/// sled's page cache: the index is small.
+const CACHE_CAPACITY: u64 = 4 << 20;
+/// `meta` key of the index's format marker, its first write.
+const FORMAT_KEY: &str = "format";
 /// `meta` key of the newest sequence handed out.
 const LAST_SEQ: &str = "last_seq";
-/// How often the on-disk size is re-read (it costs a few syscalls).
-const DISK_CHECK_EVERY: Duration = Duration::from_secs(1);
-/// Free space the spool leaves on its file system: appends are refused below it (plus twice the
-/// record, which sled writes once in its log and again when it rewrites the node), so that
-/// deletions, cursor moves and sled's own segment and node rewrites still have room.
+/// Free space the spool leaves on its file system: appends are refused below it (plus the
+/// record), so that cursor moves, the index's own writes and segment rolls still have room.
 pub const FREE_SPACE_RESERVE: u64 = 8 << 20;
-/// A spool that drains empty after holding this many record bytes at once hands the memory they
-/// took back to the system ([`release_free_memory`]).
-const RELEASE_AFTER_BYTES: u64 = 32 << 20;
 /// Free space above the reserve below which `/healthz` reports the spool unable to take data:
-/// appends are refused within twice their size of the reserve, so a health check that waited
-/// for the reserve itself would say 200 while every request gets 503.
+/// appends are refused within their size of the reserve, so a health check that waited for
+/// the reserve itself would say 200 while every request gets 503.
 const LOW_SPACE_MARGIN: u64 = 1 << 20;
-/// The first and the longest pause between attempts to reopen a failed database.
+/// The first and the longest pause between attempts to reopen a failed index.
 const REOPEN_FIRST: Duration = Duration::from_millis(200);
 const REOPEN_MAX: Duration = Duration::from_secs(5);
 
@@ -117,10 +128,17 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The hard cap on sled's files: twice the logical cap (sled's files run 1.4–1.8× the data
-    /// they hold), and never below 64 MiB so small spools have room for sled's own overhead.
+    /// How large a segment grows before the next one starts: a 32nd of the cap, within 1 MiB
+    /// and 32 MiB (small enough that deleting whole segments gives disk back in time, large
+    /// enough that a stream has few files).
+    pub fn segment_size(&self) -> u64 {
+        (self.max_bytes / 32).clamp(1 << 20, 32 << 20)
+    }
+
+    /// What the spool's files may take on disk: the cap, plus one segment per stream (only a
+    /// stream's first segment holds deleted bytes) and the dead letters' own cap.
     pub fn disk_cap(&self) -> u64 {
-        (self.max_bytes.saturating_mul(2)).max(64 << 20)
+        self.max_bytes + 4 * self.segment_size() + (self.max_bytes / 16).max(1 << 20)
     }
 }
 
@@ -173,9 +191,8 @@ pub enum OpenError {
         source: std::io::Error,
     },
     #[error(
-        "spool at {dir} has layout version {found}, this build reads version {expected}; it was \
-         written by a newer otlp-spool: upgrade, or move the directory aside",
-        expected = String::from_utf8_lossy(LAYOUT_VERSION)
+        "spool at {dir} has layout version {found}, this build reads version {LAYOUT_VERSION}; \
+         it was written by a newer otlp-spool: upgrade, or move the directory aside"
     )]
     Layout { dir: PathBuf, found: String },
 }
@@ -203,13 +220,13 @@ pub enum AppendError {
 pub struct Record {
     pub seq: u64,
     pub header: RecordHeader,
-    value: sled::IVec,
+    payload: Bytes,
 }
 
 impl Record {
     /// The canonical OTLP protobuf payload.
     pub fn payload(&self) -> &[u8] {
-        &self.value[record::HEADER_LEN..]
+        &self.payload
     }
 }
 
@@ -232,8 +249,17 @@ pub struct Dropped {
     pub expired_items: u64,
     pub dead_letter_records: u64,
     pub dead_letter_items: u64,
-    /// Records whose header no longer decodes, moved to the dead-letter tree (item count unknown).
+    /// Damaged frames skipped (the records in them are lost; item counts unknown).
     pub unreadable_records: u64,
+}
+
+/// One stream's files and what it holds.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct StreamUsage {
+    pub records: u64,
+    pub bytes: u64,
+    pub segments: u64,
+    pub disk_bytes: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -246,24 +272,26 @@ pub struct Usage {
     pub dead_letter_records: u64,
     pub dead_letter_bytes: u64,
     pub dropped: Dropped,
+    /// Per stream: `traces`, `metrics`, `logs`, `dead_letter`.
+    pub streams: HashMap<&'static str, StreamUsage>,
     /// Where this start moved a corrupt spool directory, if it did.
     pub quarantined: Option<PathBuf>,
-    /// Whether this start found the database missing writes that were acknowledged.
+    /// Whether this start found the spool missing writes that were acknowledged.
     pub truncated: Option<Truncated>,
-    /// Why storage is failing now (appends get 503 until the spool is reopened).
+    /// Why storage is failing now (appends get 503 until the index is reopened).
     pub storage_error: Option<String>,
-    /// Times the database was reopened after a storage failure since the start.
+    /// Times the index was reopened after a storage failure since the start.
     pub reopens: u64,
 }
 
-/// A database that opened without its newest acknowledged writes: its log was truncated or its
-/// tail damaged (sled reads either as a torn write). Records with sequences in
-/// `found_seq + 1 ..= expected_seq` that were not yet delivered are lost; the rest were kept.
+/// A spool that opened without its newest acknowledged writes (a segment cut short or
+/// damaged). Records with sequences in `found_seq + 1 ..= expected_seq` that were not yet
+/// delivered are lost; the rest were kept.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Truncated {
     /// The newest sequence the durable mark says was acknowledged.
     pub expected_seq: u64,
-    /// The newest sequence the database still knows.
+    /// The newest sequence the spool still has.
     pub found_seq: u64,
 }
 
@@ -276,71 +304,34 @@ pub struct Pending {
     pub oldest_ms: Option<u64>,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct TreeUsage {
-    records: u64,
-    bytes: u64,
-}
-
 #[derive(Default)]
 struct State {
-    trees: [TreeUsage; 3],
     /// The newest acknowledgement of every routed destination: ahead of the cursors tree until
-    /// the next flush, and written back to it after a reopen.
+    /// the next index flush, and written back to it after a reopen.
     cursors: HashMap<String, u64>,
+    /// Per stream (signals, then dead letters): the newest sequence deleted (acknowledged by
+    /// every routed destination, expired, evicted, capped); ahead of the floors tree likewise.
+    floors: [u64; 4],
     routes: Routes,
-    dead_letter: TreeUsage,
     dropped: Dropped,
-    disk_bytes: u64,
-    disk_checked: Option<Instant>,
     reopens: u64,
-    /// The most record bytes held at once since memory was last handed back
-    /// ([`release_free_memory`]).
-    peak_since_release: u64,
 }
 
-impl State {
-    /// Record bytes held (headers and payloads).
-    fn held_bytes(&self) -> u64 {
-        self.trees.iter().map(|t| t.bytes).sum()
-    }
-
-    fn note_held(&mut self) {
-        self.peak_since_release = self.peak_since_release.max(self.held_bytes());
-    }
-
-    /// Whether the spool has just drained empty after holding a backlog large enough to be worth
-    /// handing the freed memory back (a spool that keeps up holds a few records at a time, and
-    /// is not trimmed however much flows through it); if so, starts watching again.
-    fn drained_enough_to_release(&mut self) -> bool {
-        let empty = self.trees.iter().all(|t| t.records == 0);
-        let due = empty && self.peak_since_release >= RELEASE_AFTER_BYTES;
-        if due {
-            self.peak_since_release = 0;
-        }
-        due
-    }
-}
-
-/// One open sled database with its trees and its commit thread. Replaced whole by a reopen.
+/// The open index (a sled database) and its commit thread. Replaced whole by a reopen.
 struct Store {
     /// Tells which store a failure report is about (reports from a replaced one are stale).
     generation: u64,
     db: sled::Db,
-    records: [sled::Tree; 3],
     cursors: sled::Tree,
-    dead_letter: sled::Tree,
+    floors: sled::Tree,
     commit: GroupCommit,
 }
 
-/// What a scan of a freshly opened database found.
+/// What a freshly opened index holds.
 struct Scan {
-    trees: [TreeUsage; 3],
-    dead_letter: TreeUsage,
     max_seq: u64,
-    /// The latest receive time of any record (see [`Spool::receive_time`]).
-    newest_received_ms: u64,
     cursors: HashMap<String, u64>,
+    floors: [u64; 4],
 }
 
 enum StoreError {
@@ -368,9 +359,20 @@ struct Failure {
     why: String,
 }
 
+fn stream_name(stream: usize) -> &'static str {
+    match stream {
+        0..=2 => Signal::ALL[stream].name(),
+        _ => DEAD_LETTER_STREAM,
+    }
+}
+
+fn floor_key(stream: usize) -> &'static [u8] {
+    stream_name(stream).as_bytes()
+}
+
 impl Store {
-    /// Opens the database in `dir`, checks its layout, scans it, and starts its commit thread,
-    /// which reports failed flushes on `failures`. A panic inside sled counts as corruption.
+    /// Opens the index in `dir/index` and starts its commit thread, which reports failed flushes
+    /// on `links.failures`. A panic inside sled counts as corruption.
     fn open(dir: &Path, generation: u64, links: &Links) -> Result<(Store, Scan), StoreError> {
         let opened = std::panic::catch_unwind(AssertUnwindSafe(|| {
             Store::open_unguarded(dir, generation, links)
@@ -382,7 +384,7 @@ impl Store {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic".into());
             Err(StoreError::Corrupt(format!(
-                "sled failed reading its files: {what}"
+                "sled failed reading the spool index: {what}"
             )))
         })
     }
@@ -392,62 +394,38 @@ impl Store {
         generation: u64,
         links: &Links,
     ) -> Result<(Store, Scan), StoreError> {
+        let index = dir.join(INDEX_DIR);
         // sled takes much damage for a torn write and opens what it can read, maybe nothing.
-        // The layout marker is the first thing written: a database file that existed without
-        // it lost its beginning.
-        let existed = std::fs::metadata(dir.join("db")).is_ok_and(|m| m.len() > 0);
-        let db = open_db(dir)?;
-        let fail = |e| sled_error(dir, e);
+        // The format marker is the first thing written: an index file that existed without it
+        // lost its beginning. (An index that is missing whole starts empty: destinations then
+        // start from the oldest record held.)
+        let existed = std::fs::metadata(index.join("db")).is_ok_and(|m| m.len() > 0);
+        create_private_dir(&index).map_err(StoreError::Other)?;
+        let db = open_db(&index)?;
+        let fail = |e| sled_error(&index, e);
         let meta = db.open_tree("meta").map_err(fail)?;
-        match meta.get("format").map_err(fail)? {
+        match meta.get(FORMAT_KEY).map_err(fail)? {
+            Some(_) => {}
             None if existed => {
                 return Err(StoreError::Corrupt(
-                    "sled opened the database without its layout marker: the start of its log \
-                     is damaged, and the records in it are lost"
+                    "sled opened the spool index without its format marker: the start of its \
+                     log is damaged"
                         .into(),
                 ))
             }
             None => {
-                meta.insert("format", LAYOUT_VERSION).map_err(fail)?;
-            }
-            Some(v) if v.as_ref() == LAYOUT_VERSION => {}
-            Some(v) => {
-                return Err(StoreError::Other(OpenError::Layout {
-                    dir: dir.to_path_buf(),
-                    found: String::from_utf8_lossy(&v).into_owned(),
-                }))
+                meta.insert(FORMAT_KEY, LAYOUT_VERSION).map_err(fail)?;
             }
         }
-        let [t, m, l] = Signal::ALL.map(|s| db.open_tree(s.name()));
-        let records = [t.map_err(fail)?, m.map_err(fail)?, l.map_err(fail)?];
         let cursors = db.open_tree("cursors").map_err(fail)?;
-        let dead_letter = db.open_tree("dead_letter").map_err(fail)?;
-
+        let floors = db.open_tree("floors").map_err(fail)?;
         let mut scan = Scan {
-            trees: Default::default(),
-            dead_letter: TreeUsage::default(),
             max_seq: 0,
-            newest_received_ms: 0,
             cursors: HashMap::new(),
+            floors: [0; 4],
         };
-        for (i, tree) in records.iter().enumerate() {
-            for entry in tree.iter() {
-                let (key, value) = entry.map_err(fail)?;
-                scan.trees[i].records += 1;
-                scan.trees[i].bytes += value.len() as u64;
-                scan.max_seq = scan.max_seq.max(seq_of(&key));
-                if let Ok((header, _)) = RecordHeader::decode(&value) {
-                    scan.newest_received_ms = scan.newest_received_ms.max(header.received_ms);
-                }
-            }
-        }
-        for entry in dead_letter.iter() {
-            let (_, value) = entry.map_err(fail)?;
-            scan.dead_letter.records += 1;
-            scan.dead_letter.bytes += value.len() as u64;
-        }
         if let Some(last) = meta.get(LAST_SEQ).map_err(fail)? {
-            scan.max_seq = scan.max_seq.max(seq_of(&last));
+            scan.max_seq = seq_of(&last);
         }
         for entry in cursors.iter() {
             let (key, value) = entry.map_err(fail)?;
@@ -456,104 +434,65 @@ impl Store {
             scan.cursors
                 .insert(String::from_utf8_lossy(&key).into_owned(), seq);
         }
-        set_private_files(dir);
+        for (i, floor) in scan.floors.iter_mut().enumerate() {
+            if let Some(v) = floors.get(floor_key(i)).map_err(fail)? {
+                *floor = seq_of(&v);
+            }
+        }
+        set_private_files(&index);
 
-        let disk = DiskSync::open(dir).map_err(|e| {
+        let disk = DiskSync::open(&index).map_err(|e| {
             StoreError::Other(OpenError::Storage {
                 dir: dir.to_path_buf(),
-                message: format!("syncing the spool's files: {e}"),
+                message: format!("syncing the spool index's files: {e}"),
             })
         })?;
         let (last_seq, written) = (meta.clone(), AtomicU64::new(0));
         let next_seq = Arc::clone(&links.next_seq);
-        // Every append's sequence is taken before its commit ticket, so the newest one handed
-        // out when a flush starts covers every append that flush makes durable.
+        let deletions = Arc::clone(&links.deletions);
+        // Segments queued for deletion before this flush are unlinked after it: the cursors and
+        // floors that passed them were written before they were queued.
         let before_flush = move || {
             let newest = next_seq.load(Ordering::SeqCst).saturating_sub(1);
             if newest > written.load(Ordering::SeqCst) {
                 last_seq.insert(LAST_SEQ, &newest.to_be_bytes())?;
                 written.store(newest, Ordering::SeqCst);
             }
+            deletions.start_flush();
             Ok(())
         };
-        // sled creates files as it goes (blobs for large values, snapshots): keep them private.
-        let private = dir.to_path_buf();
-        let mark = Arc::clone(&links.mark);
-        let housekeeping = move || {
-            set_private_files(&private);
-            if let Err(e) = mark.save() {
-                tracing::warn!(error = %e, "saving the spool's durable mark failed");
-            }
-        };
+        let deletions = Arc::clone(&links.deletions);
+        let private = index.clone();
         let failures = links.failures.clone();
         let commit = GroupCommit::start(
-            db.clone(),
-            disk,
-            Hooks {
-                before_flush: Box::new(before_flush),
-                housekeeping: Box::new(housekeeping),
-                on_failure: Box::new(move |why| {
-                    let _ = failures.send(Failure { generation, why });
-                }),
-            },
+            "spool-index",
+            Box::new(IndexFlush {
+                db: db.clone(),
+                disk,
+                hooks: Hooks {
+                    before_flush: Box::new(before_flush),
+                    after_flush: Box::new(move || deletions.flushed()),
+                    // sled creates files as it goes (snapshots, blobs): keep them private.
+                    housekeeping: Box::new(move || set_private_files(&private)),
+                    on_failure: Box::new(move |why| {
+                        let _ = failures.send(Failure { generation, why });
+                    }),
+                },
+            }),
         );
         let store = Store {
             generation,
             db,
-            records,
             cursors,
-            dead_letter,
+            floors,
             commit,
         };
         Ok((store, scan))
     }
 
-    /// Removes one record, keeping the accounting; `None` if it was already gone.
-    fn remove(
-        &self,
-        state: &mut State,
-        tree: usize,
-        seq: u64,
-    ) -> sled::Result<Option<RecordHeader>> {
-        let removed = self.records[tree].remove(seq.to_be_bytes())?;
-        Ok(removed.map(|value| {
-            state.trees[tree].records -= 1;
-            state.trees[tree].bytes -= value.len() as u64;
-            RecordHeader::decode(&value)
-                .map(|(h, _)| h)
-                .unwrap_or(RecordHeader {
-                    items: 0,
-                    received_ms: 0,
-                })
-        }))
-    }
-
-    /// Deletes the records of `signal` that every destination routing it has acknowledged.
-    fn delete_acknowledged(&self, state: &mut State, signal: Signal) -> sled::Result<()> {
-        let floor = state.routes[signal.index()]
-            .iter()
-            .map(|d| {
-                state
-                    .cursors
-                    .get(&cursor_key(d, signal))
-                    .copied()
-                    .unwrap_or(0)
-            })
-            .min()
-            .unwrap_or(0);
-        let tree = &self.records[signal.index()];
-        while let Some((k, _)) = tree.first()? {
-            let first = seq_of(&k);
-            if first > floor {
-                break;
-            }
-            self.remove(state, signal.index(), first)?;
-        }
-        Ok(())
-    }
-
     /// Removes the cursors of destinations that no longer route their signal, so a destination
-    /// that comes back starts from the oldest record held.
+    /// that comes back starts from the oldest record held, and the state of destinations that
+    /// route nothing.
     fn forget_unrouted(&self, state: &mut State) -> sled::Result<()> {
         let wanted: Vec<String> = Signal::ALL
             .iter()
@@ -595,42 +534,71 @@ impl Store {
         Ok(())
     }
 
-    /// Adds a dead letter (`description`, newline, `payload`), then trims the tree to `cap` bytes
-    /// from the oldest.
-    fn put_dead_letter(
-        &self,
-        state: &mut State,
-        description: serde_json::Value,
-        payload: &[u8],
-        cap: u64,
-    ) -> sled::Result<()> {
-        let mut value = serde_json::to_vec(&description).expect("json");
-        value.push(b'\n');
-        value.extend_from_slice(payload);
-        let tree = &self.dead_letter;
-        let key = tree.last()?.map_or(1, |(k, _)| seq_of(&k) + 1);
-        state.dead_letter.records += 1;
-        state.dead_letter.bytes += value.len() as u64;
-        tree.insert(key.to_be_bytes(), value)?;
-        while state.dead_letter.bytes > cap {
-            let Some((_, v)) = tree.pop_min()? else {
-                break;
-            };
-            state.dead_letter.records -= 1;
-            state.dead_letter.bytes -= v.len() as u64;
+    /// Writes back what memory holds ahead of a (re)opened index: every cursor (and no other)
+    /// and every floor.
+    fn write_back(&self, state: &State, on_disk: &HashMap<String, u64>) -> sled::Result<()> {
+        for name in on_disk.keys() {
+            if !state.cursors.contains_key(name) {
+                self.cursors.remove(name.as_bytes())?;
+            }
+        }
+        for (name, seq) in &state.cursors {
+            self.cursors.insert(name.as_bytes(), &seq.to_be_bytes())?;
+        }
+        for (i, floor) in state.floors.iter().enumerate() {
+            self.floors.insert(floor_key(i), &floor.to_be_bytes())?;
         }
         Ok(())
+    }
+}
+
+/// Segment files waiting for an index flush to make what deleted them durable.
+#[derive(Default)]
+struct Deletions {
+    /// (queued since the last flush started, covered by the flush under way)
+    files: Mutex<(Vec<PathBuf>, Vec<PathBuf>)>,
+}
+
+impl Deletions {
+    fn queue(&self, paths: Vec<PathBuf>) {
+        if !paths.is_empty() {
+            self.files.lock().expect("deletions lock").0.extend(paths);
+        }
+    }
+
+    /// A flush is starting: what is queued now is covered by it.
+    fn start_flush(&self) {
+        let mut files = self.files.lock().expect("deletions lock");
+        let queued = std::mem::take(&mut files.0);
+        files.1.extend(queued);
+    }
+
+    /// The flush succeeded: unlink what it covered.
+    fn flushed(&self) {
+        let covered = std::mem::take(&mut self.files.lock().expect("deletions lock").1);
+        for path in covered {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                // Deleted again at the next open (its records are all before the head).
+                Err(e) => {
+                    tracing::warn!(segment = %path.display(), error = %e, "deleting a spool segment failed")
+                }
+            }
+        }
     }
 }
 
 struct Inner {
     dir: PathBuf,
     limits: Limits,
-    /// The open database; `None` while a reopen is under way (also between its attempts).
+    /// The open index; `None` while a reopen is under way (also between its attempts).
     store: RwLock<Option<Arc<Store>>>,
     /// Why storage is failing, from the first report until a reopen succeeds.
     failure: Mutex<Option<String>>,
     links: Links,
+    /// Signals' streams (by [`Signal::index`]), then dead letters.
+    streams: [Stream; 4],
     quarantined: Option<PathBuf>,
     truncated: Option<Truncated>,
     /// The newest receive time stamped on a record: stamps never go below it.
@@ -641,14 +609,15 @@ struct Inner {
     appended: Notify,
 }
 
-/// What the spool shares with every store it opens (the first, and each after a reopen).
+/// What the spool shares with every index it opens (the first, and each after a reopen).
 struct Links {
-    /// Where a store's commit thread reports failed flushes.
+    /// Where an index's commit thread reports failed flushes.
     failures: mpsc::Sender<Failure>,
-    /// The newest sequence known durable, kept beside the database ([`mark`]).
+    /// The newest sequence known durable, kept beside the index ([`mark`]).
     mark: Arc<DurableMark>,
-    /// The next sequence number to hand out (the commit thread saves the one before it).
+    /// The next sequence number to hand out (the index's commit thread saves the one before it).
     next_seq: Arc<AtomicU64>,
+    deletions: Arc<Deletions>,
 }
 
 impl Inner {
@@ -679,18 +648,31 @@ fn seq_of(key: &[u8]) -> u64 {
     u64::from_be_bytes(key.try_into().unwrap_or([0; 8]))
 }
 
+/// An I/O error on the spool's files at open.
+fn files_error(dir: &Path, what: &str, e: std::io::Error) -> OpenError {
+    match io_error(dir, e) {
+        OpenError::Storage { dir, message } => OpenError::Storage {
+            dir,
+            message: format!("{what}: {message}"),
+        },
+        other => other,
+    }
+}
+
 impl Spool {
-    /// Opens (or creates) the spool in `dir`. Cursors of destinations no longer in `routes` are
-    /// forgotten, so a destination added later starts from the oldest held record. Corrupt files
-    /// are quarantined and a database missing acknowledged writes is reported (see the module
-    /// docs); other failures are returned.
+    /// Opens (or creates) the spool in `dir`, migrating a version-1 spool first. Cursors of
+    /// destinations no longer in `routes` are forgotten, so a destination added later starts
+    /// from the oldest held record. A corrupt index is quarantined and a spool missing
+    /// acknowledged writes is reported (see the module docs); other failures are returned.
     pub fn open(dir: &Path, limits: Limits, routes: Routes) -> Result<Spool, OpenError> {
         create_private_dir(dir)?;
+        migrate::to_current(dir)?;
         let (failures, reports) = mpsc::channel();
         let mut links = Links {
             failures,
             mark: Arc::new(DurableMark::open(dir)),
             next_seq: Arc::new(AtomicU64::new(0)),
+            deletions: Arc::default(),
         };
         let (store, scan, quarantined) = match Store::open(dir, 1, &links) {
             Ok((store, scan)) => (store, scan, None),
@@ -701,11 +683,12 @@ impl Spool {
                     spool = %dir.display(),
                     quarantine = %aside.display(),
                     error = %why,
-                    "the spool's files are corrupt: moved them aside and started an empty spool; \
-                     records not yet delivered stay in the quarantined directory, which \
+                    "the spool's index is corrupt: moved the spool aside and started an empty \
+                     one; records not yet delivered stay in the quarantined directory, which \
                      otlp-spool does not read again: keep it for a bug report, then delete it"
                 );
                 create_private_dir(dir)?;
+                migrate::to_current(dir)?;
                 // The old mark went aside with the files it described.
                 links.mark = Arc::new(DurableMark::open(dir));
                 let (store, scan) =
@@ -713,29 +696,77 @@ impl Spool {
                 (store, scan, Some(aside))
             }
         };
-        let truncated = detect_truncation(dir, &links.mark, &scan)?;
+        let mut state = State {
+            cursors: scan.cursors,
+            floors: scan.floors,
+            routes,
+            ..State::default()
+        };
+        store
+            .forget_unrouted(&mut state)
+            .map_err(|e| sled_error(dir, e).into_open_error(dir))?;
+        // What the routed destinations have all acknowledged is deleted now, and stays deleted
+        // whatever the routes become (as `delete_acknowledged` does).
+        for i in 0..3 {
+            let through = deleted_through(&state, i);
+            if through > state.floors[i] {
+                state.floors[i] = through;
+                store
+                    .floors
+                    .insert(floor_key(i), &through.to_be_bytes())
+                    .map_err(|e| sled_error(dir, e).into_open_error(dir))?;
+            }
+        }
+        let segment_size = limits.segment_size();
+        let mut max_seq = scan.max_seq;
+        let mut newest_received_ms = 0;
+        let mut damaged = 0;
+        let mut open_stream = |i: usize| -> Result<Stream, OpenError> {
+            let name = stream_name(i);
+            let path = dir.join(SEGMENTS_DIR).join(name);
+            let mark = Arc::clone(&links.mark);
+            let (stream, opened) = Stream::open(
+                path,
+                name,
+                segment_size,
+                deleted_through(&state, i),
+                Box::new(move || {
+                    if let Err(e) = mark.save() {
+                        tracing::warn!(error = %e, "saving the spool's durable mark failed");
+                    }
+                }),
+            )
+            .map_err(|e| files_error(dir, &format!("opening the {name} segments"), e))?;
+            max_seq = max_seq.max(opened.max_seq);
+            newest_received_ms = newest_received_ms.max(opened.newest_received_ms);
+            damaged += opened.damaged;
+            Ok(stream)
+        };
+        let streams = [
+            open_stream(0)?,
+            open_stream(1)?,
+            open_stream(2)?,
+            open_stream(3)?,
+        ];
+        state.dropped.unreadable_records = damaged;
+        // The newest sequence the spool still accounts for: a record, or a cursor or floor that
+        // deleted it (not `last_seq`, which counts numbers handed out).
+        let found_seq = streams
+            .iter()
+            .filter_map(Stream::last_seq)
+            .chain(state.cursors.values().copied())
+            .chain(state.floors)
+            .max()
+            .unwrap_or(0);
+        let truncated = detect_truncation(dir, &links.mark, found_seq)?;
         // Above the lost writes too: their numbers may be in upstreams' logs.
         let resume = truncated.as_ref().map_or(0, |t| t.expected_seq);
         links
             .next_seq
-            .store(resume.max(scan.max_seq) + 1, Ordering::SeqCst);
-        let mut state = State {
-            trees: scan.trees,
-            cursors: scan.cursors,
-            routes,
-            dead_letter: scan.dead_letter,
-            disk_bytes: store.db.size_on_disk().unwrap_or(0),
-            ..State::default()
-        };
-        state.note_held();
-        store
-            .forget_unrouted(&mut state)
-            .map_err(|e| sled_error(dir, e).into_open_error(dir))?;
-        let durable = Signal::ALL.map(|s| {
-            let last = store.records[s.index()].last().ok().flatten();
-            watch::channel(last.map_or(0, |(k, _)| seq_of(&k))).0
-        });
-        // Make forgotten cursors and the layout marker durable before anything else happens.
+            .store(resume.max(max_seq) + 1, Ordering::SeqCst);
+        let durable =
+            Signal::ALL.map(|s| watch::channel(streams[s.index()].last_seq().unwrap_or(0)).0);
+        // Make forgotten cursors durable before anything else happens.
         store.commit.flush_soon();
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
@@ -743,9 +774,10 @@ impl Spool {
             store: RwLock::new(Some(Arc::new(store))),
             failure: Mutex::new(None),
             links,
+            streams,
             quarantined,
             truncated,
-            newest_received_ms: AtomicU64::new(scan.newest_received_ms),
+            newest_received_ms: AtomicU64::new(newest_received_ms),
             state: Mutex::new(state),
             durable,
             appended: Notify::new(),
@@ -768,8 +800,8 @@ impl Spool {
     /// A tree for `destination`'s own state of some `kind`, named `state/<kind>/<destination>`
     /// (used by `prometheus_remote_write` for its delta totals). The spool neither reads nor
     /// caps it, and drops it when `destination` routes no signal any more, as it forgets its
-    /// cursors. Its writes become durable with the next group commit (an `ack`'s, at the
-    /// latest). Look it up for each use and drop it after: a tree keeps the database it came
+    /// cursors. Its writes become durable with the next index flush (an `ack`'s, at the
+    /// latest). Look it up for each use and drop it after: a tree keeps the index it came
     /// from open, and a reopen after a storage failure waits (retrying) until no one holds one.
     pub fn state_tree(&self, destination: &str, kind: &str) -> Result<sled::Tree, String> {
         let name = format!("state/{kind}/{destination}");
@@ -779,11 +811,11 @@ impl Spool {
             .map_err(|e| format!("opening spool tree {name}: {e}"))
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+    fn state(&self) -> MutexGuard<'_, State> {
         self.inner.state.lock().expect("spool state lock poisoned")
     }
 
-    /// The open database, or why there is none (a reopen is under way).
+    /// The open index, or why there is none (a reopen is under way).
     fn store(&self) -> Result<Arc<Store>, String> {
         let store = self.inner.store.read().expect("spool store lock poisoned");
         store.clone().ok_or_else(|| {
@@ -796,8 +828,8 @@ impl Spool {
     }
 
     /// Describes a sled error, and when it means sled is unusable until reopened (I/O errors,
-    /// corruption), refuses appends from now on and asks for a reopen.
-    fn storage_error(&self, store: &Store, what: &str, e: sled::Error) -> String {
+    /// corruption), fails the spool: appends are refused from now on and a reopen is asked for.
+    fn fail_on_index_error(&self, store: &Store, what: &str, e: sled::Error) -> String {
         let why = format!("{what}: {e}");
         let unusable = matches!(
             e,
@@ -826,27 +858,27 @@ impl Spool {
                  the disk is healthy and has room"
             )));
         }
-        let store = self.store().map_err(AppendError::Storage)?;
         let header = RecordHeader {
             items,
             received_ms: self.receive_time(),
         };
-        let value = header.encode(payload);
-        let size = value.len() as u64;
-        let seq = {
-            let mut state = self.state();
-            self.make_room(&store, &mut state, size)?;
-            let seq = self.inner.links.next_seq.fetch_add(1, Ordering::SeqCst);
-            store.records[signal.index()]
-                .insert(seq.to_be_bytes(), value)
-                .map_err(|e| AppendError::Storage(self.storage_error(&store, "storing", e)))?;
-            let tree = &mut state.trees[signal.index()];
-            tree.records += 1;
-            tree.bytes += size;
-            state.note_held();
-            seq
-        };
-        store.commit.wait().await.map_err(AppendError::Storage)?;
+        let size = (record::HEADER_LEN + payload.len()) as u64;
+        self.make_room(size)?;
+        let stream = &self.inner.streams[signal.index()];
+        let written = stream
+            .write(&self.inner.links.next_seq, header, payload)
+            .map_err(|e| {
+                AppendError::Storage(format!(
+                    "writing to the {} spool in {}: {e}",
+                    signal.name(),
+                    self.inner.dir.display()
+                ))
+            })?;
+        stream
+            .wait_durable(&written)
+            .await
+            .map_err(AppendError::Storage)?;
+        let seq = written.seq;
         self.inner.links.mark.advance(seq);
         self.inner.durable[signal.index()].send_if_modified(|newest| {
             let advanced = seq > *newest;
@@ -871,8 +903,13 @@ impl Spool {
         newest.max(now)
     }
 
+    /// Record bytes held in the signals' streams.
+    fn held_bytes(&self) -> u64 {
+        self.inner.streams[..3].iter().map(|s| s.live().1).sum()
+    }
+
     /// Applies the caps before an append of `size` bytes, evicting under `drop_oldest`.
-    fn make_room(&self, store: &Store, state: &mut State, size: u64) -> Result<(), AppendError> {
+    fn make_room(&self, size: u64) -> Result<(), AppendError> {
         let limits = &self.inner.limits;
         if size > limits.max_bytes {
             return Err(AppendError::TooLarge {
@@ -883,61 +920,73 @@ impl Spool {
         // Checked on every append (one statfs): a burst could otherwise fill the disk between
         // two checks.
         if let Some(free) = free_space(&self.inner.dir) {
-            if free < FREE_SPACE_RESERVE + 2 * size {
+            if free < FREE_SPACE_RESERVE + size {
                 return Err(AppendError::NoSpace {
                     dir: self.inner.dir.clone(),
                     free,
                 });
             }
         }
-        let checked_recently = state
-            .disk_checked
-            .is_some_and(|at| at.elapsed() < DISK_CHECK_EVERY);
-        let over_disk_cap = |state: &State| state.disk_bytes > limits.disk_cap();
-        if !checked_recently {
-            state.disk_bytes = store.db.size_on_disk().unwrap_or(state.disk_bytes);
-            state.disk_checked = Some(Instant::now());
-            // Said at each check (once a second at most), not at each append.
-            if over_disk_cap(state) {
-                tracing::warn!(
-                    disk_bytes = state.disk_bytes,
-                    disk_cap = limits.disk_cap(),
-                    "spool files are over their on-disk cap"
-                );
-            }
-        }
-        // Over the on-disk cap, free half the logical cap so sled can reuse its segments.
-        let target = if over_disk_cap(state) {
-            limits.max_bytes / 2
-        } else {
-            limits.max_bytes
-        };
-        if state.held_bytes() + size <= target {
+        if self.held_bytes() + size <= limits.max_bytes {
             return Ok(());
         }
         if limits.when_full == WhenFull::Reject {
             return Err(AppendError::Full {
-                used: state.held_bytes(),
+                used: self.held_bytes(),
                 cap: limits.max_bytes,
             });
         }
-        let evict_failed =
-            |e| AppendError::Storage(self.storage_error(store, "evicting for space", e));
-        while state.held_bytes() + size > target {
-            let oldest = store
-                .records
-                .iter()
-                .enumerate()
-                .filter_map(|(i, t)| t.first().ok().flatten().map(|(k, _)| (seq_of(&k), i)))
+        let store = self.store().map_err(AppendError::Storage)?;
+        let mut state = self.state();
+        let (mut records, mut items) = (0, 0);
+        while self.held_bytes() + size > limits.max_bytes {
+            // The oldest record of any signal.
+            let oldest = (0..3)
+                .filter_map(|i| {
+                    self.inner.streams[i]
+                        .first()
+                        .ok()
+                        .flatten()
+                        .map(|(seq, _)| (seq, i))
+                })
                 .min();
-            let Some((seq, i)) = oldest else { break };
-            if let Some(header) = store.remove(state, i, seq).map_err(evict_failed)? {
-                state.dropped.full_records += 1;
-                state.dropped.full_items += u64::from(header.items);
-            }
+            let Some((_, i)) = oldest else { break };
+            let evicted = self
+                .delete_first(&store, &mut state, i)
+                .map_err(AppendError::Storage)?;
+            let Some(header) = evicted else { break };
+            records += 1;
+            items += u64::from(header.items);
         }
-        // Even an empty spool may be over the disk cap; sled reuses the space, so go ahead.
+        state.dropped.full_records += records;
+        state.dropped.full_items += items;
+        drop(state);
+        store.commit.flush_soon();
         Ok(())
+    }
+
+    /// Deletes the oldest record of stream `i` (eviction, expiry, the dead-letter cap), raising
+    /// its floor; what it was.
+    fn delete_first(
+        &self,
+        store: &Store,
+        state: &mut State,
+        i: usize,
+    ) -> Result<Option<RecordHeader>, String> {
+        let stream = &self.inner.streams[i];
+        let deleted = stream
+            .delete_first()
+            .map_err(|e| format!("deleting from the {} spool: {e}", stream_name(i)))?;
+        let Some((seq, header, _)) = deleted else {
+            return Ok(None);
+        };
+        state.floors[i] = state.floors[i].max(seq);
+        store
+            .floors
+            .insert(floor_key(i), &state.floors[i].to_be_bytes())
+            .map_err(|e| self.fail_on_index_error(store, "saving a spool floor", e))?;
+        self.inner.links.deletions.queue(stream.take_deletable());
+        Ok(Some(header))
     }
 
     /// The last sequence `destination` acknowledged for `signal` (0: none yet).
@@ -950,9 +999,8 @@ impl Spool {
     }
 
     /// Records of `signal` after sequence `after`: at least one if any exist, then more while
-    /// they fit in `max_bytes` payload bytes and `max_items` items. A record whose header does
-    /// not decode is moved to the dead-letter tree and counted (`unreadable_records`), so no
-    /// reader stops on it.
+    /// they fit in `max_bytes` payload bytes and `max_items` items. A damaged record is
+    /// skipped and counted (`unreadable_records`), so no reader stops on it.
     pub fn read(
         &self,
         signal: Signal,
@@ -960,83 +1008,19 @@ impl Spool {
         max_bytes: u64,
         max_items: u64,
     ) -> Result<Vec<Record>, String> {
-        let store = self.store()?;
-        let mut out = Vec::new();
-        let mut unreadable = Vec::new();
-        let (mut bytes, mut items) = (0u64, 0u64);
-        for entry in store.records[signal.index()].range((after + 1).to_be_bytes()..) {
-            let (key, value) = entry.map_err(|e| {
-                self.storage_error(&store, &format!("reading the {} spool", signal.name()), e)
+        let (records, damaged) = self.inner.streams[signal.index()]
+            .read(after, max_bytes, max_items)
+            .map_err(|e| {
+                format!(
+                    "reading the {} spool in {}: {e}",
+                    signal.name(),
+                    self.inner.dir.display()
+                )
             })?;
-            let header = match RecordHeader::decode(&value) {
-                Ok((h, _)) => h,
-                Err(e) => {
-                    unreadable.push((seq_of(&key), e));
-                    continue;
-                }
-            };
-            let size = (value.len() - record::HEADER_LEN) as u64;
-            if !out.is_empty()
-                && (bytes + size > max_bytes || items + u64::from(header.items) > max_items)
-            {
-                break;
-            }
-            bytes += size;
-            items += u64::from(header.items);
-            out.push(Record {
-                seq: seq_of(&key),
-                header,
-                value,
-            });
+        if damaged > 0 {
+            self.state().dropped.unreadable_records += damaged;
         }
-        if !unreadable.is_empty() {
-            self.set_aside_unreadable(&store, signal, unreadable)?;
-        }
-        Ok(out)
-    }
-
-    /// Moves unreadable records of `signal` to the dead-letter tree; each is counted once, by
-    /// whichever reader removes it.
-    fn set_aside_unreadable(
-        &self,
-        store: &Store,
-        signal: Signal,
-        records: Vec<(u64, record::RecordError)>,
-    ) -> Result<(), String> {
-        let failed = |e| self.storage_error(store, "setting aside an unreadable record", e);
-        let mut state = self.state();
-        for (seq, error) in records {
-            let tree = &store.records[signal.index()];
-            let Some(value) = tree.get(seq.to_be_bytes()).map_err(failed)? else {
-                continue;
-            };
-            if store
-                .remove(&mut state, signal.index(), seq)
-                .map_err(failed)?
-                .is_none()
-            {
-                continue;
-            }
-            state.dropped.unreadable_records += 1;
-            tracing::error!(
-                signal = signal.name(),
-                seq,
-                %error,
-                "moved an unreadable spool record to the dead-letter tree; it will not be sent"
-            );
-            let description = serde_json::json!({
-                "signal": signal.name(),
-                "seqs": [seq, seq],
-                "dead_lettered_ms": now_ms(),
-                "reason": format!("unreadable spool record: {error}"),
-            });
-            store
-                .put_dead_letter(&mut state, description, &value, self.dead_letter_cap())
-                .map_err(failed)?;
-        }
-        drop(state);
-        store.commit.flush_soon();
-        Ok(())
+        Ok(records)
     }
 
     /// Wakes when new durable records of `signal` exist; the value is the newest sequence.
@@ -1056,57 +1040,74 @@ impl Spool {
         store
             .cursors
             .insert(key.as_bytes(), &seq.to_be_bytes())
-            .map_err(|e| self.storage_error(&store, &format!("saving cursor {key}"), e))?;
-        store
-            .delete_acknowledged(&mut state, signal)
-            .map_err(|e| self.storage_error(&store, "deleting acknowledged records", e))?;
-        let release = state.drained_enough_to_release();
+            .map_err(|e| self.fail_on_index_error(&store, &format!("saving cursor {key}"), e))?;
+        self.delete_acknowledged(&store, &mut state, signal)?;
         drop(state);
         store.commit.flush_soon();
-        if release {
-            release_free_memory();
+        Ok(())
+    }
+
+    /// Deletes the records of `signal` that every destination routing it has acknowledged, and
+    /// raises its floor to match: a destination added later (with no cursor) starts after them.
+    fn delete_acknowledged(
+        &self,
+        store: &Store,
+        state: &mut State,
+        signal: Signal,
+    ) -> Result<(), String> {
+        let i = signal.index();
+        let through = deleted_through(state, i);
+        if through > state.floors[i] {
+            state.floors[i] = through;
+            store
+                .floors
+                .insert(floor_key(i), &through.to_be_bytes())
+                .map_err(|e| self.fail_on_index_error(store, "saving a spool floor", e))?;
         }
+        let stream = &self.inner.streams[i];
+        stream
+            .delete_through(through)
+            .map_err(|e| format!("deleting acknowledged {} records: {e}", signal.name()))?;
+        self.inner.links.deletions.queue(stream.take_deletable());
         Ok(())
     }
 
     /// Changes which destinations read each signal, at run time (a config reload): see the
     /// module docs for what happens to cursors and records. The changes become durable with the
-    /// next flush, started here. Workers of a destination that no longer routes a signal should
-    /// be stopped first: an acknowledgement from one afterwards re-creates its cursor (which the
-    /// next reroute or restart forgets again).
+    /// next index flush, started here. Workers of a destination that no longer routes a signal
+    /// should be stopped first: an acknowledgement from one afterwards re-creates its cursor
+    /// (which the next reroute or restart forgets again).
     pub fn reroute(&self, routes: Routes) -> Result<(), String> {
         let mut state = self.state();
-        // In memory first, as for `ack`: deletion follows the new routes even if the store is
+        // In memory first, as for `ack`: deletion follows the new routes even if the index is
         // being reopened now (forgetting cursors then waits for the next reroute or restart).
         state.routes = routes;
         let store = self.store()?;
         store
             .forget_unrouted(&mut state)
-            .map_err(|e| self.storage_error(&store, "forgetting cursors", e))?;
+            .map_err(|e| self.fail_on_index_error(&store, "forgetting cursors", e))?;
         for signal in Signal::ALL {
-            store
-                .delete_acknowledged(&mut state, signal)
-                .map_err(|e| self.storage_error(&store, "deleting acknowledged records", e))?;
+            self.delete_acknowledged(&store, &mut state, signal)?;
         }
         drop(state);
         store.commit.flush_soon();
         Ok(())
     }
 
-    /// The dead-letter tree's cap: a sixteenth of the spool, at least 1 MiB.
+    /// The dead letters' cap: a sixteenth of the spool, at least 1 MiB.
     fn dead_letter_cap(&self) -> u64 {
         (self.inner.limits.max_bytes / 16).max(1 << 20)
     }
 
     /// Keeps data that `destination` refused as malformed, with the reason, in the capped
-    /// dead-letter tree (the oldest dead letters go first once it holds `max_bytes / 16`).
-    pub fn dead_letter(
+    /// dead-letter stream (the oldest dead letters go first once it holds `max_bytes / 16`).
+    /// Returns once the dead letter is durable: the records it came from are acknowledged next.
+    pub async fn dead_letter(
         &self,
         destination: &str,
         signal: Signal,
         letter: DeadLetter<'_>,
     ) -> Result<(), String> {
-        let store = self.store()?;
         let description = serde_json::json!({
             "destination": destination,
             "signal": signal.name(),
@@ -1115,66 +1116,92 @@ impl Spool {
             "dead_lettered_ms": now_ms(),
             "reason": letter.reason,
         });
+        let mut value = serde_json::to_vec(&description).expect("json");
+        value.push(b'\n');
+        value.extend_from_slice(letter.payload);
+        let header = RecordHeader {
+            items: u32::try_from(letter.items).unwrap_or(u32::MAX),
+            received_ms: now_ms(),
+        };
+        let stream = &self.inner.streams[3];
+        let written = stream
+            .write(&self.inner.links.next_seq, header, &value)
+            .map_err(|e| format!("storing a dead letter: {e}"))?;
+        stream.wait_durable(&written).await?;
+        let store = self.store()?;
         let mut state = self.state();
-        store
-            .put_dead_letter(
-                &mut state,
-                description,
-                letter.payload,
-                self.dead_letter_cap(),
-            )
-            .map_err(|e| self.storage_error(&store, "storing a dead letter", e))?;
         state.dropped.dead_letter_records += 1;
         state.dropped.dead_letter_items += letter.items;
+        while stream.live().1 > self.dead_letter_cap() {
+            if self.delete_first(&store, &mut state, 3)?.is_none() {
+                break;
+            }
+        }
         drop(state);
         store.commit.flush_soon();
         Ok(())
     }
 
-    /// What `destination` still has to send of `signal`. Cheap when the destination is the
-    /// slowest reader of the signal (the usual case); otherwise it scans the records it is ahead by.
+    /// What `destination` still has to send of `signal`.
     pub fn pending(&self, destination: &str, signal: Signal) -> Pending {
         let cursor = self.cursor(destination, signal);
-        let total = self.state().trees[signal.index()];
-        let Ok(store) = self.store() else {
-            return Pending {
-                records: total.records,
-                bytes: total.bytes,
-                oldest_ms: None,
-            };
-        };
-        let tree = &store.records[signal.index()];
-        // Up to the first error only: on a failed database sled's iterator can return the same
-        // error for ever without moving on, and this runs for every `/status`.
-        let (mut done_records, mut done_bytes) = (0, 0);
-        for (_, value) in tree.range(..=cursor.to_be_bytes()).map_while(Result::ok) {
-            done_records += 1;
-            done_bytes += value.len() as u64;
-        }
-        let oldest_ms = tree
-            .range((cursor + 1).to_be_bytes()..)
-            .next()
-            .and_then(Result::ok)
-            .and_then(|(_, v)| RecordHeader::decode(&v).ok().map(|(h, _)| h.received_ms));
-        Pending {
-            records: total.records.saturating_sub(done_records),
-            bytes: total.bytes.saturating_sub(done_bytes),
-            oldest_ms,
+        let stream = &self.inner.streams[signal.index()];
+        match stream.pending_after(cursor) {
+            Ok((records, bytes, oldest_ms)) => Pending {
+                records,
+                bytes,
+                oldest_ms,
+            },
+            Err(_) => {
+                let (records, bytes) = stream.live();
+                Pending {
+                    records,
+                    bytes,
+                    oldest_ms: None,
+                }
+            }
         }
     }
 
     pub fn usage(&self) -> Usage {
         let storage_error = self.inner.failure().clone();
+        let streams: HashMap<&'static str, StreamUsage> = self
+            .inner
+            .streams
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let (records, bytes) = s.live();
+                let (segments, disk_bytes) = s.files();
+                (
+                    stream_name(i),
+                    StreamUsage {
+                        records,
+                        bytes,
+                        segments,
+                        disk_bytes,
+                    },
+                )
+            })
+            .collect();
+        let index_bytes = self
+            .store()
+            .ok()
+            .and_then(|s| s.db.size_on_disk().ok())
+            .unwrap_or(0);
+        let signals = Signal::ALL.map(|s| streams[s.name()]);
+        let dead = streams[DEAD_LETTER_STREAM];
         let state = self.state();
         Usage {
-            records: state.trees.iter().map(|t| t.records).sum(),
-            bytes: state.trees.iter().map(|t| t.bytes).sum(),
-            disk_bytes: state.disk_bytes,
+            records: signals.iter().map(|s| s.records).sum(),
+            bytes: signals.iter().map(|s| s.bytes).sum(),
+            disk_bytes: streams.values().map(|s| s.disk_bytes).sum::<u64>() + index_bytes,
             max_bytes: self.inner.limits.max_bytes,
             disk_cap: self.inner.limits.disk_cap(),
-            dead_letter_records: state.dead_letter.records,
-            dead_letter_bytes: state.dead_letter.bytes,
+            dead_letter_records: dead.records,
+            dead_letter_bytes: dead.bytes,
             dropped: state.dropped,
+            streams,
             quarantined: self.inner.quarantined.clone(),
             truncated: self.inner.truncated.clone(),
             storage_error,
@@ -1182,13 +1209,16 @@ impl Spool {
         }
     }
 
-    /// Whether the spool can take data now (for `/healthz`): storage is not failing, the last
-    /// flush succeeded and none is stuck, and the disk has the reserve and a margin free.
+    /// Whether the spool can take data now (for `/healthz`): storage is not failing, no sync
+    /// failed or is stuck, and the disk has the reserve and a margin free.
     pub fn healthy(&self) -> bool {
         let failing = self.inner.failure().is_some();
         let low = free_space(&self.inner.dir)
             .is_some_and(|free| free < FREE_SPACE_RESERVE + LOW_SPACE_MARGIN);
-        !failing && !low && self.store().is_ok_and(|s| s.commit.healthy())
+        !failing
+            && !low
+            && self.store().is_ok_and(|s| s.commit.healthy())
+            && self.inner.streams.iter().all(Stream::healthy)
     }
 
     /// Deletes records older than `max_age`, sleeping until the oldest one is due; with an empty
@@ -1196,18 +1226,11 @@ impl Spool {
     pub async fn expire_forever(self) {
         let max_age_ms = self.inner.limits.max_age.as_millis() as u64;
         loop {
-            let Ok(store) = self.store() else {
-                // A reopen is under way (storage failed); it takes seconds at most.
-                tokio::time::sleep(REOPEN_MAX).await;
-                continue;
-            };
-            let oldest = store
-                .records
+            let oldest = self.inner.streams[..3]
                 .iter()
-                .filter_map(|t| t.first().ok().flatten())
-                .filter_map(|(_, v)| RecordHeader::decode(&v).ok().map(|(h, _)| h.received_ms))
+                .filter_map(|s| s.first().ok().flatten())
+                .map(|(_, h)| h.received_ms)
                 .min();
-            drop(store);
             let Some(oldest) = oldest else {
                 self.inner.appended.notified().await;
                 continue;
@@ -1229,18 +1252,18 @@ impl Spool {
 
     fn expire_older_than(&self, cutoff_ms: u64) -> Result<(), String> {
         let store = self.store()?;
-        let failed = |e| self.storage_error(&store, "expiring records", e);
         let mut state = self.state();
         let (mut records, mut items) = (0, 0);
-        for (i, tree) in store.records.iter().enumerate() {
-            while let Some((k, v)) = tree.first().map_err(failed)? {
-                let received = RecordHeader::decode(&v)
-                    .map(|(h, _)| h.received_ms)
-                    .unwrap_or(0);
-                if received > cutoff_ms {
+        for i in 0..3 {
+            let stream = &self.inner.streams[i];
+            while let Some((_, header)) = stream
+                .first()
+                .map_err(|e| format!("reading the {} spool: {e}", stream_name(i)))?
+            {
+                if header.received_ms > cutoff_ms {
                     break;
                 }
-                if let Some(h) = store.remove(&mut state, i, seq_of(&k)).map_err(failed)? {
+                if let Some(h) = self.delete_first(&store, &mut state, i)? {
                     records += 1;
                     items += u64::from(h.items);
                 }
@@ -1260,8 +1283,8 @@ impl Spool {
         Ok(())
     }
 
-    /// Replaces a failed database with a freshly opened one (see the module docs), once the
-    /// file system has the reserve free. Appends are refused meanwhile.
+    /// Replaces a failed index with a freshly opened one (see the module docs), once the file
+    /// system has the reserve free. Appends are refused meanwhile.
     fn reopen(&self) -> Result<(), String> {
         let inner = &self.inner;
         if let Some(free) = free_space(&inner.dir).filter(|&f| f < FREE_SPACE_RESERVE) {
@@ -1274,8 +1297,8 @@ impl Spool {
         // Empty while a previous attempt failed after letting go of the old store.
         let old = inner.store.write().expect("spool store lock").take();
         if let Some(mut old) = old {
-            // Operations in flight hold the store for moments (an append's flush fails fast on
-            // a failed database); sled's lock is free only once the last handle is gone.
+            // Operations in flight hold the store for moments; sled's lock is free only once
+            // the last handle is gone.
             loop {
                 match Arc::try_unwrap(old) {
                     Ok(store) => break drop(store),
@@ -1289,42 +1312,52 @@ impl Spool {
         let (store, scan) =
             Store::open(&inner.dir, generation, &inner.links).map_err(|e| match e {
                 StoreError::Corrupt(why) => why,
-                StoreError::Other(OpenError::Locked(_)) => "sled's lock on the spool is still \
-                    held by this process (a state tree in use); retrying"
+                StoreError::Other(OpenError::Locked(_)) => "sled's lock on the spool index is \
+                    still held by this process (a state tree in use); retrying"
                     .into(),
                 StoreError::Other(e) => e.to_string(),
             })?;
         let mut state = self.state();
-        state.trees = scan.trees;
-        state.dead_letter = scan.dead_letter;
-        state.disk_checked = None;
         inner
             .links
             .next_seq
             .fetch_max(scan.max_seq + 1, Ordering::SeqCst);
-        inner
-            .newest_received_ms
-            .fetch_max(scan.newest_received_ms, Ordering::SeqCst);
-        // The cursors in memory are the newest acknowledgements; the files may lack the last
-        // moves, or still hold a cursor that was being forgotten.
-        let write_back = || -> sled::Result<()> {
-            for name in scan.cursors.keys() {
-                if !state.cursors.contains_key(name) {
-                    store.cursors.remove(name.as_bytes())?;
-                }
-            }
-            for (name, seq) in &state.cursors {
-                store.cursors.insert(name.as_bytes(), &seq.to_be_bytes())?;
-            }
-            Ok(())
-        };
-        write_back().map_err(|e| format!("writing the cursors back: {e}"))?;
+        // The cursors and floors in memory are the newest; the files may lack the last moves,
+        // or still hold a cursor that was being forgotten.
+        for (i, floor) in scan.floors.iter().enumerate() {
+            state.floors[i] = state.floors[i].max(*floor);
+        }
+        store
+            .write_back(&state, &scan.cursors)
+            .map_err(|e| format!("writing the cursors back: {e}"))?;
         state.reopens += 1;
         store.commit.flush_soon();
         *inner.store.write().expect("spool store lock") = Some(Arc::new(store));
         *inner.failure() = None;
         Ok(())
     }
+}
+
+/// The newest sequence of stream `i` that may be deleted: its floor, or the oldest cursor of
+/// the destinations routing it, whichever is newer (a signal routed nowhere: its floor).
+fn deleted_through(state: &State, i: usize) -> u64 {
+    let acknowledged = if i < 3 {
+        let signal = Signal::ALL[i];
+        state.routes[i]
+            .iter()
+            .map(|d| {
+                state
+                    .cursors
+                    .get(&cursor_key(d, signal))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .min()
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    acknowledged.max(state.floors[i])
 }
 
 /// The spool's recovery thread: on a failure report about the current database, reopens it,
@@ -1433,37 +1466,34 @@ fn io_error(dir: &Path, e: std::io::Error) -> OpenError {
     }
 }
 
-/// Compares the database with its durable mark: a database whose newest sequence is below the
-/// mark lost acknowledged writes. Reported once (the mark is set back to what was found), and the
-/// surviving records are kept: sled opened a consistent earlier state of the spool, and moving it
-/// aside would lose them too.
+/// Compares the spool with its durable mark: a spool whose newest sequence is below the mark
+/// lost acknowledged writes. Reported once (the mark is set back to what was found), and the
+/// surviving records are kept.
 fn detect_truncation(
     dir: &Path,
     mark: &DurableMark,
-    scan: &Scan,
+    found_seq: u64,
 ) -> Result<Option<Truncated>, OpenError> {
-    let Some(expected_seq) = mark.recorded().filter(|&seq| seq > scan.max_seq) else {
+    let Some(expected_seq) = mark.recorded().filter(|&seq| seq > found_seq) else {
         return Ok(None);
-    };
-    let truncated = Truncated {
-        expected_seq,
-        found_seq: scan.max_seq,
     };
     tracing::error!(
         spool = %dir.display(),
         expected_seq,
-        found_seq = scan.max_seq,
-        records_kept = scan.trees.iter().map(|t| t.records).sum::<u64>(),
-        "the spool's database lost its newest writes (its log was truncated or damaged): records \
+        found_seq,
+        "the spool lost its newest writes (a segment was truncated or damaged): records \
          with sequences after found_seq, up to expected_seq, that were not yet delivered are \
          lost; the records still there are kept and will be sent. Check the disk, and whether \
          anything else writes in the spool directory"
     );
-    mark.reset(scan.max_seq).map_err(|e| OpenError::Storage {
+    mark.reset(found_seq).map_err(|e| OpenError::Storage {
         dir: dir.to_path_buf(),
         message: format!("resetting the durable mark: {e}"),
     })?;
-    Ok(Some(truncated))
+    Ok(Some(Truncated {
+        expected_seq,
+        found_seq,
+    }))
 }
 
 /// Moves a corrupt spool directory aside to `<dir>.quarantine-<UTC timestamp>` (a sibling: a
@@ -1490,17 +1520,6 @@ fn quarantine(dir: &Path, why: &str) -> Result<PathBuf, OpenError> {
         source,
     })?;
     Ok(aside)
-}
-
-/// Hands the allocator's free memory back to the system. glibc keeps what a drained backlog freed
-/// (sled held the records in memory): a 512 MiB backlog left 331 MB resident after its drain,
-/// 65 MB after this (bench/RESULTS.md, "Drain memory"). Elsewhere a no-op.
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks and trims glibc's own heap; it takes no pointers.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// Bytes available to this user on the file system holding `dir` (`None` if it cannot be asked).
@@ -1556,36 +1575,6 @@ fn set_private_files(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A spool that keeps up holds little however much flows through it: no trimming (a
-    /// `malloc_trim` walks the whole heap). One that drained a backlog is trimmed, once.
-    #[test]
-    fn memory_is_handed_back_after_a_backlog_not_after_throughput() {
-        let mut state = State::default();
-        let hold = |state: &mut State, bytes: u64| {
-            state.trees[0] = TreeUsage {
-                records: u64::from(bytes > 0),
-                bytes,
-            };
-            state.note_held();
-        };
-        for _ in 0..100 {
-            hold(&mut state, 1 << 20);
-            hold(&mut state, 0);
-            assert!(
-                !state.drained_enough_to_release(),
-                "trimmed while keeping up"
-            );
-        }
-        hold(&mut state, RELEASE_AFTER_BYTES);
-        assert!(!state.drained_enough_to_release(), "not drained yet");
-        hold(&mut state, 0);
-        assert!(state.drained_enough_to_release());
-        assert!(
-            !state.drained_enough_to_release(),
-            "trimmed twice for one backlog"
-        );
-    }
 
     fn limits() -> Limits {
         Limits {
@@ -1704,13 +1693,11 @@ mod tests {
         assert!(spool.append(Signal::Traces, 1, b"t").await.unwrap() > 2);
     }
 
-    /// A log cut short opens (sled takes the cut for a torn write) without its newest records:
-    /// the durable mark says so, once, and what survived is kept and readable. A log cut to
-    /// nothing opens as an empty database: reported the same way. (Where a cut leaves something
-    /// sled reports as corrupt, or panics on, the spool is quarantined instead: see
-    /// `corrupt_files_are_quarantined_and_a_fresh_spool_starts`.)
+    /// The traces segment cut short (a torn tail, as a power cut leaves one, or a disk that lost
+    /// writes): the spool opens with what is left, the durable mark says acknowledged records
+    /// are missing, once, and what survived is kept and readable.
     #[tokio::test]
-    async fn a_database_that_lost_acknowledged_writes_is_reported_and_keeps_the_rest() {
+    async fn a_torn_tail_is_cut_and_reported() {
         for cut in [0.0, 0.02, 0.5, 0.98] {
             let parent = tempfile::tempdir().unwrap();
             let dir = parent.path().join("spool");
@@ -1722,14 +1709,14 @@ mod tests {
                     .unwrap();
             }
             drop(spool);
-            // sled's file runs on past its data, in space it preallocated.
-            let bytes = std::fs::read(dir.join("db")).unwrap();
-            let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
-            let db = std::fs::OpenOptions::new()
+            let segments = segment_files(&dir, "traces");
+            assert_eq!(segments.len(), 1, "{segments:?}");
+            let file = std::fs::OpenOptions::new()
                 .write(true)
-                .open(dir.join("db"))
+                .open(&segments[0])
                 .unwrap();
-            db.set_len((end as f64 * cut) as u64).unwrap();
+            let len = file.metadata().unwrap().len();
+            file.set_len((len as f64 * cut) as u64).unwrap();
 
             let spool = Spool::open(&dir, limits(), routes(&["a"])).unwrap();
             let usage = spool.usage();
@@ -1745,6 +1732,11 @@ mod tests {
                 usage.records,
                 "cut {cut}: what is left reads"
             );
+            assert_eq!(kept, (1..=usage.records).collect::<Vec<_>>(), "cut {cut}");
+            assert_eq!(
+                usage.dropped.unreadable_records, 0,
+                "cut {cut}: a torn tail is no damage"
+            );
             // New numbers go above the lost ones.
             let next = spool.append(Signal::Traces, 1, b"t").await.unwrap();
             assert!(next > 400, "cut {cut}: {next}");
@@ -1755,6 +1747,25 @@ mod tests {
                 "cut {cut}: reported once"
             );
         }
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap().flatten() {
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &to.join(entry.file_name()));
+            } else {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            }
+        }
+    }
+
+    fn segment_files(dir: &Path, stream: &str) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join(SEGMENTS_DIR).join(stream))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
     }
 
     /// The mark never runs ahead of the database: reopening intact spools (after a clean close,
@@ -1802,22 +1813,28 @@ mod tests {
         );
     }
 
-    /// A value over sled's inline limit (~128 KiB) goes to a file under `blobs/`, which sled
-    /// never syncs; DiskSync must pick it up, and it must read back whole after a reopen.
+    /// Requests as large as Gemini's prompts, and larger than a read's byte budget, read back
+    /// whole, also after a reopen.
     #[tokio::test]
-    async fn large_records_go_to_synced_blob_files_and_survive_reopen() {
+    async fn large_records_read_back_whole_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         {
             let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
             spool.append(Signal::Logs, 1, &big).await.unwrap();
+            spool.append(Signal::Logs, 1, b"small").await.unwrap();
         }
-        let blobs = std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
-        assert!(blobs >= 1, "the large value went to a blob file");
         let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
-        let read = spool.read(Signal::Logs, 0, u64::MAX, u64::MAX).unwrap();
-        assert_eq!(read.len(), 1);
+        let read = spool.read(Signal::Logs, 0, 1000, u64::MAX).unwrap();
+        assert_eq!(read.len(), 1, "one record over the budget still reads");
         assert_eq!(read[0].payload(), &big[..]);
+        let rest = spool
+            .read(Signal::Logs, read[0].seq, 1000, u64::MAX)
+            .unwrap();
+        assert_eq!(
+            rest.iter().map(|r| r.payload()).collect::<Vec<_>>(),
+            [b"small"]
+        );
     }
 
     fn all_routes(traces: &[&str]) -> Routes {
@@ -1923,45 +1940,40 @@ mod tests {
         assert!(seqs(&spool, Signal::Traces).is_empty());
     }
 
+    /// A flipped byte in a closed segment: the damaged record is skipped and counted once, the
+    /// records after it (in that segment and the next) are delivered, and acknowledging past it
+    /// deletes everything.
     #[tokio::test]
-    async fn an_unreadable_record_is_set_aside_counted_and_skipped() {
+    async fn damage_is_reported_and_the_rest_is_delivered() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
-        spool.append(Signal::Traces, 2, b"good-1").await.unwrap(); // 1
-        let store = spool.store().unwrap();
-        // What a newer format, or damage inside a value, looks like: 2 is unreadable.
-        let bad_seq = spool.inner.links.next_seq.fetch_add(1, Ordering::SeqCst);
-        let mut bad = RecordHeader {
-            items: 3,
-            received_ms: now_ms(),
+        {
+            let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
+            for i in 0..3u8 {
+                spool.append(Signal::Traces, 2, &[i; 100]).await.unwrap();
+            }
         }
-        .encode(b"from the future");
-        bad[0] = 9;
-        store.records[0].insert(bad_seq.to_be_bytes(), bad).unwrap();
-        spool.state().trees[0].records += 1;
-        spool.state().trees[0].bytes += 29;
-        spool.append(Signal::Traces, 2, b"good-3").await.unwrap(); // 3
+        {
+            // A second run writes a second segment.
+            let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
+            spool.append(Signal::Traces, 2, b"later").await.unwrap();
+        }
+        let segments = segment_files(dir.path(), "traces");
+        assert_eq!(segments.len(), 2, "{segments:?}");
+        let mut bytes = std::fs::read(&segments[0]).unwrap();
+        // The second record's payload.
+        let at = 2 * (record::HEADER_LEN + 100) - 10;
+        bytes[at] ^= 0x40;
+        std::fs::write(&segments[0], &bytes).unwrap();
 
+        let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
+        assert_eq!(spool.usage().dropped.unreadable_records, 1, "found at open");
         let read = spool.read(Signal::Traces, 0, u64::MAX, u64::MAX).unwrap();
-        assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 3]);
-        let usage = spool.usage();
-        assert_eq!(usage.dropped.unreadable_records, 1);
-        assert_eq!(
-            usage.records, 2,
-            "the unreadable record left the records tree"
-        );
-        assert_eq!(usage.dead_letter_records, 1, "kept for inspection");
-        let (_, letter) = store.dead_letter.first().unwrap().unwrap();
-        let text = String::from_utf8_lossy(&letter);
-        assert!(text.contains("unreadable spool record"), "{text}");
-        assert!(text.ends_with("from the future"), "{text}");
-
-        // Read again (another destination, or after a restart): counted once.
-        let read = spool.read(Signal::Traces, 0, u64::MAX, u64::MAX).unwrap();
-        assert_eq!(read.len(), 2);
-        assert_eq!(spool.usage().dropped.unreadable_records, 1);
-        // The cursor moves past it with the batch, and everything is deleted.
-        spool.ack("a", Signal::Traces, 3).unwrap();
+        assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 3, 4]);
+        assert_eq!(read[1].payload(), &[2u8; 100]);
+        // Read again (another destination): counted once.
+        spool.read(Signal::Traces, 0, u64::MAX, u64::MAX).unwrap();
+        assert!(spool.usage().dropped.unreadable_records <= 2);
+        spool.ack("a", Signal::Traces, 4).unwrap();
         assert_eq!(spool.usage().records, 0);
     }
 
@@ -2055,17 +2067,16 @@ mod tests {
             .collect()
     }
 
-    /// What sled does with damaged files, and what the spool makes of it: an error it reports as
-    /// corruption (a garbled `conf`), a panic, or a database without its layout marker (garbage
-    /// over the log's start) means quarantine and a fresh spool. A truncated log reads as a torn
-    /// write: sled opens it with the tail gone, which the durable mark detects (see
-    /// `a_database_that_lost_acknowledged_writes_is_reported_and_keeps_the_rest`).
+    /// What sled does with a damaged index, and what the spool makes of it: an error it reports
+    /// as corruption (a garbled `conf`), a panic, or an index without its format marker (garbage
+    /// over the log's start) means quarantine and a fresh spool.
     #[test]
     fn corrupt_files_are_quarantined_and_a_fresh_spool_starts() {
         use std::os::unix::fs::PermissionsExt;
         // (A `conf` of 8 bytes or fewer is taken as missing, and rewritten.)
-        let garbled_conf =
-            |dir: &Path| std::fs::write(dir.join("conf"), b"garbage garbage garbage").unwrap();
+        let garbled_conf = |dir: &Path| {
+            std::fs::write(dir.join("index/conf"), b"garbage garbage garbage").unwrap()
+        };
         // A large record lives in a blob file, which sled checks (CRC) when it reads it.
         // Garbage over the log's first segment: sled opens an empty database (or, with other
         // contents, panics); the missing layout marker tells.
@@ -2073,7 +2084,7 @@ mod tests {
             use std::io::Write;
             let mut db = std::fs::OpenOptions::new()
                 .write(true)
-                .open(dir.join("db"))
+                .open(dir.join("index/db"))
                 .unwrap();
             db.write_all(&[0xA5; 4096]).unwrap();
         };
@@ -2094,30 +2105,11 @@ mod tests {
             let mode = std::fs::metadata(&aside[0]).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o700, "{name}: the quarantine stays private");
             assert!(
-                aside[0].join("db").exists(),
+                aside[0].join("index/db").exists() && aside[0].join(SEGMENTS_DIR).exists(),
                 "{name}: the files were moved whole"
             );
-            assert!(dir.join("db").exists());
+            assert!(dir.join("index/db").exists());
         }
-
-        // A log cut in half: depending on where the cut falls, sled panics (quarantined) or
-        // takes it for a torn write and opens what is left, reported. Either way: it opens.
-        let (parent, _dir, opened) = corrupt_spool(|dir| {
-            let db = std::fs::OpenOptions::new()
-                .write(true)
-                .open(dir.join("db"))
-                .unwrap();
-            let len = db.metadata().unwrap().len();
-            db.set_len(len / 2).unwrap();
-        });
-        let spool = opened.expect("a truncated spool opens");
-        let quarantined = quarantines(parent.path()).len();
-        let usage = spool.usage();
-        assert!(
-            quarantined == 1
-                || (quarantined == 0 && usage.records < 1000 && usage.truncated.is_some()),
-            "quarantined {quarantined}, usage {usage:?}"
-        );
     }
 
     #[test]
@@ -2149,5 +2141,214 @@ mod tests {
             sled_error(&dir, sled::Error::Io(io(libc::EIO))),
             StoreError::Other(OpenError::Storage { .. })
         ));
+    }
+
+    /// The index deleted by hand (or come back empty): every destination starts from the oldest
+    /// record held. Duplicates, no loss.
+    #[tokio::test]
+    async fn a_lost_index_costs_duplicates_not_records() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let spool = Spool::open(dir.path(), limits(), routes(&["a", "b"])).unwrap();
+            for _ in 0..5 {
+                spool.append(Signal::Traces, 1, b"t").await.unwrap();
+            }
+            spool.ack("a", Signal::Traces, 5).unwrap();
+            spool.ack("b", Signal::Traces, 2).unwrap();
+            assert_eq!(seqs(&spool, Signal::Traces), [3, 4, 5]);
+        }
+        std::fs::remove_dir_all(dir.path().join(INDEX_DIR)).unwrap();
+        let spool = Spool::open(dir.path(), limits(), routes(&["a", "b"])).unwrap();
+        assert_eq!(spool.cursor("a", Signal::Traces), 0);
+        let held = seqs(&spool, Signal::Traces);
+        assert!(held.ends_with(&[3, 4, 5]), "{held:?}");
+        assert_eq!(
+            spool.pending("a", Signal::Traces).records,
+            held.len() as u64
+        );
+        assert!(spool.append(Signal::Traces, 1, b"t").await.unwrap() > 5);
+    }
+
+    /// A backlog that drains gives its disk back: segments roll at their size, and once every
+    /// record in them is acknowledged (and the index flush carrying that is done) they are
+    /// deleted, down to one segment smaller than a roll when the stream is empty.
+    #[tokio::test]
+    async fn drained_segments_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
+        let payload = vec![7u8; 20_000];
+        let mut last = 0;
+        for _ in 0..200 {
+            last = spool.append(Signal::Traces, 1, &payload).await.unwrap();
+        }
+        // limits(): 1 MiB segments; 200 × 20 KB rolled into several, and the cap evicted some.
+        let before = segment_files(dir.path(), "traces").len();
+        assert!(before >= 2, "{before} segments");
+        let usage = spool.usage();
+        assert!(usage.bytes <= limits().max_bytes, "{usage:?}");
+        assert!(usage.disk_bytes <= limits().disk_cap(), "{usage:?}");
+        let mut after = 0;
+        while after < last {
+            let batch = spool
+                .read(Signal::Traces, after, 100_000, u64::MAX)
+                .unwrap();
+            after = batch.last().unwrap().seq;
+            spool.ack("a", Signal::Traces, after).unwrap();
+        }
+        assert_eq!(spool.usage().records, 0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let left = |dir: &Path| -> u64 {
+            let files = segment_files(dir, "traces");
+            files
+                .iter()
+                .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+                .sum::<u64>()
+                + if files.len() > 1 { u64::MAX / 2 } else { 0 }
+        };
+        while left(dir.path()) >= 1 << 20 {
+            assert!(
+                Instant::now() < deadline,
+                "{:?}",
+                segment_files(dir.path(), "traces")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(spool.append(Signal::Traces, 1, b"t").await.unwrap() > last);
+    }
+
+    /// Dead letters are kept durably in their own stream, capped from the oldest.
+    #[tokio::test]
+    async fn dead_letters_are_kept_and_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
+        let payload = vec![1u8; 100_000];
+        for i in 0..30u64 {
+            let letter = DeadLetter {
+                seqs: i..=i,
+                items: 2,
+                payload: &payload,
+                reason: "400: bad data",
+            };
+            spool.dead_letter("a", Signal::Logs, letter).await.unwrap();
+        }
+        let usage = spool.usage();
+        assert_eq!(usage.dropped.dead_letter_records, 30);
+        assert!(usage.dead_letter_bytes <= 1 << 20, "{usage:?}");
+        assert!(
+            usage.dead_letter_records < 30 && usage.dead_letter_records > 5,
+            "{usage:?}"
+        );
+        drop(spool);
+        let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
+        assert_eq!(spool.usage().dead_letter_records, usage.dead_letter_records);
+    }
+
+    /// A version-1 spool (records as sled values) made by the version-1 release build, with two
+    /// destinations at different cursors, a dead letter, a blob-sized record and a remote-write
+    /// state tree (tests/fixtures/spool-v1): migrated on first start, every held record, cursor,
+    /// dead letter and state entry survives with its sequence number.
+    #[tokio::test]
+    async fn a_version_1_spool_is_migrated_whole() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spool-v1");
+        let expected: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture.join("expected.json")).unwrap()).unwrap();
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("spool");
+        copy_dir(&fixture.join("spool"), &dir);
+        let limits = Limits {
+            max_age: Duration::from_secs(100 * 365 * 86400),
+            ..limits()
+        };
+        let every: Routes = [
+            vec!["a".into(), "b".into()],
+            vec!["a".into(), "b".into(), "p".into()],
+            vec!["a".into(), "b".into()],
+        ];
+        let spool = Spool::open(&dir, limits.clone(), every.clone()).unwrap();
+        assert!(!dir.join("db").exists(), "the version-1 files are gone");
+        assert_eq!(
+            std::fs::read_to_string(dir.join(LAYOUT_FILE))
+                .unwrap()
+                .trim(),
+            "2"
+        );
+        check_migrated(&spool, &expected).await;
+        drop(spool);
+        let spool = Spool::open(&dir, limits, every).unwrap();
+        check_migrated(&spool, &expected).await;
+    }
+
+    async fn check_migrated(spool: &Spool, expected: &serde_json::Value) {
+        for signal in Signal::ALL {
+            let want = expected["records"][signal.name()].as_array().unwrap();
+            let read = spool.read(signal, 0, u64::MAX, u64::MAX).unwrap();
+            // A trace appended after the first check may follow.
+            let read = &read[..want.len().min(read.len())];
+            assert_eq!(read.len(), want.len(), "{}", signal.name());
+            for (r, w) in read.iter().zip(want) {
+                assert_eq!(r.seq, w["seq"].as_u64().unwrap());
+                assert_eq!(u64::from(r.header.items), w["items"].as_u64().unwrap());
+                assert_eq!(r.header.received_ms, w["received_ms"].as_u64().unwrap());
+                let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(r.payload()));
+                assert_eq!(
+                    digest,
+                    w["payload_sha256"].as_str().unwrap(),
+                    "seq {}",
+                    r.seq
+                );
+            }
+        }
+        for (name, seq) in expected["cursors"].as_object().unwrap() {
+            let (destination, signal) = name.split_once('/').unwrap();
+            let signal = Signal::ALL
+                .into_iter()
+                .find(|s| s.name() == signal)
+                .unwrap();
+            assert_eq!(
+                spool.cursor(destination, signal),
+                seq.as_u64().unwrap(),
+                "{name}"
+            );
+        }
+        let usage = spool.usage();
+        assert_eq!(usage.dead_letter_records, 1);
+        assert_eq!(spool.state_tree("p", "prw").unwrap().len(), 5);
+        assert!(spool.append(Signal::Traces, 1, b"t").await.unwrap() > 8);
+    }
+
+    /// A failed sync fails the appends waiting on it (nothing acknowledged, nothing readable),
+    /// the segment takes no more appends, and the stream goes on in a new one.
+    #[tokio::test]
+    async fn a_failed_sync_fails_its_appends_and_the_stream_goes_on_in_a_new_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
+        let first = spool.append(Signal::Traces, 1, b"before").await.unwrap();
+        spool.inner.streams[0].fail_next_sync();
+        let failed = spool.append(Signal::Traces, 1, b"lost").await;
+        assert!(
+            matches!(&failed, Err(AppendError::Storage(m)) if m.contains("syncing")),
+            "{failed:?}"
+        );
+        assert!(!spool.healthy(), "a poisoned segment is reported");
+        let read = spool.read(Signal::Traces, 0, u64::MAX, u64::MAX).unwrap();
+        assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), [first]);
+        let after = spool.append(Signal::Traces, 1, b"after").await.unwrap();
+        assert!(spool.healthy());
+        assert_eq!(
+            segment_files(dir.path(), "traces").len(),
+            2,
+            "a new segment"
+        );
+        let read = spool.read(Signal::Traces, 0, u64::MAX, u64::MAX).unwrap();
+        let payloads: Vec<&[u8]> = read.iter().map(|r| r.payload()).collect();
+        assert_eq!(payloads, [&b"before"[..], b"after"]);
+        assert_eq!(read[1].seq, after);
+        drop(spool);
+        let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
+        assert_eq!(
+            seqs(&spool, Signal::Traces),
+            [first, after],
+            "after a restart too"
+        );
     }
 }

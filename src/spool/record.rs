@@ -1,89 +1,215 @@
-//! The on-disk format of one spooled record: a fixed 14-byte header followed by the payload.
+//! The on-disk format of one frame in a segment file: a fixed 36-byte header, then the payload.
 //!
 //! ```text
 //! offset  size  field
-//! 0       1     format version (1)
-//! 1       1     flags (reserved, 0)
-//! 2       4     item count, big-endian u32 (spans, data points or log records)
-//! 6       8     received time, big-endian u64 milliseconds since the Unix epoch
-//! 14      ..    payload: one canonical OTLP protobuf Export*ServiceRequest
+//! 0       4     length L of what follows this 8-byte prefix (header rest + payload), BE u32
+//! 4       4     CRC32 (crc32fast, IEEE) of those L bytes: offsets 8 .. 8 + L
+//! 8       1     kind: 1 = record, 2 = seal (the last frame of a closed segment)
+//! 9       1     format version (1)
+//! 10      2     reserved, 0
+//! 12      4     index: the record's ordinal in its segment, from 0, BE u32
+//!               (a seal: the segment's record count)
+//! 16      8     sequence number, BE u64 (a seal: the segment's last record's, 0 if none)
+//! 24      8     received time, BE u64 ms since the Unix epoch (a seal: the segment's newest)
+//! 32      4     item count, BE u32: spans, data points or log records (a seal: the segment's
+//!               total, saturating)
+//! 36      ..    payload: one canonical OTLP protobuf Export*ServiceRequest (a dead letter: a
+//!               JSON description line, a newline, then the refused protobuf; a seal: none)
 //! ```
 //!
-//! Invariant: a record once written is never rewritten; readers refuse versions they do not
-//! know rather than guess. This file knows bytes only, not OTLP.
+//! Invariant: a frame once written is never rewritten, and a frame is accepted only whole, with
+//! a matching CRC and a version this build knows; a reader refuses anything else rather than
+//! guess (the caller decides whether that is a torn tail or damage). This file knows bytes only:
+//! not OTLP, not files, not which segment or stream a frame sits in.
 
 pub const FORMAT_VERSION: u8 = 1;
-pub const HEADER_LEN: usize = 14;
+pub const HEADER_LEN: usize = 36;
+/// The bytes before the CRC-covered part: length and CRC.
+const PREFIX_LEN: usize = 8;
+/// The largest frame a reader accepts: a record is at most a request (`server.max_decompressed`
+/// is far below this); a larger length is damage, not a record.
+pub const MAX_FRAME: usize = 1 << 30;
 
+/// What a frame is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Record = 1,
+    Seal = 2,
+}
+
+/// What the spool keeps beside each payload (the rest of the header is about placement).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RecordHeader {
     pub items: u32,
     pub received_ms: u64,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum RecordError {
-    #[error("spool record is {0} bytes, shorter than its {HEADER_LEN}-byte header")]
-    Truncated(usize),
-    #[error("spool record has format version {0}, this build reads version {FORMAT_VERSION}; it was written by a newer otlp-spool")]
-    UnknownVersion(u8),
+/// One decoded frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: Kind,
+    pub index: u32,
+    pub seq: u64,
+    pub header: RecordHeader,
+    /// The whole frame's length on disk, header included.
+    pub len: usize,
 }
 
-impl RecordHeader {
-    pub fn encode(&self, payload: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-        out.push(FORMAT_VERSION);
-        out.push(0);
-        out.extend_from_slice(&self.items.to_be_bytes());
-        out.extend_from_slice(&self.received_ms.to_be_bytes());
-        out.extend_from_slice(payload);
-        out
+impl Frame {
+    pub fn payload_len(&self) -> usize {
+        self.len - HEADER_LEN
     }
+}
 
-    /// Splits a stored value into its header and payload.
-    pub fn decode(value: &[u8]) -> Result<(RecordHeader, &[u8]), RecordError> {
-        if value.len() < HEADER_LEN {
-            return Err(RecordError::Truncated(value.len()));
-        }
-        if value[0] != FORMAT_VERSION {
-            return Err(RecordError::UnknownVersion(value[0]));
-        }
-        let items = u32::from_be_bytes(value[2..6].try_into().expect("4 bytes"));
-        let received_ms = u64::from_be_bytes(value[6..14].try_into().expect("8 bytes"));
-        Ok((RecordHeader { items, received_ms }, &value[HEADER_LEN..]))
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// Fewer bytes than the frame needs: at the end of a file, a torn tail.
+    #[error("frame cut short: {have} of {need} bytes")]
+    Short { have: usize, need: usize },
+    #[error("frame length {0} is impossible")]
+    BadLength(usize),
+    #[error("frame checksum mismatch")]
+    Checksum,
+    #[error("frame has format version {0}, this build reads version {FORMAT_VERSION}; it was written by a newer otlp-spool")]
+    UnknownVersion(u8),
+    #[error("frame has unknown kind {0}")]
+    UnknownKind(u8),
+}
+
+/// Encodes one frame into `out` (appended).
+pub fn encode(
+    kind: Kind,
+    index: u32,
+    seq: u64,
+    header: RecordHeader,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) {
+    let start = out.len();
+    let len = (HEADER_LEN - PREFIX_LEN + payload.len()) as u32;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.push(kind as u8);
+    out.push(FORMAT_VERSION);
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&index.to_be_bytes());
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&header.received_ms.to_be_bytes());
+    out.extend_from_slice(&header.items.to_be_bytes());
+    out.extend_from_slice(payload);
+    let crc = crc32fast::hash(&out[start + PREFIX_LEN..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// The length of the frame starting at `bytes` (which may hold only its first 8 bytes), without
+/// checking it: to know how much more to read.
+pub fn peek_len(bytes: &[u8]) -> Result<usize, FrameError> {
+    if bytes.len() < PREFIX_LEN {
+        return Err(FrameError::Short {
+            have: bytes.len(),
+            need: PREFIX_LEN,
+        });
     }
+    let len = u32::from_be_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
+    if !(HEADER_LEN - PREFIX_LEN..=MAX_FRAME).contains(&len) {
+        return Err(FrameError::BadLength(len));
+    }
+    Ok(PREFIX_LEN + len)
+}
+
+/// Decodes the frame at the start of `bytes`, checking its CRC; its payload is
+/// `bytes[HEADER_LEN..frame.len]`.
+pub fn decode(bytes: &[u8]) -> Result<Frame, FrameError> {
+    let len = peek_len(bytes)?;
+    if bytes.len() < len {
+        return Err(FrameError::Short {
+            have: bytes.len(),
+            need: len,
+        });
+    }
+    let stored = u32::from_be_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    if crc32fast::hash(&bytes[PREFIX_LEN..len]) != stored {
+        return Err(FrameError::Checksum);
+    }
+    decode_header(bytes)
+}
+
+/// Decodes the header at the start of `bytes` (at least [`HEADER_LEN`] of them) without the CRC,
+/// which covers the payload: for walking frames whose payload is not read. Its fields may be
+/// wrong where [`decode`] would find the frame damaged.
+pub fn decode_header(bytes: &[u8]) -> Result<Frame, FrameError> {
+    let len = peek_len(bytes)?;
+    if bytes.len() < HEADER_LEN {
+        return Err(FrameError::Short {
+            have: bytes.len(),
+            need: HEADER_LEN,
+        });
+    }
+    let kind = match bytes[8] {
+        1 => Kind::Record,
+        2 => Kind::Seal,
+        other => return Err(FrameError::UnknownKind(other)),
+    };
+    if bytes[9] != FORMAT_VERSION {
+        return Err(FrameError::UnknownVersion(bytes[9]));
+    }
+    let u32_at = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    let u64_at = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    Ok(Frame {
+        kind,
+        index: u32_at(12),
+        seq: u64_at(16),
+        header: RecordHeader {
+            received_ms: u64_at(24),
+            items: u32_at(32),
+        },
+        len,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trip() {
-        let h = RecordHeader {
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let header = RecordHeader {
             items: 7,
             received_ms: 1_795_318_401_418,
         };
-        let v = h.encode(b"payload");
-        assert_eq!(v.len(), HEADER_LEN + 7);
-        assert_eq!(RecordHeader::decode(&v).unwrap(), (h, &b"payload"[..]));
+        encode(Kind::Record, 3, 42, header, payload, &mut out);
+        out
     }
 
     #[test]
-    fn refuses_short_and_unknown() {
+    fn round_trip() {
+        let bytes = frame(b"payload");
+        assert_eq!(bytes.len(), HEADER_LEN + 7);
+        let f = decode(&bytes).unwrap();
         assert_eq!(
-            RecordHeader::decode(&[1, 0, 0]),
-            Err(RecordError::Truncated(3))
+            (f.kind, f.index, f.seq, f.len),
+            (Kind::Record, 3, 42, bytes.len())
         );
-        let mut v = RecordHeader {
-            items: 1,
-            received_ms: 0,
+        assert_eq!(f.header.items, 7);
+        assert_eq!(&bytes[HEADER_LEN..f.len], b"payload");
+        assert_eq!(peek_len(&bytes[..8]), Ok(bytes.len()));
+    }
+
+    #[test]
+    fn refuses_short_flipped_and_unknown() {
+        let bytes = frame(b"payload");
+        assert!(matches!(
+            decode(&bytes[..bytes.len() - 1]),
+            Err(FrameError::Short { .. })
+        ));
+        for at in [5, 9, 20, HEADER_LEN + 2] {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 0x10;
+            assert_eq!(decode(&flipped), Err(FrameError::Checksum), "byte {at}");
         }
-        .encode(b"");
-        v[0] = 9;
-        assert_eq!(
-            RecordHeader::decode(&v),
-            Err(RecordError::UnknownVersion(9))
-        );
+        let mut zeros = vec![0; 64];
+        assert_eq!(decode(&zeros), Err(FrameError::BadLength(0)));
+        zeros[..4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(decode(&zeros), Err(FrameError::BadLength(_))));
     }
 }
