@@ -9,6 +9,8 @@
 #           when a `prometheus` is already on PATH) for tests/prometheus.rs, which starts its
 #           own server on a loopback port; the package's own service is disabled again.
 #   libfaketime: the Debian package, for tests/clock.rs (skipped when already installed).
+#   fuse3: the Debian package, for tests/power_cut.rs (a FUSE file system; fuser mounts with
+#           the mount syscall as root, else through fusermount3); skipped when installed.
 #
 # Nothing is installed globally. Idempotent: a stamp (hash of the pin file +
 # interpreter version) lets a warm run finish in well under a second.
@@ -33,7 +35,7 @@ for arg in "$@"; do
     --force) FORCE=1 ;;
     --check) CHECK=1 ;;
     --quiet) QUIET=1 ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install-test-deps: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -152,9 +154,11 @@ install_js() {
 # tests/prometheus.rs runs a real Prometheus (remote write receiver); the tests start their own
 # instance on a free loopback port with a temporary TSDB, so the system service the package sets
 # up is stopped and disabled again where systemd runs. tests/clock.rs preloads libfaketime.
+# tests/power_cut.rs mounts a FUSE file system (needs /dev/fuse, and root or fusermount3).
 FAKETIME_LIB="${OTLP_SPOOL_TEST_FAKETIME:-/usr/lib/$(uname -m)-linux-gnu/faketime/libfaketime.so.1}"
 prometheus_ok() { command -v prometheus >/dev/null 2>&1; }
 faketime_ok() { [ -f "$FAKETIME_LIB" ]; }
+fuse_ok() { command -v fusermount3 >/dev/null 2>&1; }
 apt_install() { # package...
   local sudo=""
   if [ "$(id -u)" != 0 ]; then
@@ -180,6 +184,7 @@ if [ "$CHECK" = 1 ]; then
   js_ok || { echo "install-test-deps: JS clients missing or stale" >&2; rc=1; }
   [ -n "${OTLP_SPOOL_TEST_PROMETHEUS:-}" ] || prometheus_ok || { echo "install-test-deps: prometheus missing" >&2; rc=1; }
   faketime_ok || { echo "install-test-deps: libfaketime missing ($FAKETIME_LIB)" >&2; rc=1; }
+  fuse_ok || { echo "install-test-deps: fuse3 (fusermount3) missing" >&2; rc=1; }
   [ -f "$ENV_FILE" ] || { echo "install-test-deps: $ENV_FILE missing" >&2; rc=1; }
   exit $rc
 fi
@@ -209,6 +214,13 @@ else
   apt_install libfaketime
   faketime_ok || fail "libfaketime installed but $FAKETIME_LIB is missing: set OTLP_SPOOL_TEST_FAKETIME"
 fi
+if fuse_ok; then
+  log "fuse3: up to date ($(command -v fusermount3))"
+else
+  apt_install fuse3
+  fuse_ok || fail "fuse3 installed but fusermount3 is not on PATH"
+fi
+[ -e /dev/fuse ] || log "warning: no /dev/fuse: tests/power_cut.rs will SKIP (fail under CI)"
 
 tmp="$(mktemp "$CACHE/test-env.sh.XXXXXX")"
 cat >"$tmp" <<EOF

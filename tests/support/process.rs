@@ -72,7 +72,7 @@ impl AgentProcess {
     /// Spawns `command` (stderr appended to `log`) and returns once `GET /healthz` on `port`
     /// answers 200.
     pub async fn start(command: Command, port: u16, log: &Path) -> AgentProcess {
-        Self::try_start(command, port, log)
+        Self::try_start(command, port, log, true)
             .await
             .unwrap_or_else(|status| {
                 panic!(
@@ -89,10 +89,21 @@ impl AgentProcess {
         port: u16,
         log: &Path,
     ) -> AgentProcess {
+        Self::start_retrying_until(command, port, log, true).await
+    }
+
+    /// [`Self::start_retrying`], returning once `/healthz` answers at all when `healthy` is
+    /// false: an agent whose spool failed answers 503 and may stay so (tests/power_cut.rs).
+    pub async fn start_retrying_until(
+        command: impl Fn() -> Command,
+        port: u16,
+        log: &Path,
+        healthy: bool,
+    ) -> AgentProcess {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut early_exits = 0;
         loop {
-            match Self::try_start(command(), port, log).await {
+            match Self::try_start(command(), port, log, healthy).await {
                 Ok(agent) => return agent,
                 Err(status) => {
                     early_exits += 1;
@@ -107,11 +118,13 @@ impl AgentProcess {
         }
     }
 
-    /// [`Self::start`], or the exit status of a process that exited before it answered.
+    /// [`Self::start`] (any answer counts unless `healthy`), or the exit status of a process
+    /// that exited before it answered.
     async fn try_start(
         mut command: Command,
         port: u16,
         log: &Path,
+        healthy: bool,
     ) -> Result<AgentProcess, std::process::ExitStatus> {
         let stderr = OpenOptions::new()
             .create(true)
@@ -138,14 +151,14 @@ impl AgentProcess {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 return Err(status);
             }
-            let healthy = agent
+            let up = agent
                 .http
                 .get(agent.url("/healthz"))
                 .timeout(Duration::from_millis(500))
                 .send()
                 .await
-                .is_ok_and(|r| r.status() == 200);
-            if healthy {
+                .is_ok_and(|r| r.status() == 200 || !healthy);
+            if up {
                 return Ok(agent);
             }
             assert!(
