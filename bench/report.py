@@ -327,7 +327,7 @@ def main():
         w("| measure | goal | result | runs |")
         w("|---|---|---|---|")
         n = len(bl)
-        idle_s = fmt(col(bl, "idle_s"), 0, " s")
+        idle_s = fmt([median(col(bl, "idle_s"))], 0, " s")
         lines = [
             ("backlog held (logical: OTLP bytes acknowledged)", "1 GiB", fmt(col(bl, "acked_mb"), 0, " MiB")),
             ("… as the agent counts it (`spool.bytes`)", "–", fmt(col(bl, "logical_mb"), 0, " MiB")),
