@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2119 # start_sink's arguments are optional: most calls have none
 # Benchmark runner for otlp-spool (issue 7). Builds release binaries, then for each scenario
 # starts a fresh agent (fresh spool) and a fresh sink (examples/sink.rs), drives the agent with
 # examples/loadgen.rs, samples the agent's CPU time (utime+stime, /proc/PID/stat) and memory
-# (VmRSS sampled every 0.5 s, VmHWM) and writes medians over --repeat runs into bench/RESULTS.md
-# (between the "bench:begin" and "bench:end" markers; the rest of the file is prose).
+# (VmRSS sampled every 0.5 s, 0.1 s in the backlog scenario; VmHWM) and writes medians over
+# --repeat runs into bench/RESULTS.md (between the "bench:begin" and "bench:end" markers; the rest
+# of the file is prose). The backlog scenario measures issue 14's figures (spool storage v2): RSS
+# peak of each phase (fill, hold, restart, drain, idle after), ready time after a restart at
+# several backlogs, disk at peak and after the drain, drain rate, and the context switches of all
+# the agent's threads once it is idle again; raw results go to WORK/results.jsonl.
 # Building, process control and the /proc sampler are shared with bench/soak.sh (bench/lib.sh).
 #
-#   bench/run.sh                      # everything, full length (about 45 minutes)
+#   bench/run.sh                      # everything, full length (about 55 minutes)
+#   bench/run.sh --only backlog --repeat 1 --no-report   # issue 14's figures: 1 GiB in full,
+#                                     # ready time at 64 MiB and 4 GiB (7–8 min on a busy 2-core box)
 #   bench/run.sh --smoke              # a few seconds per scenario: checks the harness end to end
 #                                     # (items acked == items at the sink); non-zero exit if not
 #   bench/run.sh --only metrics,traces --repeat 5 --seconds 30
@@ -17,8 +24,16 @@
 #   --seconds S         length of the fixed-rate scenarios (default 60)
 #   --max-seconds S     length of the maximum-ingest run (default 20)
 #   --idle-seconds S    idle scenario length (default 300)
-#   --backlog BYTES     backlog for the drain/disk/restart scenario (default 1073741824)
+#   --backlog SIZE      backlog of the backlog scenario, in bytes of OTLP or like 64MiB, 1GiB
+#                       (default 1GiB): fill (no destination), hold, restart, drain, disk after,
+#                       idle after; RSS peak of each phase, ready time, disk, drain rate (issue 14)
 #   --backlog-repeat N  runs of the backlog scenario (default: --repeat)
+#   --ready-sizes LIST  more backlogs, comma-separated (default 64MiB,4GiB; "" for none), at which
+#                       only fill, hold, restart and ready time are measured, once each (no drain:
+#                       at 4 GiB a drain would add minutes and say nothing new)
+#   --hold-seconds S    backlog: the agent holds the filled spool this long before the stop (default 10)
+#   --drain-idle-seconds S  backlog: the drained agent is left idle this long; context switches of
+#                       all its threads and CPU are summed over it (default 60)
 #   --only LIST         comma-separated: metrics,traces,grpc,ingest,backlog,idle,rotel
 #   --rev REV           benchmark git revision REV (a `git archive` snapshot, with this tree's
 #                       examples/ and bench/) instead of the working tree
@@ -37,7 +52,8 @@ ROOT="$PWD"
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
 
-SMOKE=0 REPEAT=3 SECONDS_RATE=60 SECONDS_MAX=20 IDLE=300 BACKLOG=$((1 << 30)) BACKLOG_REPEAT=""
+SMOKE=0 REPEAT=3 SECONDS_RATE=60 SECONDS_MAX=20 IDLE=300 BACKLOG=1GiB BACKLOG_REPEAT=""
+READY_SIZES=64MiB,4GiB HOLD=10 DRAIN_IDLE=60
 ONLY="metrics,traces,grpc,ingest,backlog,idle,rotel" REV="" REPORT=1 PROFILE="" PREBUILT=""
 PORT_BASE=24300   # below Linux's ephemeral range (32768+), so no outgoing connection holds our ports
 while [ $# -gt 0 ]; do
@@ -49,6 +65,9 @@ while [ $# -gt 0 ]; do
     --idle-seconds) IDLE=$2; shift ;;
     --backlog) BACKLOG=$2; shift ;;
     --backlog-repeat) BACKLOG_REPEAT=$2; shift ;;
+    --ready-sizes) READY_SIZES=$2; shift ;;
+    --hold-seconds) HOLD=$2; shift ;;
+    --drain-idle-seconds) DRAIN_IDLE=$2; shift ;;
     --only) ONLY=$2; shift ;;
     --rev) REV=$2; shift ;;
     --port-base) PORT_BASE=$2; shift ;;
@@ -61,10 +80,13 @@ while [ $# -gt 0 ]; do
   shift
 done
 if [ "$SMOKE" = 1 ]; then
-  REPEAT=1 SECONDS_RATE=3 SECONDS_MAX=3 IDLE=2 BACKLOG=$((8 << 20)) REPORT=0
+  REPEAT=1 SECONDS_RATE=3 SECONDS_MAX=3 IDLE=2 BACKLOG=8MiB READY_SIZES=4MiB HOLD=1 DRAIN_IDLE=2 REPORT=0
   ONLY="metrics,traces,grpc,ingest,backlog,idle"
 fi
 BACKLOG_REPEAT=${BACKLOG_REPEAT:-$REPEAT}
+# Sizes in bytes now, so that a typo stops the run before it has spent minutes on the fills.
+BACKLOG=$(bytes_of "$BACKLOG") READY_BYTES=""
+for size in ${READY_SIZES//,/ }; do READY_BYTES+=" $(bytes_of "$size")"; done
 has() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 need_tools curl jq python3
@@ -99,8 +121,8 @@ start_rotel() {
     --exporter otlp --otlp-exporter-protocol http --otlp-exporter-compression gzip \
     --otlp-exporter-endpoint "http://127.0.0.1:$SINK_PORT" 2>>"$WORK/rotel.log" >&2 &
   AGENT_PID=$!
-  local i
-  for i in $(seq 200); do
+
+  for _ in $(seq 200); do
     curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$ROTEL_HTTP/" && return 0
     sleep 0.05
   done
@@ -117,7 +139,7 @@ rate_run() {
   local name=$1 who=$2 signal=$3 rate=$4 proto=$5 rep=$6 port
   start_sink
   if [ "$who" = rotel ]; then
-    start_rotel; READY_MS=null
+    start_rotel
     port=$([ "$proto" = grpc ] && echo "$ROTEL_GRPC" || echo "$ROTEL_HTTP")
   else
     rm -rf "$WORK/spool"; write_config "$WORK/agent.toml" yes "$WORK/spool" 1GiB
@@ -135,8 +157,9 @@ rate_run() {
   c1=$(ticks "$AGENT_PID"); t1=$(date +%s%N)
   local hwm; hwm=$(mem_kb "$AGENT_PID" VmHWM)
   stop_sampler; stop_agent; stop_sink
-  [ "$delivered" = "$acked" ] && [ "$(jq -r .errors <<<"$lg")" = 0 ] && [ "$acked" -gt 0 ] \
-    || fail "$name/$who rep $rep: acked $acked, at sink $delivered, errors $(jq -r .errors <<<"$lg")"
+  if ! { [ "$delivered" = "$acked" ] && [ "$(jq -r .errors <<<"$lg")" = 0 ] && [ "$acked" -gt 0 ]; }; then
+    fail "$name/$who rep $rep: acked $acked, at sink $delivered, errors $(jq -r .errors <<<"$lg")"
+  fi
   record "$(jq -nc --arg s "$name" --arg who "$who" --argjson rep "$rep" --argjson lg "$lg" \
     --argjson cpu_s "$(div "$((c1 - c0))" "$HZ")" --argjson load_s "$SECONDS_RATE" \
     --argjson window_s "$(( (t1 - t0) / 1000000 ))e-3" --argjson rss "$(peak_rss_kb "$WORK/samples")" \
@@ -165,7 +188,7 @@ ingest_run() {
   wait_delivered 120 "traces=$acked" || true; delivered=$(jq -r .traces <<<"$SINK_COUNT")
   local hwm; hwm=$(mem_kb "$AGENT_PID" VmHWM)
   stop_sampler; stop_agent; stop_sink
-  [ "$delivered" = "$acked" ] && [ "$acked" -gt 0 ] || fail "ingest rep $rep: acked $acked, at sink $delivered"
+  if ! { [ "$delivered" = "$acked" ] && [ "$acked" -gt 0 ]; }; then fail "ingest rep $rep: acked $acked, at sink $delivered"; fi
   record "$(jq -nc --argjson rep "$rep" --argjson lg "$lg" --argjson delivered "$delivered" \
     --argjson cpu_s "$(div "$((c1 - c0))" "$HZ")" --argjson rss "$(peak_rss_kb "$WORK/samples")" \
     --argjson hwm "$hwm" \
@@ -177,58 +200,150 @@ ingest_run() {
   log "ingest rep $rep: $(tail -1 "$RESULTS")"
 }
 
-# ---- scenario: backlog (fill, disk at peak, restart, drain, disk after) ---------------------
+# ---- scenario: backlog (issue 14: fill, hold, restart, drain, disk after, idle after) ---------
+# Each phase's RSS peak is the larger of the highest VmRSS sampled every 0.1 s in that phase and
+# VmHWM at its end, VmHWM having been reset at its start (reset_hwm): VmHWM is the kernel's exact
+# peak, so a spike between samples still counts, and a restart that takes 0.2 s has no samples at
+# all. The first phase of each process (fill, restart) needs no reset: VmHWM starts at exec.
+SAMPLE_EVERY=0.1
+# phase_begin PID NAME FIRST: the sampler labels its rows NAME from now on; FIRST=1 for a process's
+# first phase. Sets PHASE_HWM_EXACT=1 when VmHWM at the phase's end will be this phase's peak.
+phase_begin() {
+  set_phase "$2"
+  PHASE_HWM_EXACT=$3
+  if [ "$3" != 1 ] && reset_hwm "$1"; then PHASE_HWM_EXACT=1; fi
+  [ "$PHASE_HWM_EXACT" = 1 ] || HWM_EXACT=false
+}
+# phase_peak_kb PID CSV NAME: the phase's RSS peak in kB (see above).
+phase_peak_kb() {
+  local sampled hwm=0; sampled=$(peak_rss_kb "$2" "$3")
+  [ "$PHASE_HWM_EXACT" = 1 ] && hwm=$(mem_kb "$1" VmHWM)
+  echo $(( hwm > sampled ? hwm : sampled ))
+}
+now_ms() { local t=$EPOCHREALTIME; echo $(( ${t%[.,]*} * 1000 + 10#${t#*[.,]} / 1000 )); }
+
+# backlog_run REP SIZE FULL: fill SIZE bytes of OTLP with no destination (held), hold it, stop,
+# restart with the sink as destination and time /healthz. FULL=1 goes on: drain, let the acks
+# settle, measure the disk, leave the agent idle for --drain-idle-seconds (context switches of all
+# its threads, RSS), stop, measure the disk again. FULL=0 (the --ready-sizes) stops once ready:
+# restart time is what is wanted at those sizes, and a drain would double their cost.
 backlog_run() {
-  local rep=$1 lg acked status logical disk_app disk_alloc sled_disk t_stop stop_ms
+  local rep=$1 size=$2 full=$3 lg acked status logical sled_disk t_stop stop_ms label
+  label=$([ "$full" = 1 ] && echo backlog || echo backlog-ready)
+  local csv1="$WORK/$label-$size-$rep-agent1.csv" csv2="$WORK/$label-$size-$rep-agent2.csv"
+  HWM_EXACT=true
   rm -rf "$WORK/spool"
   # Fill with no destination (held), a cap well above the backlog so nothing is evicted.
-  write_config "$WORK/hold.toml" no "$WORK/spool" "$(( BACKLOG * 2 ))"
+  write_config "$WORK/hold.toml" no "$WORK/spool" "$(( size * 2 ))"
   start_agent "$WORK/hold.toml"
-  local fill0; fill0=$(date +%s%N)
+  phase_begin "$AGENT_PID" fill 1   # before the sampler, so its first row is labelled too
+  start_sampler "$AGENT_PID" "$csv1" "$SAMPLE_EVERY"
+  local fill0; fill0=$(now_ms)
   lg=$("$BIN/loadgen" --addr "127.0.0.1:$HTTP_PORT" --signal traces --batch 100 --concurrency 16 \
-        --seconds 1200 --max-bytes "$BACKLOG" --threads 2 --json 2>>"$WORK/loadgen.log")
-  local fill_s; fill_s=$(div "$(( $(date +%s%N) - fill0 ))" 1000000000)
+        --seconds 3600 --max-bytes "$size" --threads 2 --json 2>>"$WORK/loadgen.log")
+  local fill_s; fill_s=$(div "$(( $(now_ms) - fill0 ))" 1000)
   acked=$(jq -r .items_ok <<<"$lg")
+  local rss_fill; rss_fill=$(phase_peak_kb "$AGENT_PID" "$csv1" fill)
+
+  # Hold: the agent keeps the backlog, no traffic. Disk at peak = the larger of the sizes
+  # measured at the start and at the end of the hold (a store may still be writing after the acks).
+  phase_begin "$AGENT_PID" hold 0
   status=$(curl -sf "http://127.0.0.1:$HTTP_PORT/status")
-  logical=$(jq -r .spool.bytes <<<"$status"); sled_disk=$(jq -r .spool.disk_bytes <<<"$status")
+  logical=$(jq -r .spool.bytes <<<"$status"); sled_disk=$(jq -r '.spool.disk_bytes // 0' <<<"$status")
+  local app0 alloc0 disk_app disk_alloc
+  app0=$(du_bytes "$WORK/spool"); alloc0=$(du_alloc "$WORK/spool")
+  sleep "$HOLD"
   disk_app=$(du_bytes "$WORK/spool"); disk_alloc=$(du_alloc "$WORK/spool")
-  t_stop=$(date +%s%N); stop_agent; stop_ms=$(( ($(date +%s%N) - t_stop) / 1000000 ))
+  disk_app=$(( disk_app > app0 ? disk_app : app0 )) disk_alloc=$(( disk_alloc > alloc0 ? disk_alloc : alloc0 ))
+  local rss_hold; rss_hold=$(phase_peak_kb "$AGENT_PID" "$csv1" hold)
+  stop_sampler
+  t_stop=$(now_ms); stop_agent; stop_ms=$(( $(now_ms) - t_stop ))
   local after_stop_alloc; after_stop_alloc=$(du_alloc "$WORK/spool")
 
-  # Restart with the sink as destination: time to /healthz, then drain.
+  # Restart with the sink as destination: spawn → /healthz 200 (start_agent), and the restart's
+  # RSS peak = VmHWM at that moment (the process's first phase). The drain starts by itself, so
+  # VmHWM is read at once, before it adds much.
   start_sink
-  write_config "$WORK/drain.toml" yes "$WORK/spool" "$(( BACKLOG * 2 ))"
+  write_config "$WORK/drain.toml" yes "$WORK/spool" "$(( size * 2 ))"
   start_agent "$WORK/drain.toml"
-  local ready_ms=$READY_MS d0; d0=$(date +%s%N)
-  start_sampler "$AGENT_PID" "$WORK/samples" 0.5
-  local delivered; wait_delivered 1800 "traces=$acked" || true; delivered=$(jq -r .traces <<<"$SINK_COUNT")
-  local drain_s; drain_s=$(div "$(( $(date +%s%N) - d0 ))" 1000000000)
-  local sink; sink=$(sink_count)
-  local hwm rss_end; hwm=$(mem_kb "$AGENT_PID" VmHWM); rss_end=$(mem_kb "$AGENT_PID" VmRSS)
-  stop_sampler
-  # Let the last acks and deletions be flushed, then measure the files.
-  sleep 3
-  local after; after=$(curl -sf "http://127.0.0.1:$HTTP_PORT/status")
-  local after_app after_alloc; after_app=$(du_bytes "$WORK/spool"); after_alloc=$(du_alloc "$WORK/spool")
-  stop_agent; stop_sink; rm -rf "$WORK/spool"
-  [ "$delivered" = "$acked" ] || fail "backlog rep $rep: acked $acked, at sink $delivered"
-  record "$(jq -nc --argjson rep "$rep" --argjson lg "$lg" --argjson logical "$logical" \
+  local rss_restart; rss_restart=$(mem_kb "$AGENT_PID" VmHWM)
+  local ready_ms; ready_ms=$(div "$READY_US" 1000)
+  local ready_at_ms=$(( (AGENT_T0_US + READY_US) / 1000 ))
+  local common
+  common=$(jq -nc --argjson rep "$rep" --argjson size "$size" --argjson lg "$lg" --argjson logical "$logical" \
     --argjson sled_disk "$sled_disk" --argjson disk_app "$disk_app" --argjson disk_alloc "$disk_alloc" \
-    --argjson after_stop_alloc "$after_stop_alloc" --argjson stop_ms "$stop_ms" \
-    --argjson ready_ms "$ready_ms" --argjson drain_s "$drain_s" --argjson fill_s "$fill_s" \
-    --argjson sink "$sink" --argjson rss "$(peak_rss_kb "$WORK/samples")" --argjson hwm "$hwm" \
-    --argjson rss_end "$rss_end" --argjson after "$after" --argjson after_app "$after_app" \
-    --argjson after_alloc "$after_alloc" --argjson delivered "$delivered" \
-    '{scenario: "backlog", agent: "otlp-spool", rep: $rep, acked: $lg.items_ok, delivered: $delivered,
-      fill_s: $fill_s, fill_items_per_s: ($lg.items_ok / $fill_s), logical_mb: ($logical / 1048576),
+    --argjson after_stop_alloc "$after_stop_alloc" --argjson stop_ms "$stop_ms" --argjson ready_ms "$ready_ms" \
+    --argjson fill_s "$fill_s" --argjson hold_s "$HOLD" --argjson rss_fill "$rss_fill" --argjson rss_hold "$rss_hold" \
+    --argjson rss_restart "$rss_restart" \
+    '{agent: "otlp-spool", rep: $rep, size_bytes: $size, acked: $lg.items_ok,
+      acked_mb: ($lg.acked_otlp_bytes / 1048576), fill_s: $fill_s, fill_items_per_s: ($lg.items_ok / $fill_s),
+      fill_mb_s: ($lg.acked_otlp_bytes / 1e6 / $fill_s), logical_mb: ($logical / 1048576),
       sled_disk_mb: ($sled_disk / 1048576), disk_app_mb: ($disk_app / 1048576),
       disk_alloc_mb: ($disk_alloc / 1048576), disk_ratio: ($disk_alloc / $logical),
-      after_stop_alloc_mb: ($after_stop_alloc / 1048576), stop_ms: $stop_ms,
-      ready_ms: $ready_ms, drain_s: $drain_s, drain_mb_s: ($sink.otlp_bytes / 1e6 / $drain_s),
-      drain_wire_mb_s: ($sink.wire_bytes / 1e6 / $drain_s), sink_requests: $sink.requests,
-      drain_rss_peak_mb: ($rss / 1024), drain_hwm_mb: ($hwm / 1024), rss_end_mb: ($rss_end / 1024),
-      after_records: $after.spool.records, after_logical_mb: ($after.spool.bytes / 1048576),
-      after_app_mb: ($after_app / 1048576), after_alloc_mb: ($after_alloc / 1048576)}')"
+      disk_app_ratio: ($disk_app / $lg.acked_otlp_bytes), disk_alloc_ratio: ($disk_alloc / $lg.acked_otlp_bytes),
+      hold_s: $hold_s, after_stop_alloc_mb: ($after_stop_alloc / 1048576), stop_ms: $stop_ms,
+      ready_ms: $ready_ms, rss_fill_peak_mb: ($rss_fill / 1024), rss_hold_peak_mb: ($rss_hold / 1024),
+      rss_restart_peak_mb: ($rss_restart / 1024)}')
+  if [ "$full" != 1 ]; then
+    stop_agent; stop_sink; rm -rf "$WORK/spool"
+    [ "$acked" -gt 0 ] || fail "$label $size: nothing was acknowledged in the fill"
+    record "$(jq -c --argjson exact "$HWM_EXACT" '{scenario: "backlog-ready"} + . + {hwm_exact: $exact}' <<<"$common")"
+    log "$label $size: $(tail -1 "$RESULTS")"
+    return
+  fi
+
+  # Drain. Its time runs from ready to the sink's last accepted export (the sink's own clock, ms),
+  # not to when a poll noticed.
+  phase_begin "$AGENT_PID" drain 0
+  start_sampler "$AGENT_PID" "$csv2" "$SAMPLE_EVERY"
+  local delivered; wait_delivered 1800 "traces=$acked" || true; delivered=$(jq -r .traces <<<"$SINK_COUNT")
+  local sink; sink=$(sink_count)
+  local drain_s; drain_s=$(jq -r --argjson r "$ready_at_ms" 'if .last_ms > 0 then (.last_ms - $r) / 1000 else 0 end' <<<"$sink")
+  # Settle: disk after the drain is measured once the acks are applied (no records left) and the
+  # directory's allocated size stopped changing (two equal readings 1 s apart; at most 60 s).
+  local settle0; settle0=$(now_ms)
+  local prev=-1 cur recs settled=false
+  while [ $(( $(now_ms) - settle0 )) -lt 60000 ]; do
+    recs=$(curl -sf "http://127.0.0.1:$HTTP_PORT/status" | jq -r .spool.records) || recs=""
+    cur=$(du_alloc "$WORK/spool")
+    if [ "$recs" = 0 ] && [ "$cur" = "$prev" ]; then settled=true; break; fi
+    prev=$cur; sleep 1
+  done
+  local settle_s; settle_s=$(div "$(( $(now_ms) - settle0 ))" 1000)
+  local after; after=$(curl -sf "http://127.0.0.1:$HTTP_PORT/status")
+  local after_app after_alloc; after_app=$(du_bytes "$WORK/spool"); after_alloc=$(du_alloc "$WORK/spool")
+  local rss_drain; rss_drain=$(phase_peak_kb "$AGENT_PID" "$csv2" drain)
+
+  # Idle on the drained (empty) spool: context switches of all threads (issue 14: 0 over 60 s).
+  # Nothing here talks to the agent during the window (the sampler only reads /proc).
+  phase_begin "$AGENT_PID" idle 0
+  local c0 c1; c0=$(ticks "$AGENT_PID")
+  ctxt_snapshot "$AGENT_PID" "$WORK/ctxt-before"
+  sleep "$DRAIN_IDLE"
+  ctxt_snapshot "$AGENT_PID" "$WORK/ctxt-after"
+  c1=$(ticks "$AGENT_PID")
+  local ctxt; ctxt=$(ctxt_delta "$WORK/ctxt-before" "$WORK/ctxt-after")
+  local rss_idle rss_idle_end; rss_idle=$(phase_peak_kb "$AGENT_PID" "$csv2" idle); rss_idle_end=$(mem_kb "$AGENT_PID" VmRSS)
+  stop_sampler; stop_agent
+  local stopped_alloc; stopped_alloc=$(du_alloc "$WORK/spool")
+  stop_sink; rm -rf "$WORK/spool"
+  [ "$delivered" = "$acked" ] || fail "backlog rep $rep: acked $acked, at sink $delivered"
+  record "$(jq -c --argjson delivered "$delivered" --argjson sink "$sink" --argjson drain_s "$drain_s" \
+    --argjson settle_s "$settle_s" --argjson settled "$settled" --argjson after "$after" \
+    --argjson after_app "$after_app" --argjson after_alloc "$after_alloc" --argjson stopped_alloc "$stopped_alloc" \
+    --argjson rss_drain "$rss_drain" --argjson rss_idle "$rss_idle" --argjson rss_idle_end "$rss_idle_end" \
+    --argjson idle_s "$DRAIN_IDLE" --argjson ctxt "$ctxt" --argjson cpu_ms "$(( (c1 - c0) * 1000 / HZ ))" \
+    --argjson exact "$HWM_EXACT" \
+    '{scenario: "backlog"} + . + {delivered: $delivered, drain_s: $drain_s,
+      drain_mb_s: (if $drain_s > 0 then $sink.otlp_bytes / 1e6 / $drain_s else null end),
+      drain_wire_mb_s: (if $drain_s > 0 then $sink.wire_bytes / 1e6 / $drain_s else null end),
+      sink_requests: $sink.requests, rss_drain_peak_mb: ($rss_drain / 1024), drain_rss_peak_mb: ($rss_drain / 1024),
+      settle_s: $settle_s, settled: $settled, after_records: $after.spool.records,
+      after_logical_mb: ($after.spool.bytes / 1048576), after_app_mb: ($after_app / 1048576),
+      after_alloc_mb: ($after_alloc / 1048576), stopped_alloc_mb: ($stopped_alloc / 1048576),
+      idle_s: $idle_s, idle_ctxt: $ctxt.total, idle_ctxt_by_name: $ctxt.by_name,
+      idle_threads: $ctxt.threads_after, idle_cpu_ms: $cpu_ms, rss_idle_peak_mb: ($rss_idle / 1024),
+      rss_idle_end_mb: ($rss_idle_end / 1024), hwm_exact: $exact}' <<<"$common")"
   log "backlog rep $rep: $(tail -1 "$RESULTS")"
 }
 
@@ -248,17 +363,19 @@ idle_run() {
     stop_agent; start_agent "$WORK/agent.toml"
   fi
   sleep 2
-  c0=$(ticks "$AGENT_PID")
+  c0=$(ticks "$AGENT_PID"); ctxt_snapshot "$AGENT_PID" "$WORK/ctxt-before"
   sleep "$IDLE"
-  c1=$(ticks "$AGENT_PID")
+  c1=$(ticks "$AGENT_PID"); ctxt_snapshot "$AGENT_PID" "$WORK/ctxt-after"
   local rss hwm; rss=$(mem_kb "$AGENT_PID" VmRSS); hwm=$(mem_kb "$AGENT_PID" VmHWM)
   stop_agent; stop_sink
   record "$(jq -nc --argjson rep "$rep" --argjson ms "$(( (c1 - c0) * 1000 / HZ ))" --arg v "$variant" \
     --argjson s "$IDLE" --argjson rss "$rss" --argjson hwm "$hwm" \
+    --argjson ctxt "$(ctxt_delta "$WORK/ctxt-before" "$WORK/ctxt-after")" \
     '{scenario: ("idle-" + $v), agent: "otlp-spool", rep: $rep, idle_s: $s, cpu_ms: $ms,
-      cpu_ms_per_5min: ($ms * 300 / $s), rss_mb: ($rss / 1024), hwm_mb: ($hwm / 1024)}')"
+      cpu_ms_per_5min: ($ms * 300 / $s), rss_mb: ($rss / 1024), hwm_mb: ($hwm / 1024),
+      ctxt: $ctxt.total, ctxt_by_name: $ctxt.by_name, threads: $ctxt.threads_after}')"
   log "idle ($variant) rep $rep: $(tail -1 "$RESULTS")"
-  [ "$SMOKE" = 1 ] || [ "$(( (c1 - c0) * 1000 / HZ * 300 / IDLE ))" -le 50 ] \
+  [ "$SMOKE" = 1 ] || [ "$(( (c1 - c0) * 1000 * 300 / HZ / IDLE ))" -le 50 ] \
     || log "note: idle ($variant) is over the 50 ms / 5 min goal"
 }
 
@@ -293,7 +410,12 @@ for rep in $(seq "$REPEAT"); do
   fi
   has ingest && ingest_run "$rep"
 done
-if has backlog; then for rep in $(seq "$BACKLOG_REPEAT"); do backlog_run "$rep"; done; fi
+if has backlog; then
+  for rep in $(seq "$BACKLOG_REPEAT"); do backlog_run "$rep" "$BACKLOG" 1; done
+  for size in $READY_BYTES; do
+    [ "$size" = "$BACKLOG" ] || backlog_run 1 "$size" 0   # --backlog's ready time is in its own runs
+  done
+fi
 if has idle; then idle_run 1 fresh; idle_run 1 restarted; fi   # one run each: a sum over a long window
 
 # ---- report ----------------------------------------------------------------------------------
@@ -303,7 +425,7 @@ MACHINE=$(printf '%s nproc, %s, %s MiB RAM, %s (rotational=%s), kernel %s, %s' \
   "$(findmnt -n -o FSTYPE,SOURCE --target "$WORK" | tr -s ' ' ' ')" \
   "$(lsblk -dn -o ROTA "$(findmnt -n -o SOURCE --target "$WORK")" 2>/dev/null | tr -d ' ' || echo '?')" \
   "$(uname -r)" "$(rustc --version)")
-ARGS="repeat=$REPEAT seconds=$SECONDS_RATE max-seconds=$SECONDS_MAX idle-seconds=$IDLE backlog=$BACKLOG backlog-repeat=$BACKLOG_REPEAT only=$ONLY"
+ARGS="repeat=$REPEAT seconds=$SECONDS_RATE max-seconds=$SECONDS_MAX idle-seconds=$IDLE backlog=$BACKLOG backlog-repeat=$BACKLOG_REPEAT ready-sizes=$READY_SIZES hold-seconds=$HOLD drain-idle-seconds=$DRAIN_IDLE only=$ONLY"
 python3 "$ROOT/bench/report.py" "$RESULTS" --machine "$MACHINE" --commit "$COMMIT" --build "$BUILD" \
   --started "$START" --args "$ARGS" --rotel "$([ -n "$ROTEL" ] && "$ROTEL" --version 2>/dev/null || echo none)" \
   >"$WORK/report.md"

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2119 # commit_label's REV is optional: the soak always measures HEAD
 # Soak and drain-memory runs for otlp-spool (issue 8, item 5). Builds (release by default), starts
 # the agent and the fast sink (examples/sink.rs), and samples the agent's RSS, open descriptors,
 # threads, spool records, logical bytes and allocated disk into a CSV (kept in bench/results/
@@ -68,15 +69,7 @@ seconds_of() {
     *) echo "$1" ;;
   esac
 }
-# bytes_of 1073741824 | 256MiB | 1GiB
-bytes_of() {
-  case "$1" in
-    *[0-9]KiB) echo $(( ${1%KiB} << 10 )) ;; *[0-9]MiB) echo $(( ${1%MiB} << 20 )) ;;
-    *[0-9]GiB) echo $(( ${1%GiB} << 30 )) ;;
-    *[!0-9]*|"") echo "bench/soak.sh: size '$1': want bytes or e.g. 256MiB, 1GiB" >&2; exit 2 ;;
-    *) echo "$1" ;;
-  esac
-}
+# bytes_of: bench/lib.sh
 SECS=$(seconds_of "$DURATION")
 [ -z "$DRAIN" ] || DRAIN_BYTES=$(bytes_of "$DRAIN")
 
@@ -94,7 +87,7 @@ BIN="$WORK/bin"
 COMMIT=$(commit_label) BUILD=$(build_label "$PREBUILT" "$PROFILE")
 
 trap cleanup EXIT
-phase() { echo "$1" >"$WORK/phase"; log "phase: $1"; }
+phase() { set_phase "$1"; log "phase: $1"; }
 # Retries quickly, so the backlog drains soon after each failure window.
 DEST_EXTRA='retry = { initial = "200ms", max = "2s" }'
 
@@ -145,10 +138,11 @@ EOF
 
   local warmup=$(( SECS / 5 )); [ "$warmup" -le 120 ] || warmup=120
   [ "$warmup" -ge $(( every * 3 / 2 )) ] || warmup=$(( every * 3 / 2 ))
+  local judge=""; [ "$SECS" -lt 600 ] || judge=--judge-rss-growth
   local args_line="bench/soak.sh $DURATION (sink fails ${fail_for}s of every ${every}s; sampled every ${INTERVAL}s)"
   python3 "$ROOT/bench/report.py" --soak "$CSV" --sink "$WORK/sink.json" --status "$WORK/status.json" \
     --command "$args_line" --commit "$COMMIT" --build "$BUILD" --started "$STAMP" --load1 "$(cut -d' ' -f1 /proc/loadavg)" \
-    --warmup "$warmup" $([ "$SECS" -ge 600 ] && echo --judge-rss-growth) \
+    --warmup "$warmup" ${judge:+"$judge"} \
     "${lg[@]}" >"$WORK/report.md" || FAILED=1
   cat "$WORK/report.md"
   if [ "$RECORD" = 1 ]; then
