@@ -41,13 +41,24 @@ pub fn to_current(dir: &Path) -> Result<(), OpenError> {
         other => other,
     };
     let v1 = V1_FILES.iter().any(|f| dir.join(f).exists());
+    let current = |found: &str| {
+        // Empty: written on a file system that lost its data but kept the rename (one whose
+        // fsync does nothing). A new spool makes `seg/` only after `LAYOUT`; with version-1
+        // files still there, the migration is done again from them.
+        found.trim() == LAYOUT_VERSION
+            || (found.trim().is_empty() && !v1 && dir.join(SEGMENTS_DIR).exists())
+    };
     match std::fs::read_to_string(dir.join(LAYOUT_FILE)) {
-        Ok(found) if found.trim() == LAYOUT_VERSION => {
+        Ok(found) if current(&found) => {
+            if found.trim().is_empty() {
+                write_layout(dir).map_err(|e| fail("writing the spool's LAYOUT file", e))?;
+            }
             if v1 {
                 remove_v1(dir).map_err(|e| fail("deleting the migrated version-1 files", e))?;
             }
             return Ok(());
         }
+        Ok(found) if found.trim().is_empty() => {}
         Ok(found) => {
             return Err(OpenError::Layout {
                 dir: dir.to_path_buf(),
