@@ -70,9 +70,11 @@ pub fn to_current(dir: &Path) -> Result<(), OpenError> {
     }
     if v1 {
         migrate_v1(dir)?;
+        super::crash::point("migrate.copied");
     }
     write_layout(dir).map_err(|e| fail("writing the spool's LAYOUT file", e))?;
     if v1 {
+        super::crash::point("migrate.layout_written");
         remove_v1(dir).map_err(|e| fail("deleting the migrated version-1 files", e))?;
     }
     Ok(())
@@ -249,7 +251,7 @@ impl SegmentWriter {
             .as_ref()
             .is_some_and(|(_, len, _, _, _)| *len >= SEGMENT_SIZE)
         {
-            self.seal()?;
+            self.seal(seq)?;
         }
         if self.file.is_none() {
             std::fs::create_dir_all(&self.dir)?;
@@ -271,14 +273,22 @@ impl SegmentWriter {
         Ok(())
     }
 
-    fn seal(&mut self) -> std::io::Result<()> {
+    /// Ends the open segment with its seal, naming the `next` one (0: none).
+    fn seal(&mut self, next: u64) -> std::io::Result<()> {
         if let Some((mut file, _, records, last, newest)) = self.file.take() {
             let mut seal = Vec::new();
             let header = RecordHeader {
                 items: 0,
                 received_ms: newest,
             };
-            record::encode(Kind::Seal, records, last, header, &[], &mut seal);
+            record::encode(
+                Kind::Seal,
+                records,
+                last,
+                header,
+                &next.to_be_bytes(),
+                &mut seal,
+            );
             file.write_all(&seal)?;
             self.closed.push(file);
         }
@@ -286,7 +296,7 @@ impl SegmentWriter {
     }
 
     fn finish(mut self) -> std::io::Result<()> {
-        self.seal()?;
+        self.seal(0)?;
         for file in &self.closed {
             super::segment::sync_data(file)?;
         }

@@ -75,6 +75,7 @@
 //! The spool knows bytes, sequence numbers and cursors. It does not parse OTLP or speak HTTP.
 
 mod commit;
+mod crash;
 mod mark;
 mod migrate;
 pub mod record;
@@ -576,6 +577,9 @@ impl Deletions {
     /// The flush succeeded: unlink what it covered.
     fn flushed(&self) {
         let covered = std::mem::take(&mut self.files.lock().expect("deletions lock").1);
+        if !covered.is_empty() {
+            crash::point("delete.flushed");
+        }
         for path in covered {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
@@ -879,6 +883,7 @@ impl Spool {
             .await
             .map_err(AppendError::Storage)?;
         let seq = written.seq;
+        crash::point("append.durable");
         self.inner.links.mark.advance(seq);
         self.inner.durable[signal.index()].send_if_modified(|newest| {
             let advanced = seq > *newest;
@@ -1041,6 +1046,7 @@ impl Spool {
             .cursors
             .insert(key.as_bytes(), &seq.to_be_bytes())
             .map_err(|e| self.fail_on_index_error(&store, &format!("saving cursor {key}"), e))?;
+        crash::point("ack.cursor_written");
         self.delete_acknowledged(&store, &mut state, signal)?;
         drop(state);
         store.commit.flush_soon();
@@ -2350,5 +2356,32 @@ mod tests {
             [first, after],
             "after a restart too"
         );
+    }
+
+    /// A segment in the middle deleted by hand: the segment before it names it in its seal, so
+    /// the start reports it (counted with the damaged records), and the rest is delivered.
+    #[tokio::test]
+    async fn a_segment_deleted_by_hand_is_reported_and_the_rest_is_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_bytes: 64 << 20, // 2 MiB segments
+            ..limits()
+        };
+        let payload = vec![5u8; 30_000];
+        {
+            let spool = Spool::open(dir.path(), limits.clone(), routes(&["a"])).unwrap();
+            for _ in 0..200 {
+                spool.append(Signal::Traces, 1, &payload).await.unwrap();
+            }
+        }
+        let segments = segment_files(dir.path(), "traces");
+        assert!(segments.len() >= 3, "{segments:?}");
+        std::fs::remove_file(&segments[1]).unwrap();
+        let spool = Spool::open(dir.path(), limits, routes(&["a"])).unwrap();
+        assert_eq!(spool.usage().dropped.unreadable_records, 1);
+        let held = seqs(&spool, Signal::Traces);
+        assert!(held.len() < 200 && held.len() > 100, "{}", held.len());
+        assert_eq!(held.first(), Some(&1));
+        assert_eq!(held.last(), Some(&200));
     }
 }

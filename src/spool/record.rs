@@ -14,7 +14,8 @@
 //! 32      4     item count, BE u32: spans, data points or log records (a seal: the segment's
 //!               total, saturating)
 //! 36      ..    payload: one canonical OTLP protobuf Export*ServiceRequest (a dead letter: a
-//!               JSON description line, a newline, then the refused protobuf; a seal: none)
+//!               JSON description line, a newline, then the refused protobuf; a seal: the first
+//!               sequence of the segment that follows, BE u64, 0 if none)
 //! ```
 //!
 //! Invariant: a frame once written is never rewritten, and a frame is accepted only whole, with

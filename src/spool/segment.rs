@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 
 use super::commit::{Flush, GroupCommit};
+use super::crash;
 use super::record::{self, Frame, FrameError, Kind, RecordHeader, HEADER_LEN};
 use super::Record;
 
@@ -165,11 +166,6 @@ impl Stream {
             opened.max_seq = opened.max_seq.max(first_seq.saturating_sub(1));
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
             let found = recover(&file, newest)?;
-            if found.extent.records == 0 {
-                // Nothing in it (made just before a crash, or emptied): its name was counted.
-                std::fs::remove_file(&path)?;
-                continue;
-            }
             if found.damaged > 0 {
                 tracing::error!(
                     segment = %path.display(),
@@ -190,6 +186,18 @@ impl Stream {
             opened.newest_received_ms = opened.newest_received_ms.max(found.newest_received_ms);
             opened.damaged += found.damaged;
             opened.torn_bytes += found.torn;
+            if let Some(next) = found.next {
+                // Segments go from the front only: one missing after a segment that is still
+                // here was deleted by hand (or lost with its directory entry).
+                if names.get(i + 1).is_some_and(|&after| after != next) {
+                    tracing::error!(
+                        segment = %segment_path(&dir, next).display(),
+                        "a spool segment is missing (deleted by hand, or lost): the records in \
+                         it are lost; the others are kept and will be sent"
+                    );
+                    opened.damaged += 1;
+                }
+            }
             segments.push_back(Segment {
                 first_seq,
                 path,
@@ -292,6 +300,7 @@ impl Stream {
             state.poisoned = true;
             return Err(e);
         }
+        crash::point("append.written");
         active.written.len += frame_len;
         active.written.records += 1;
         active.last_seq = seq;
@@ -769,6 +778,10 @@ impl State {
     /// Closes the active segment (sealed, its tail synced by the next sync) and creates the
     /// next one, named `next_seq` (at least one above the newest name).
     fn start_segment(&mut self, next_seq: u64) -> io::Result<()> {
+        let name = self
+            .segments
+            .back()
+            .map_or(next_seq, |s| next_seq.max(s.first_seq + 1));
         if let Some(last) = self.segments.back_mut().filter(|s| s.active) {
             last.active = false;
             if self.poisoned {
@@ -781,7 +794,7 @@ impl State {
                 // Its tail is synced by the next sync, whether or not the seal is written.
                 self.unsynced
                     .push((last.first_seq, Arc::clone(&last.file), last.written));
-                let mut seal = Vec::with_capacity(HEADER_LEN);
+                let mut seal = Vec::with_capacity(SEAL_LEN);
                 let header = RecordHeader {
                     items: 0,
                     received_ms: last.newest_ms,
@@ -791,20 +804,17 @@ impl State {
                     last.written.records,
                     last.last_seq,
                     header,
-                    &[],
+                    &name.to_be_bytes(),
                     &mut seal,
                 );
                 if let Err(e) = last.file.write_all_at(&seal, last.written.len) {
                     // Unsealed, it is read whole at the next open: slower, not wrong.
                     tracing::warn!(segment = %last.path.display(), error = %e, "sealing a spool segment failed");
                 }
+                crash::point("roll.sealed");
             }
         }
         self.poisoned = false;
-        let name = self
-            .segments
-            .back()
-            .map_or(next_seq, |s| next_seq.max(s.first_seq + 1));
         let path = segment_path(&self.dir, name);
         let file = OpenOptions::new()
             .read(true)
@@ -812,6 +822,7 @@ impl State {
             .create_new(true)
             .mode(0o600)
             .open(&path)?;
+        crash::point("roll.created");
         self.dir_unsynced = true;
         let empty = self.segments.is_empty();
         self.segments.push_back(Segment {
@@ -887,6 +898,7 @@ impl Flush for StreamSync {
             }
             Ok(())
         })();
+        crash::point("sync.synced");
         let mut state = self.state.lock().expect("spool stream lock poisoned");
         if let Err(e) = synced {
             tracing::error!(stream = self.name, error = %e, "syncing a spool segment failed: the requests waiting on it get 503; later ones go to a new segment");
@@ -1055,6 +1067,16 @@ struct Found {
     damaged: u64,
     /// Bytes after the last good frame of the newest segment.
     torn: u64,
+    /// The segment that followed this one when it was sealed (`None`: not sealed, or the last).
+    next: Option<u64>,
+}
+
+/// A seal frame: the header, then the name (first sequence) of the next segment (0: none).
+pub const SEAL_LEN: usize = HEADER_LEN + 8;
+
+fn seal_next(seal: &[u8]) -> Option<u64> {
+    let next = u64::from_be_bytes(seal.get(HEADER_LEN..SEAL_LEN)?.try_into().ok()?);
+    (next != 0).then_some(next)
 }
 
 /// Reads a segment at open: a closed one by its seal alone when it has one, otherwise every
@@ -1062,20 +1084,21 @@ struct Found {
 /// anywhere else a bad frame is damage (the good frames after it are kept).
 fn recover(file: &File, newest: bool) -> io::Result<Found> {
     let len = file.metadata()?.len();
-    if !newest && len >= HEADER_LEN as u64 {
-        let mut seal = [0u8; HEADER_LEN];
-        file.read_exact_at(&mut seal, len - HEADER_LEN as u64)?;
+    if !newest && len >= SEAL_LEN as u64 {
+        let mut seal = [0u8; SEAL_LEN];
+        file.read_exact_at(&mut seal, len - SEAL_LEN as u64)?;
         if let Ok(f) = record::decode(&seal) {
-            if f.kind == Kind::Seal && f.len == HEADER_LEN {
+            if f.kind == Kind::Seal && f.len == SEAL_LEN {
                 return Ok(Found {
                     extent: Extent {
-                        len: len - HEADER_LEN as u64,
+                        len: len - SEAL_LEN as u64,
                         records: f.index,
                     },
                     last_seq: f.seq,
                     newest_received_ms: f.header.received_ms,
                     damaged: 0,
                     torn: 0,
+                    next: seal_next(&seal),
                 });
             }
         }
@@ -1086,6 +1109,7 @@ fn recover(file: &File, newest: bool) -> io::Result<Found> {
         newest_received_ms: 0,
         damaged: 0,
         torn: 0,
+        next: None,
     };
     let mut reader = ChunkReader::new(file, len);
     let mut offset = 0;
@@ -1104,8 +1128,9 @@ fn recover(file: &File, newest: bool) -> io::Result<Found> {
                 found.damaged += pending_damage;
                 pending_damage = 0;
             }
-            Ok((f, _)) => {
+            Ok((f, bytes)) => {
                 // The seal: nothing follows, and it is not data.
+                found.next = seal_next(&bytes);
                 sealed_at = Some(offset);
                 good_end = offset + f.len as u64;
                 break;
