@@ -866,6 +866,13 @@ fn run_on_embedded_defaults() {
         "{table}"
     );
     assert!(
+        table.contains(
+            "spool files: traces 0 segments 0.0 MiB, metrics 0 segments 0.0 MiB, logs 0 \
+             segments 0.0 MiB, dead_letter 0 segments 0.0 MiB"
+        ),
+        "{table}"
+    );
+    assert!(
         table.contains("received items: traces 0  metrics 0  logs 0"),
         "{table}"
     );

@@ -968,6 +968,13 @@ async fn healthz_status_and_metrics() {
     assert!(status["spool"]["bytes"].as_u64().unwrap() > 0);
     assert!(status["spool"]["disk_bytes"].is_u64());
     assert!(status["spool"]["max_bytes"].is_u64());
+    // Per stream: the two trace records in one segment file; nothing else written.
+    let traces = &status["spool"]["streams"]["traces"];
+    assert_eq!(traces["records"], 2);
+    assert_eq!(traces["segments"], 1);
+    assert!(traces["disk_bytes"].as_u64().unwrap() >= traces["bytes"].as_u64().unwrap());
+    assert_eq!(status["spool"]["streams"]["logs"]["segments"], 0);
+    assert_eq!(status["spool"]["damaged_records"], 0);
     assert_eq!(status["received"]["traces"]["items"], 7);
     assert_eq!(status["received"]["traces"]["http_requests"], 2);
     assert_eq!(status["received"]["logs"]["items"], 0);
@@ -1004,6 +1011,10 @@ async fn healthz_status_and_metrics() {
         0.0
     );
     assert_eq!(sample("otlp_spool_spool_records"), 2.0);
+    assert_eq!(
+        sample("otlp_spool_spool_stream_segments{stream=\"traces\"}"),
+        1.0
+    );
     assert_eq!(
         sample("otlp_spool_refused_requests_total{reason=\"invalid\"}"),
         1.0

@@ -20,7 +20,8 @@
 //! 1. [`Spool::append`] returns only after its frame is durable: `fdatasync` of the segment
 //!    (`F_FULLFSYNC` on macOS) and, for a new segment, of its directory; concurrent appends to a
 //!    stream share one sync (`commit.rs`). — `tests/power_cut.rs` (acknowledged items survive
-//!    cuts of unsynced data, and are lost when fsync does nothing), `tests/crash.rs` (kill -9).
+//!    cuts of unsynced data, and are lost when fsync does nothing), `tests/crash.rs` (kill -9),
+//!    `tests/crash_points.rs` (killed between write, sync, publish and answer; and in a roll).
 //! 2. A reader never sees a frame beyond the published durable length of its segment.
 //!    — `a_failed_sync_fails_its_appends_and_the_stream_goes_on_in_a_new_segment` below.
 //! 3. Sequence numbers never repeat, across restarts and deletions: they resume above the
@@ -31,7 +32,8 @@
 //!    index flush that carries them unlinks it); deletion is idempotent and re-run at open, and
 //!    an index that comes back older (a power cut, deleted by hand) costs duplicates, never
 //!    loss: destinations then start from the oldest record held. — `tests/spool_props.rs`,
-//!    `a_lost_index_costs_duplicates_not_records` below.
+//!    `drained_segments_are_deleted`, `a_lost_index_costs_duplicates_not_records` below,
+//!    `tests/crash_points.rs` (killed after a cursor write, and between flush and unlink).
 //! 5. After a failed write or `fdatasync`, that segment is never appended to again; the waiting
 //!    appends fail (503, nothing acknowledged) and the stream goes on in a fresh segment.
 //!    — `a_failed_sync_fails_its_appends_and_the_stream_goes_on_in_a_new_segment`.
@@ -40,7 +42,11 @@
 //!    `/metrics`), skipped, and every readable record is still delivered; a spool missing
 //!    acknowledged records is reported against the durable mark. —
 //!    `damage_is_reported_and_the_rest_is_delivered`, `a_torn_tail_is_cut_and_reported`,
+//!    `a_segment_deleted_by_hand_is_reported_and_the_rest_is_delivered`,
 //!    `tests/storage_faults.rs`.
+//!
+//! A version-1 spool is converted first ([`migrate`]; `a_version_1_spool_is_migrated_whole`,
+//! and `tests/crash_points.rs` for a migration killed halfway).
 //!
 //! Caps: a record is deleted when every destination routing its signal has a cursor at or past
 //! it, or when it is expired (`max_age`) or evicted for space (`drop_oldest`), which raise the

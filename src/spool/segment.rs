@@ -113,16 +113,6 @@ pub struct Opened {
     pub newest_received_ms: u64,
     /// Bad frames found where a torn tail cannot be (closed segments, or before durable frames).
     pub damaged: u64,
-    /// Bytes cut from the newest segment's torn tail.
-    pub torn_bytes: u64,
-}
-
-/// What a deletion removed.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Removed {
-    pub records: u64,
-    pub items: u64,
-    pub bytes: u64,
 }
 
 pub struct Stream {
@@ -185,7 +175,6 @@ impl Stream {
             opened.max_seq = opened.max_seq.max(found.last_seq);
             opened.newest_received_ms = opened.newest_received_ms.max(found.newest_received_ms);
             opened.damaged += found.damaged;
-            opened.torn_bytes += found.torn;
             if let Some(next) = found.next {
                 // Segments go from the front only: one missing after a segment that is still
                 // here was deleted by hand (or lost with its directory entry).
@@ -431,7 +420,7 @@ impl Stream {
 
     /// Deletes every record up to sequence `up_to` (acknowledged by all). Cheap when a reader
     /// just read up to there (the usual case: the position is remembered).
-    pub fn delete_through(&self, up_to: u64) -> io::Result<Removed> {
+    pub fn delete_through(&self, up_to: u64) -> io::Result<()> {
         let mut state = self.state();
         let hint = state.hint(up_to);
         state.delete_through(up_to, hint)
@@ -662,9 +651,7 @@ impl State {
     /// Moves the head past every record up to `up_to`; `hint` is the position after `up_to` if
     /// known. Segments the head leaves become deletable; a drained active segment of some size
     /// is closed first so that it can go too.
-    fn delete_through(&mut self, up_to: u64, hint: Option<Pos>) -> io::Result<Removed> {
-        let mut removed = Removed::default();
-        let (records_before, bytes_before) = self.live();
+    fn delete_through(&mut self, up_to: u64, hint: Option<Pos>) -> io::Result<()> {
         if let Some(to) = hint.filter(|p| self.segment(p.seg).is_some()) {
             while self.segments.front().is_some_and(|s| s.first_seq < to.seg) {
                 self.pop_front();
@@ -688,16 +675,12 @@ impl State {
                 if frame.seq > up_to {
                     break;
                 }
-                removed.items += u64::from(frame.header.items);
                 self.head.index = frame.index + 1;
                 self.head.offset = frame.offset_end;
             }
         }
-        self.close_drained()?;
-        let (records_after, bytes_after) = self.live();
-        removed.records = records_before.saturating_sub(records_after);
-        removed.bytes = bytes_before.saturating_sub(bytes_after);
-        Ok(removed)
+        self.close_drained();
+        Ok(())
     }
 
     /// The durable record at the head, if it is in `segments[0]` (with where it ends).
@@ -724,7 +707,6 @@ impl State {
                 Some((offset, frame)) => {
                     return Ok(Some(FrontFrame {
                         seq: frame.seq,
-                        header: frame.header,
                         index: frame.index,
                         offset_end: offset + frame.len as u64,
                     }))
@@ -761,9 +743,9 @@ impl State {
     }
 
     /// Closes the only segment once it is drained and long enough to be worth a new file.
-    fn close_drained(&mut self) -> io::Result<()> {
+    fn close_drained(&mut self) {
         let Some(front) = self.segments.front() else {
-            return Ok(());
+            return;
         };
         let drained = self.segments.len() == 1
             && self.head.offset >= front.written.len
@@ -772,7 +754,6 @@ impl State {
             // The next append starts a new file; this one goes once the head's move is durable.
             self.pop_front();
         }
-        Ok(())
     }
 
     /// Closes the active segment (sealed, its tail synced by the next sync) and creates the
@@ -848,7 +829,6 @@ impl State {
 
 struct FrontFrame {
     seq: u64,
-    header: RecordHeader,
     index: u32,
     offset_end: u64,
 }
