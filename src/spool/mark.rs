@@ -72,26 +72,11 @@ impl DurableMark {
         self.write(seq)
     }
 
-    /// tmp → fsync → rename → directory fsync: after a power cut the file holds this number or
-    /// the previous one, never nothing. One writer at a time (each segment stream saves it).
+    /// Whole after any crash ([`super::replace_file`]). One writer at a time (each segment
+    /// stream saves it).
     fn write(&self, seq: u64) -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let _one_at_a_time = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        let tmp = self.path.with_extension("tmp");
-        // Owner-only from the start, like everything in the spool directory.
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(format!("{seq}\n").as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
+        super::replace_file(&self.path, format!("{seq}\n").as_bytes())?;
         self.saved.store(seq, SeqCst);
         Ok(())
     }

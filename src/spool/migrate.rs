@@ -82,17 +82,10 @@ pub fn to_current(dir: &Path) -> Result<(), OpenError> {
 
 /// Writes `LAYOUT` so that it is whole, or absent, after any crash.
 fn write_layout(dir: &Path) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{LAYOUT_FILE}.tmp"));
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(format!("{LAYOUT_VERSION}\n").as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, dir.join(LAYOUT_FILE))?;
-    File::open(dir)?.sync_all()
+    super::replace_file(
+        &dir.join(LAYOUT_FILE),
+        format!("{LAYOUT_VERSION}\n").as_bytes(),
+    )
 }
 
 fn remove_v1(dir: &Path) -> std::io::Result<()> {

@@ -1534,6 +1534,28 @@ fn quarantine(dir: &Path, why: &str) -> Result<PathBuf, OpenError> {
     Ok(aside)
 }
 
+/// Replaces the file at `path` with `contents` so that after any crash it holds the old contents
+/// or the new, whole: a temporary file written and synced, renamed over it, the directory
+/// synced. Owner-only, like everything in the spool directory.
+fn replace_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    match path.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
 /// Bytes available to this user on the file system holding `dir` (`None` if it cannot be asked).
 fn free_space(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;

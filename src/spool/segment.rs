@@ -56,6 +56,17 @@ pub struct Pos {
     pub index: u32,
 }
 
+impl Pos {
+    /// The start of segment `seg`.
+    fn start(seg: u64) -> Pos {
+        Pos {
+            seg,
+            offset: 0,
+            index: 0,
+        }
+    }
+}
+
 /// What has reached the disk of one segment (published after a successful sync).
 #[derive(Debug, Clone, Copy, Default)]
 struct Extent {
@@ -199,18 +210,7 @@ impl Stream {
             });
         }
         File::open(&dir)?.sync_all()?;
-        let head = segments.front().map_or(
-            Pos {
-                seg: 0,
-                offset: 0,
-                index: 0,
-            },
-            |s| Pos {
-                seg: s.first_seq,
-                offset: 0,
-                index: 0,
-            },
-        );
+        let head = Pos::start(segments.front().map_or(0, |s| s.first_seq));
         let mut state = State {
             total_records: segments.iter().map(|s| u64::from(s.written.records)).sum(),
             total_bytes: segments.iter().map(|s| s.written.len).sum(),
@@ -569,11 +569,7 @@ impl State {
         let from = pos.seg;
         for s in self.segments.iter().filter(|s| s.first_seq >= from) {
             if s.first_seq > pos.seg {
-                pos = Pos {
-                    seg: s.first_seq,
-                    offset: 0,
-                    index: 0,
-                };
+                pos = Pos::start(s.first_seq);
             }
             let mut reader = ChunkReader::new(&s.file, s.durable.len);
             while pos.offset < s.durable.len {
@@ -636,11 +632,7 @@ impl State {
             }
             let next = self.segments.iter().find(|s| s.first_seq > pos.seg);
             let Some(next) = next else { return Ok(None) };
-            pos = Pos {
-                seg: next.first_seq,
-                offset: 0,
-                index: 0,
-            };
+            pos = Pos::start(next.first_seq);
         }
     }
 
@@ -727,18 +719,7 @@ impl State {
         self.total_records -= u64::from(front.written.records);
         self.total_bytes -= front.written.len;
         self.deletable.push(front.path);
-        self.head = self.segments.front().map_or(
-            Pos {
-                seg: 0,
-                offset: 0,
-                index: 0,
-            },
-            |s| Pos {
-                seg: s.first_seq,
-                offset: 0,
-                index: 0,
-            },
-        );
+        self.head = Pos::start(self.segments.front().map_or(0, |s| s.first_seq));
         self.hints.retain(|(_, p)| p.seg != front.first_seq);
     }
 
@@ -817,11 +798,7 @@ impl State {
             active: true,
         });
         if empty {
-            self.head = Pos {
-                seg: name,
-                offset: 0,
-                index: 0,
-            };
+            self.head = Pos::start(name);
         }
         Ok(())
     }
