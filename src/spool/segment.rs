@@ -108,6 +108,9 @@ struct State {
     hints: VecDeque<(u64, Pos)>,
     /// Segments wholly deleted, waiting for the spool to unlink them.
     deletable: Vec<PathBuf>,
+    /// Segments whose unsynced tail was cut after a failed sync, and the length kept: the
+    /// appends past it failed, whenever their waiters look.
+    cut: Vec<(u64, u64)>,
     /// Damaged frames already counted (segment, offset).
     damaged: HashSet<(u64, u64)>,
     segment_size: u64,
@@ -223,6 +226,7 @@ impl Stream {
             hints: VecDeque::new(),
             deletable: Vec::new(),
             damaged: HashSet::new(),
+            cut: Vec::new(),
             segment_size,
             #[cfg(test)]
             fail_next_sync: false,
@@ -310,12 +314,17 @@ impl Stream {
             .iter()
             .find(|s| s.first_seq == written.seg)
             .is_some_and(|s| s.durable.len >= written.end);
-        // A segment deleted meanwhile was durable: only durable records are deleted.
+        // A segment deleted meanwhile was durable (only durable records are deleted), unless
+        // its unsynced tail was cut after a failed sync.
         let deleted = state
             .segments
             .front()
             .is_none_or(|s| s.first_seq > written.seg);
-        if durable || deleted {
+        let cut = state
+            .cut
+            .iter()
+            .any(|&(seg, kept)| seg == written.seg && written.end > kept);
+        if durable || (deleted && !cut) {
             Ok(())
         } else {
             Err(format!(
@@ -752,6 +761,7 @@ impl State {
                 self.total_bytes -= last.written.len - last.durable.len;
                 last.written = last.durable;
                 let _ = last.file.set_len(last.durable.len);
+                self.cut.push((last.first_seq, last.durable.len));
             } else {
                 // Its tail is synced by the next sync, whether or not the seal is written.
                 self.unsynced
