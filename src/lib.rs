@@ -1,7 +1,7 @@
 //! otlp-spool: a store-and-forward OpenTelemetry agent.
 //!
 //! ```text
-//! client ─HTTP/gRPC─▶ receiver ─append+fsync─▶ spool (sled) ◀─read/ack─ export worker ─▶ upstream
+//! client ─HTTP/gRPC─▶ receiver ─append+fsync─▶ spool (segments + sled index) ◀─read/ack─ export worker ─▶ upstream
 //! ```
 //!
 //! [`Agent::start`] wires the three stages from a [`config::Config`]: it opens the spool, binds

@@ -2111,9 +2111,8 @@ mod tests {
         let garbled_conf = |dir: &Path| {
             std::fs::write(dir.join("index/conf"), b"garbage garbage garbage").unwrap()
         };
-        // A large record lives in a blob file, which sled checks (CRC) when it reads it.
         // Garbage over the log's first segment: sled opens an empty database (or, with other
-        // contents, panics); the missing layout marker tells.
+        // contents, panics); the missing format marker tells.
         let garbage_at_start = |dir: &Path| {
             use std::io::Write;
             let mut db = std::fs::OpenOptions::new()
