@@ -213,4 +213,34 @@ mod tests {
         zeros[..4].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(matches!(decode(&zeros), Err(FrameError::BadLength(_))));
     }
+
+    proptest::proptest! {
+        /// Any frame reads back as written, and any single flipped bit or cut is refused; any
+        /// bytes at all decode or are refused without a panic (the fuzz target `record` does
+        /// the last at length).
+        #[test]
+        fn frames_round_trip_and_damage_is_refused(
+            index in proptest::prelude::any::<u32>(),
+            seq in proptest::prelude::any::<u64>(),
+            items in proptest::prelude::any::<u32>(),
+            received_ms in proptest::prelude::any::<u64>(),
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            flip in proptest::prelude::any::<proptest::sample::Index>(),
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128),
+        ) {
+            let header = RecordHeader { items, received_ms };
+            let mut bytes = Vec::new();
+            encode(Kind::Record, index, seq, header, &payload, &mut bytes);
+            let frame = decode(&bytes).unwrap();
+            proptest::prop_assert_eq!((frame.index, frame.seq, frame.header), (index, seq, header));
+            proptest::prop_assert_eq!(&bytes[HEADER_LEN..frame.len], &payload[..]);
+            let at = flip.index(bytes.len());
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 1;
+            proptest::prop_assert!(decode(&flipped).is_err(), "a flip at {} went unnoticed", at);
+            proptest::prop_assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+            let _ = decode(&junk);
+            let _ = decode_header(&junk);
+        }
+    }
 }
