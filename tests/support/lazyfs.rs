@@ -345,6 +345,28 @@ impl LazyFs {
     }
 
     /// A poisoned lock is taken anyway: a FUSE thread that stops answering would hang the test.
+    /// Removes `name` in `parent` from the backing directory at once (metadata is not held
+    /// back) with `remove`, and forgets what was unsynced in it.
+    fn remove(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEmpty,
+        remove: fn(&std::path::Path) -> std::io::Result<()>,
+    ) {
+        let mut state = self.lock();
+        let result = state.path(parent.0).and_then(|p| {
+            let rel = p.join(name);
+            remove(&state.real(&rel)).map_err(errno)?;
+            state.forget_path(&rel);
+            Ok(())
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -483,31 +505,11 @@ impl Filesystem for LazyFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut state = self.lock();
-        let result = state.path(parent.0).and_then(|p| {
-            let rel = p.join(name);
-            std::fs::remove_file(state.real(&rel)).map_err(errno)?;
-            state.forget_path(&rel);
-            Ok(())
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, reply, |path| std::fs::remove_file(path));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut state = self.lock();
-        let result = state.path(parent.0).and_then(|p| {
-            let rel = p.join(name);
-            std::fs::remove_dir(state.real(&rel)).map_err(errno)?;
-            state.forget_path(&rel);
-            Ok(())
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, reply, |path| std::fs::remove_dir(path));
     }
 
     fn rename(
