@@ -1,4 +1,4 @@
-//! The spool record decoder on arbitrary stored values; the body is [`otlp_spool_fuzz::record`].
+//! The spool segment frame decoder on arbitrary bytes; the body is [`otlp_spool_fuzz::record`].
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| otlp_spool_fuzz::record(data));
