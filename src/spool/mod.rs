@@ -988,7 +988,7 @@ impl Spool {
         let deleted = stream
             .delete_first()
             .map_err(|e| format!("deleting from the {} spool: {e}", stream_name(i)))?;
-        let Some((seq, header, _)) = deleted else {
+        let Some((seq, header)) = deleted else {
             return Ok(None);
         };
         state.floors[i] = state.floors[i].max(seq);

@@ -442,13 +442,13 @@ impl Stream {
     }
 
     /// Deletes the oldest record (eviction, expiry); what it was.
-    pub fn delete_first(&self) -> io::Result<Option<(u64, RecordHeader, u64)>> {
+    pub fn delete_first(&self) -> io::Result<Option<(u64, RecordHeader)>> {
         let mut state = self.state();
-        let Some(frame) = state.frame_at_head()? else {
+        let Some(frame) = state.frame_in_front()? else {
             return Ok(None);
         };
-        state.delete_through(frame.seq, None)?;
-        Ok(Some((frame.seq, frame.header, frame.len as u64)))
+        state.move_head_past(&frame);
+        Ok(Some((frame.seq, frame.header)))
     }
 
     /// The newest durable record's sequence (`None`: no record in any segment).
@@ -676,12 +676,18 @@ impl State {
                 if frame.seq > up_to {
                     break;
                 }
-                self.head.index = frame.index + 1;
-                self.head.offset = frame.offset_end;
+                self.move_head_past(&frame);
             }
         }
         self.close_drained();
         Ok(())
+    }
+
+    /// Deletes `frame`, the record at the head.
+    fn move_head_past(&mut self, frame: &FrontFrame) {
+        self.head.index = frame.index + 1;
+        self.head.offset = frame.offset_end;
+        self.close_drained();
     }
 
     /// The durable record at the head, if it is in `segments[0]` (with where it ends).
@@ -708,6 +714,7 @@ impl State {
                 Some((offset, frame)) => {
                     return Ok(Some(FrontFrame {
                         seq: frame.seq,
+                        header: frame.header,
                         index: frame.index,
                         offset_end: offset + frame.len as u64,
                     }))
@@ -816,6 +823,7 @@ impl State {
 
 struct FrontFrame {
     seq: u64,
+    header: RecordHeader,
     index: u32,
     offset_end: u64,
 }

@@ -292,6 +292,14 @@ impl State {
         node.mtime = Some(SystemTime::now());
     }
 
+    /// How the fsync counts name inode `ino`: `name` of its path, or "(unlinked)".
+    fn node_key(&self, ino: INodeNo, name: impl Fn(&Path) -> String) -> String {
+        self.nodes
+            .get(&ino.0)
+            .and_then(|n| n.path.as_deref())
+            .map_or("(unlinked)".into(), name)
+    }
+
     fn count_fsync(&mut self, key: String) {
         *self.fsyncs.entry(key).or_default() += 1;
     }
@@ -750,11 +758,7 @@ impl Filesystem for LazyFs {
         reply: ReplyEmpty,
     ) {
         let mut state = self.lock();
-        let key = state
-            .nodes
-            .get(&ino.0)
-            .and_then(|n| n.path.as_deref())
-            .map_or("(unlinked)".into(), fold);
+        let key = state.node_key(ino, fold);
         state.count_fsync(key);
         if state.ignore_fsync {
             reply.ok();
@@ -834,11 +838,7 @@ impl Filesystem for LazyFs {
     ) {
         // Directory entries went to the backing directory when made: nothing to write.
         let mut state = self.lock();
-        let key = state
-            .nodes
-            .get(&ino.0)
-            .and_then(|n| n.path.as_deref())
-            .map_or("(unlinked)".into(), |p| format!("dir:{}", p.display()));
+        let key = state.node_key(ino, |p| format!("dir:{}", p.display()));
         state.count_fsync(key);
         reply.ok();
     }
