@@ -54,7 +54,8 @@
 //! Logical bytes (frames) stay under `max_bytes`; only the first segment of a stream holds
 //! deleted bytes, so disk use stays under `max_bytes` plus one segment per stream (and the
 //! small index). Appends are refused while the file system has less than
-//! [`FREE_SPACE_RESERVE`] free, so the spool never fills the disk itself.
+//! [`FREE_SPACE_RESERVE`] free, so the spool never fills the disk itself ([`free_space`] says
+//! how that is known without a `statvfs` per append).
 //!
 //! Routes ([`Spool::reroute`], and [`Spool::open`] at a start): a destination newly routing a
 //! signal has no cursor and starts from the oldest record held; a destination no longer routing a
@@ -82,6 +83,7 @@
 
 mod commit;
 mod crash;
+mod free_space;
 mod mark;
 mod migrate;
 pub mod record;
@@ -100,6 +102,7 @@ use tokio::sync::{watch, Notify};
 use crate::config::{SpoolConfig, WhenFull};
 use crate::otlp::Signal;
 use commit::{DiskSync, GroupCommit, Hooks, IndexFlush};
+use free_space::FreeSpace;
 use mark::DurableMark;
 pub use record::RecordHeader;
 use segment::Stream;
@@ -602,6 +605,7 @@ impl Deletions {
 struct Inner {
     dir: PathBuf,
     limits: Limits,
+    free_space: FreeSpace,
     /// The open index; `None` while a reopen is under way (also between its attempts).
     store: RwLock<Option<Arc<Store>>>,
     /// Why storage is failing, from the first report until a reopen succeeds.
@@ -781,6 +785,7 @@ impl Spool {
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
             limits,
+            free_space: FreeSpace::new(dir),
             store: RwLock::new(Some(Arc::new(store))),
             failure: Mutex::new(None),
             links,
@@ -928,15 +933,11 @@ impl Spool {
                 cap: limits.max_bytes,
             });
         }
-        // Checked on every append (one statfs): a burst could otherwise fill the disk between
-        // two checks.
-        if let Some(free) = free_space(&self.inner.dir) {
-            if free < FREE_SPACE_RESERVE + size {
-                return Err(AppendError::NoSpace {
-                    dir: self.inner.dir.clone(),
-                    free,
-                });
-            }
+        if let Err(free) = self.inner.free_space.take(size) {
+            return Err(AppendError::NoSpace {
+                dir: self.inner.dir.clone(),
+                free,
+            });
         }
         if self.held_bytes() + size <= limits.max_bytes {
             return Ok(());
@@ -1225,7 +1226,10 @@ impl Spool {
     /// failed or is stuck, and the disk has the reserve and a margin free.
     pub fn healthy(&self) -> bool {
         let failing = self.inner.failure().is_some();
-        let low = free_space(&self.inner.dir)
+        let low = self
+            .inner
+            .free_space
+            .now()
             .is_some_and(|free| free < FREE_SPACE_RESERVE + LOW_SPACE_MARGIN);
         !failing
             && !low
@@ -1299,7 +1303,7 @@ impl Spool {
     /// system has the reserve free. Appends are refused meanwhile.
     fn reopen(&self) -> Result<(), String> {
         let inner = &self.inner;
-        if let Some(free) = free_space(&inner.dir).filter(|&f| f < FREE_SPACE_RESERVE) {
+        if let Some(free) = inner.free_space.now().filter(|&f| f < FREE_SPACE_RESERVE) {
             return Err(format!(
                 "waiting for free space on the disk holding {}: {free} bytes free, \
                  {FREE_SPACE_RESERVE} needed; free some space on it",
@@ -1554,21 +1558,6 @@ fn replace_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         Some(dir) => std::fs::File::open(dir)?.sync_all(),
         None => Ok(()),
     }
-}
-
-/// Bytes available to this user on the file system holding `dir` (`None` if it cannot be asked).
-fn free_space(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: `statvfs` is plain data, for which all zeroes is a valid value.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is NUL-terminated and `stat` is a valid place to write the result.
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
-        return None;
-    }
-    // The field types differ by platform (u32 on macOS): widen them all.
-    #[allow(clippy::useless_conversion)]
-    Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
 }
 
 /// The spool holds other people's prompts and telemetry: owner-only.
