@@ -77,6 +77,31 @@ pub enum FrameError {
     UnknownKind(u8),
 }
 
+/// The header of the frame holding `payload`: write it, then the payload, to write the frame
+/// (a writer can hand both to the kernel without joining them).
+pub fn encode_header(
+    kind: Kind,
+    index: u32,
+    seq: u64,
+    header: RecordHeader,
+    payload: &[u8],
+) -> [u8; HEADER_LEN] {
+    let mut out = [0; HEADER_LEN];
+    let len = (HEADER_LEN - PREFIX_LEN + payload.len()) as u32;
+    out[0..4].copy_from_slice(&len.to_be_bytes());
+    out[8] = kind as u8;
+    out[9] = FORMAT_VERSION;
+    out[12..16].copy_from_slice(&index.to_be_bytes());
+    out[16..24].copy_from_slice(&seq.to_be_bytes());
+    out[24..32].copy_from_slice(&header.received_ms.to_be_bytes());
+    out[32..36].copy_from_slice(&header.items.to_be_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&out[PREFIX_LEN..]);
+    crc.update(payload);
+    out[4..8].copy_from_slice(&crc.finalize().to_be_bytes());
+    out
+}
+
 /// Encodes one frame into `out` (appended).
 pub fn encode(
     kind: Kind,
@@ -86,20 +111,8 @@ pub fn encode(
     payload: &[u8],
     out: &mut Vec<u8>,
 ) {
-    let start = out.len();
-    let len = (HEADER_LEN - PREFIX_LEN + payload.len()) as u32;
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.push(kind as u8);
-    out.push(FORMAT_VERSION);
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&index.to_be_bytes());
-    out.extend_from_slice(&seq.to_be_bytes());
-    out.extend_from_slice(&header.received_ms.to_be_bytes());
-    out.extend_from_slice(&header.items.to_be_bytes());
+    out.extend_from_slice(&encode_header(kind, index, seq, header, payload));
     out.extend_from_slice(payload);
-    let crc = crc32fast::hash(&out[start + PREFIX_LEN..]);
-    out[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// The length of the frame starting at `bytes` (which may hold only its first 8 bytes), without

@@ -26,7 +26,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -280,16 +280,9 @@ impl Stream {
         }
         let seq = next_seq.fetch_add(1, Ordering::SeqCst);
         let active = state.segments.back_mut().expect("an active segment");
-        let mut frame = Vec::with_capacity(frame_len as usize);
-        record::encode(
-            Kind::Record,
-            active.written.records,
-            seq,
-            header,
-            payload,
-            &mut frame,
-        );
-        if let Err(e) = active.file.write_all_at(&frame, active.written.len) {
+        let frame_header =
+            record::encode_header(Kind::Record, active.written.records, seq, header, payload);
+        if let Err(e) = write_frame_at(&active.file, active.written.len, &frame_header, payload) {
             state.poisoned = true;
             return Err(e);
         }
@@ -773,20 +766,19 @@ impl State {
                 // Its tail is synced by the next sync, whether or not the seal is written.
                 self.unsynced
                     .push((last.first_seq, Arc::clone(&last.file), last.written));
-                let mut seal = Vec::with_capacity(SEAL_LEN);
                 let header = RecordHeader {
                     items: 0,
                     received_ms: last.newest_ms,
                 };
-                record::encode(
+                let next = name.to_be_bytes();
+                let seal = record::encode_header(
                     Kind::Seal,
                     last.written.records,
                     last.last_seq,
                     header,
-                    &name.to_be_bytes(),
-                    &mut seal,
+                    &next,
                 );
-                if let Err(e) = last.file.write_all_at(&seal, last.written.len) {
+                if let Err(e) = write_frame_at(&last.file, last.written.len, &seal, &next) {
                     // Unsealed, it is read whole at the next open: slower, not wrong.
                     tracing::warn!(segment = %last.path.display(), error = %e, "sealing a spool segment failed");
                 }
@@ -1044,6 +1036,30 @@ struct Found {
     torn: u64,
     /// The segment that followed this one when it was sealed (`None`: not sealed, or the last).
     next: Option<u64>,
+}
+
+/// Writes a frame (its header, then its payload) at `offset` with `pwritev`: the kernel takes
+/// both parts, so a request's payload is never copied into a joined buffer.
+fn write_frame_at(
+    file: &File,
+    mut offset: u64,
+    header: &[u8; HEADER_LEN],
+    payload: &[u8],
+) -> io::Result<()> {
+    let mut parts = [IoSlice::new(header), IoSlice::new(payload)];
+    let mut left = &mut parts[..];
+    while !left.is_empty() {
+        match rustix::io::pwritev(file, left, offset) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                offset += n as u64;
+                IoSlice::advance_slices(&mut left, n);
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// A seal frame: the header, then the name (first sequence) of the next segment (0: none).
