@@ -41,7 +41,7 @@ pub fn decode_request(signal: Signal, data: &[u8]) {
         signal,
         format,
         content_encoding,
-        body.to_vec(),
+        body.to_vec().into(),
         MAX_DECOMPRESSED,
     ) {
         Ok(decoded) => decoded,

@@ -8,6 +8,7 @@
 
 use std::io::Read;
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::metrics::v1::{metric::Data, Exemplar};
 
 use crate::observe::Refusal;
@@ -65,7 +66,8 @@ pub const MAX_JSON_BODY: u64 = 8 << 20;
 /// A decoded request: canonical protobuf and how many items it holds.
 #[derive(Debug)]
 pub struct Decoded {
-    pub payload: Vec<u8>,
+    /// For an uncompressed protobuf body, the body itself (no copy).
+    pub payload: Bytes,
     pub items: u64,
 }
 
@@ -74,7 +76,7 @@ pub fn decode(
     signal: Signal,
     format: Format,
     content_encoding: Option<&str>,
-    body: Vec<u8>,
+    body: Bytes,
     max_decompressed: u64,
 ) -> Result<Decoded, Rejection> {
     let limit = match format {
@@ -87,7 +89,7 @@ pub fn decode(
         .as_deref()
     {
         None | Some("") | Some("identity") => body,
-        Some("gzip") | Some("x-gzip") => gunzip(&body, limit)?,
+        Some("gzip") | Some("x-gzip") => gunzip(&body, limit)?.into(),
         Some(other) => {
             return Err(Rejection::new(
                 415,
@@ -102,7 +104,8 @@ pub fn decode(
     let payload = match format {
         Format::Protobuf => raw,
         Format::Json => otlp::json::json_to_protobuf(signal, &raw)
-            .map_err(|e| Rejection::new(400, Refusal::Invalid, e.to_string()))?,
+            .map_err(|e| Rejection::new(400, Refusal::Invalid, e.to_string()))?
+            .into(),
     };
     let items = validate(signal, &payload)?;
     Ok(Decoded { payload, items })

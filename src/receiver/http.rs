@@ -249,7 +249,7 @@ impl HttpReceiver {
             signal,
             format,
             encoding.as_deref(),
-            body.to_vec(),
+            body,
             self.max_decompressed,
         )
         .map_err(fail)?;
