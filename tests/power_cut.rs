@@ -37,10 +37,11 @@ const BIG_ATTRIBUTE: usize = 2000;
 const SENDERS: usize = 4;
 const SMALL_SPANS: usize = 20;
 const RUN_MS: std::ops::RangeInclusive<u64> = 300..=1500;
-/// How long the last agent gets to deliver what the spool holds.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the last agent may go without delivering anything while its spool still holds
+/// records (the backlog's size follows the agent's ingest speed, so no fixed drain time fits).
+const DRAIN_STALL: Duration = Duration::from_secs(10);
 /// Each test's whole run, so a wedged mount or agent fails instead of hanging CI.
-const TEST_TIMEOUT: Duration = Duration::from_secs(150);
+const TEST_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// The tests take turns: each runs an agent and a file system flat out.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -242,14 +243,19 @@ async fn run_cuts(test: &str, cuts: usize, ignore_fsync: bool) -> Option<Outcome
         counts
     };
     let drain_started = Instant::now();
-    let mut got = delivered(&sink);
-    while drain_started.elapsed() < DRAIN_TIMEOUT {
-        got = delivered(&sink);
+    let (mut got, mut progress_at, mut records) = (delivered(&sink), Instant::now(), None);
+    while progress_at.elapsed() < DRAIN_STALL {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = delivered(&sink);
+        if now.len() > got.len() {
+            progress_at = Instant::now();
+        }
+        got = now;
         if want.iter().all(|(n, _)| got.contains_key(n)) {
             break;
         }
         // Lost data never arrives: stop once the spool is empty and the sink has it all.
-        let records = status(&agent)
+        records = status(&agent)
             .await
             .and_then(|s| s["spool"]["records"].as_u64());
         if records == Some(0) {
@@ -257,7 +263,6 @@ async fn run_cuts(test: &str, cuts: usize, ignore_fsync: bool) -> Option<Outcome
             got = delivered(&sink);
             break;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let drained_in = drain_started.elapsed();
     drop(agent);
@@ -297,7 +302,8 @@ async fn run_cuts(test: &str, cuts: usize, ignore_fsync: bool) -> Option<Outcome
          with some {lost_files:?}; fsyncs seen {:?}; {unhealthy_starts} starts answered /healthz \
          with other than 200; agent log: {} 'spool storage failed', {} sled 'empty/corrupt \
          configuration', {} sled 'higher lsn than our stable log', {} 'quarantine', {} 'lost its \
-         newest writes'; drained in {drained_in:.1?}; elapsed {:.1?}",
+         newest writes'; drained in {drained_in:.1?} (records left in the spool: {records:?}); \
+         elapsed {:.1?}",
         if ignore_fsync { "ignored" } else { "honoured" },
         cuts.div_ceil(3),
         acked.len(),
