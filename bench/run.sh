@@ -172,32 +172,41 @@ rate_run() {
   log "$name/$who rep $rep: $(tail -1 "$RESULTS")"
 }
 
-# ---- scenario: maximum durable ingest -------------------------------------------------------
+# ---- scenario: maximum ingest ----------------------------------------------------------------
+# ingest_run AGENT(otlp-spool|rotel) REP: 100-span requests on 8 connections, as fast as acks
+# allow, forwarding to the sink at the same time; the agent durable, rotel in memory (issue 15's
+# reference: both measured in the same run).
+INGEST_BATCH=100 INGEST_CONNECTIONS=8
 ingest_run() {
-  local rep=$1 lg acked delivered c0 c1
+  local who=$1 rep=$2 port=$HTTP_PORT lg acked delivered c0 c1
   start_sink
-  rm -rf "$WORK/spool"; write_config "$WORK/agent.toml" yes "$WORK/spool" 4GiB
-  start_agent "$WORK/agent.toml"
+  if [ "$who" = rotel ]; then
+    start_rotel; port=$ROTEL_HTTP
+  else
+    rm -rf "$WORK/spool"; write_config "$WORK/agent.toml" yes "$WORK/spool" 4GiB
+    start_agent "$WORK/agent.toml"
+  fi
   sleep 1
   start_sampler "$AGENT_PID" "$WORK/samples" 0.5
   c0=$(ticks "$AGENT_PID")
-  lg=$("$BIN/loadgen" --addr "127.0.0.1:$HTTP_PORT" --signal traces --batch 10 --concurrency 64 \
-        --seconds "$SECONDS_MAX" --threads 2 --json 2>>"$WORK/loadgen.log")
+  lg=$("$BIN/loadgen" --addr "127.0.0.1:$port" --signal traces --batch "$INGEST_BATCH" \
+        --concurrency "$INGEST_CONNECTIONS" --seconds "$SECONDS_MAX" --threads 2 --json 2>>"$WORK/loadgen.log")
   c1=$(ticks "$AGENT_PID")
   acked=$(jq -r .items_ok <<<"$lg")
   wait_delivered 120 "traces=$acked" || true; delivered=$(jq -r .traces <<<"$SINK_COUNT")
   local hwm; hwm=$(mem_kb "$AGENT_PID" VmHWM)
   stop_sampler; stop_agent; stop_sink
-  if ! { [ "$delivered" = "$acked" ] && [ "$acked" -gt 0 ]; }; then fail "ingest rep $rep: acked $acked, at sink $delivered"; fi
-  record "$(jq -nc --argjson rep "$rep" --argjson lg "$lg" --argjson delivered "$delivered" \
+  if ! { [ "$delivered" = "$acked" ] && [ "$acked" -gt 0 ]; }; then fail "ingest/$who rep $rep: acked $acked, at sink $delivered"; fi
+  record "$(jq -nc --arg who "$who" --argjson rep "$rep" --argjson lg "$lg" --argjson delivered "$delivered" \
     --argjson cpu_s "$(div "$((c1 - c0))" "$HZ")" --argjson rss "$(peak_rss_kb "$WORK/samples")" \
-    --argjson hwm "$hwm" \
-    '{scenario: "ingest-max", agent: "otlp-spool", rep: $rep, items_per_s: $lg.items_per_s,
+    --argjson hwm "$hwm" --argjson batch "$INGEST_BATCH" --argjson conns "$INGEST_CONNECTIONS" \
+    '{scenario: "ingest-max", agent: $who, rep: $rep, batch: $batch, connections: $conns,
+      items_per_s: $lg.items_per_s,
       requests_per_s: $lg.requests_per_s, p50_ms: $lg.ack_ms.p50, p99_ms: $lg.ack_ms.p99,
       max_ms: $lg.ack_ms.max, cpu_pct: (100 * $cpu_s / $lg.seconds), rss_peak_mb: ($rss / 1024),
       hwm_mb: ($hwm / 1024), acked: $lg.items_ok, delivered: $delivered, errors: $lg.errors,
       request_bytes: $lg.request_otlp_bytes_mean}')"
-  log "ingest rep $rep: $(tail -1 "$RESULTS")"
+  log "ingest/$who rep $rep: $(tail -1 "$RESULTS")"
 }
 
 # ---- scenario: backlog (issue 14: fill, hold, restart, drain, disk after, idle after) ---------
@@ -408,7 +417,10 @@ for rep in $(seq "$REPEAT"); do
     rate_run metrics-10k rotel metrics 10000 http "$rep"
     rate_run traces-10k rotel traces 10000 http "$rep"
   fi
-  has ingest && ingest_run "$rep"
+  if has ingest; then
+    ingest_run otlp-spool "$rep"
+    if has rotel && [ -n "$ROTEL" ]; then ingest_run rotel "$rep"; fi
+  fi
 done
 if has backlog; then
   for rep in $(seq "$BACKLOG_REPEAT"); do backlog_run "$rep" "$BACKLOG" 1; done
