@@ -243,7 +243,7 @@ fn transport_failure(url: &str, e: reqwest::Error) -> Outcome {
         error_chain(&e.without_url())
     );
     match certificate_advice(&error) {
-        Some(advice) => Outcome::Held(super::with_advice(&error, advice)),
+        Some(advice) => Outcome::Held(crate::observe::with_advice(&error, advice)),
         None => Outcome::Retry {
             retry_after: None,
             error,

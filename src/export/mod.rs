@@ -127,20 +127,3 @@ impl Outcome {
         }
     }
 }
-
-/// How an error and what to do about it are joined in the text `status` shows, so that
-/// [`split_advice`] can tell them apart again.
-const ADVICE_SEPARATOR: &str = " — ";
-
-/// `error`, followed by what to do about it.
-pub fn with_advice(error: &str, advice: &str) -> String {
-    format!("{error}{ADVICE_SEPARATOR}{advice}")
-}
-
-/// An error text as [`with_advice`] made it: the error, and the advice if it has one.
-pub fn split_advice(text: &str) -> (&str, Option<&str>) {
-    match text.split_once(ADVICE_SEPARATOR) {
-        Some((error, advice)) => (error, Some(advice)),
-        None => (text, None),
-    }
-}

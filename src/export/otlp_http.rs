@@ -21,10 +21,11 @@ use flate2::write::GzEncoder;
 use prost::Message;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
 
-use super::{http, with_advice, Outcome, Refusal};
+use super::{http, Outcome, Refusal};
 use crate::aws::credentials::{CachedCredentials, CredentialSettings};
 use crate::aws::sigv4::Signer;
 use crate::config::{mask_url_credentials, Compression, DestinationConfig, Encoding};
+use crate::observe::with_advice;
 use crate::otlp::{json, RpcStatus, Signal};
 
 pub struct OtlpHttp {
