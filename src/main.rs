@@ -36,6 +36,9 @@ enum Command {
     /// Validate the config and print it resolved, secrets masked.
     Check,
     /// Show the running agent's spool and per-destination state.
+    ///
+    /// A table per destination, fitted to the terminal's width ($COLUMNS, else 80 when the output
+    /// is not a terminal); a destination in trouble ends with what to do.
     Status {
         /// The agent's OTLP/HTTP address; default: the first server.listen address of the config.
         #[arg(long, value_name = "HOST:PORT")]
@@ -68,8 +71,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DeadLetterCommand {
-    /// One line per dead letter, newest first: id, destination, signal, when it was received and
-    /// refused, the HTTP status, items, bytes and the upstream's message.
+    /// One row per dead letter, newest first: id, destination, signal, when it was received and
+    /// refused (UTC), the HTTP status, items, bytes and the upstream's message.
     List {
         /// Only this destination's.
         #[arg(long, value_name = "NAME")]
@@ -85,6 +88,7 @@ enum DeadLetterCommand {
     /// (dead letters keep no request headers; credentials in URLs are masked).
     Show {
         id: u64,
+        /// Print the JSON document.
         #[arg(long)]
         json: bool,
     },
@@ -94,6 +98,7 @@ enum DeadLetterCommand {
     Replay {
         #[command(flatten)]
         pick: Pick,
+        /// Print the JSON answer.
         #[arg(long)]
         json: bool,
     },
@@ -102,6 +107,7 @@ enum DeadLetterCommand {
     Purge {
         #[command(flatten)]
         pick: Pick,
+        /// Print the JSON answer.
         #[arg(long)]
         json: bool,
     },

@@ -83,14 +83,7 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn show(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    )
-}
+use support::process::describe_output as show;
 
 /// Kills the child if a test fails before it stopped on its own.
 struct Running(Child);

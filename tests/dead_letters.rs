@@ -14,7 +14,9 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::process::{agent_command, agent_config, free_port, AgentProcess};
+use support::process::{
+    agent_command, agent_config, describe_output as show, free_port, AgentProcess,
+};
 use support::{destination, logs, Reply, Sink};
 
 const BIN: &str = env!("CARGO_BIN_EXE_otlp-spool");
@@ -41,6 +43,30 @@ async fn start(config: &Path, port: u16, dir: &Path) -> AgentProcess {
     AgentProcess::start(agent_command(config), port, &dir.join("agent.log")).await
 }
 
+/// A running agent whose upstream refused `prefix`'s `n` logs: one dead letter.
+struct Scene {
+    sink: Sink,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    port: u16,
+    agent: AgentProcess,
+}
+
+async fn scene(prefix: &str, n: usize) -> Scene {
+    let sink = Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, port) = setup(dir.path(), &sink);
+    let agent = start(&config, port, dir.path()).await;
+    refuse(&config, &agent, &sink, prefix, n).await;
+    Scene {
+        sink,
+        dir,
+        config,
+        port,
+        agent,
+    }
+}
+
 /// `otlp-spool <args> --config <config>`, run to the end.
 fn cli(config: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
@@ -53,15 +79,6 @@ fn cli(config: &Path, args: &[&str]) -> Output {
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "{:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status,
-        stdout(out),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// `args` with `--json`, which must succeed; its document.
@@ -137,11 +154,13 @@ fn shown_names(config: &Path, id: u64) -> Vec<String> {
 /// Against the running agent: list, show, replay after the fix (every item once), purge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_logs_are_listed_shown_replayed_once_and_purged_on_the_running_agent() {
-    let sink = Sink::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (config, port) = setup(dir.path(), &sink);
-    let agent = start(&config, port, dir.path()).await;
-    refuse(&config, &agent, &sink, "bad", 4).await;
+    let Scene {
+        sink,
+        dir,
+        config,
+        agent,
+        ..
+    } = scene("bad", 4).await;
 
     // list: one line with the status, the upstream's message, the items.
     let out = cli(&config, &["dead-letters", "list"]);
@@ -254,11 +273,13 @@ async fn refused_logs_are_listed_shown_replayed_once_and_purged_on_the_running_a
 /// directory is never opened a second time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_work_on_a_stopped_agents_spool() {
-    let sink = Sink::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (config, port) = setup(dir.path(), &sink);
-    let mut agent = start(&config, port, dir.path()).await;
-    refuse(&config, &agent, &sink, "held", 3).await;
+    let Scene {
+        sink,
+        dir,
+        config,
+        port,
+        mut agent,
+    } = scene("held", 3).await;
 
     // The agent holds the spool: asked at a wrong address, the CLI does not open it too.
     let elsewhere = format!("127.0.0.1:{}", free_port());
@@ -322,11 +343,14 @@ async fn dead_letters_work_on_a_stopped_agents_spool() {
 /// dead letter that says so; nothing is sent again by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_refused_again_comes_back_once_not_in_a_loop() {
-    let sink = Sink::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (config, port) = setup(dir.path(), &sink);
-    let agent = start(&config, port, dir.path()).await;
-    refuse(&config, &agent, &sink, "stubborn", 2).await;
+    // The agent and the directory live to the end of the test.
+    let Scene {
+        sink,
+        dir: _dir,
+        config,
+        agent: _agent,
+        ..
+    } = scene("stubborn", 2).await;
     let first = letters(&config)[0]["id"].as_u64().unwrap();
     let attempts = sink.received().len();
 

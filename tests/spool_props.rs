@@ -100,13 +100,12 @@ enum Pick {
 
 impl Pick {
     /// The selection, over the letters the model holds.
-    fn selection(self, held: &[u64]) -> Selection {
+    fn selection(self, model: &Model) -> Selection {
+        let held = model.letters.keys().copied();
         match self {
             Pick::All => Selection::All,
             // 0 is never a sequence number.
-            Pick::Every(every) => {
-                Selection::Ids(held.iter().copied().step_by(every).chain([0]).collect())
-            }
+            Pick::Every(every) => Selection::Ids(held.step_by(every).chain([0]).collect()),
         }
     }
 }
@@ -380,8 +379,7 @@ impl Harness<'_> {
                 );
             }
             Op::Replay(pick) => {
-                let held: Vec<u64> = self.model.letters.keys().copied().collect();
-                let selection = pick.selection(&held);
+                let selection = pick.selection(&self.model);
                 let result = self
                     .runtime
                     .block_on(self.spool().replay_dead_letters(&selection))
@@ -443,8 +441,7 @@ impl Harness<'_> {
                     .map_err(TestCaseError::fail)?;
             }
             Op::Purge(pick) => {
-                let held: Vec<u64> = self.model.letters.keys().copied().collect();
-                let selection = pick.selection(&held);
+                let selection = pick.selection(&self.model);
                 let result = self
                     .runtime
                     .block_on(self.spool().purge_dead_letters(&selection))
