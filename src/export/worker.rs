@@ -160,8 +160,14 @@ impl Worker {
     async fn replay(&self, id: u64) -> Result<(), Outcome> {
         let (letter, payload) = match self.spool.dead_letter_payload(id) {
             Ok(Some(found)) => found,
-            // Purged (or pushed out by the cap) since the replay was asked for.
-            Ok(None) => return Ok(()),
+            // Purged or pushed out by the cap since the replay was asked for (then it is not
+            // offered again), or unreadable now (then its replay is dropped).
+            Ok(None) => {
+                if let Err(e) = self.spool.abandon_replay(id) {
+                    tracing::error!(id, error = %e, "dropping the replay of an unreadable dead letter failed");
+                }
+                return Ok(());
+            }
             Err(error) => {
                 return Err(Outcome::Retry {
                     retry_after: None,

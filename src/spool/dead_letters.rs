@@ -18,7 +18,8 @@
 //!
 //! Replay marks a letter `replay` with its destination and signal: only that destination's
 //! worker for that signal takes it ([`Spool::next_replay`]), before its next batch, and reports
-//! back with [`Spool::replayed`] once every piece was delivered or dead-lettered again. A piece
+//! back with [`Spool::replayed`] once every piece was delivered or dead-lettered again (or with
+//! [`Spool::abandon_replay`] if the letter can no longer be read). A piece
 //! refused again becomes a new dead letter (`replay_of`, `replays` + 1) that is not replayed
 //! unless asked again: a refusal never loops. A replay that fails retryably waits and is retried
 //! like any batch.
@@ -544,6 +545,23 @@ impl Spool {
         Ok(())
     }
 
+    /// Drops the replay of `id`, which is not held any more (a damaged frame, an unreadable
+    /// description): there is nothing to send, and its worker must not be offered it again.
+    pub fn abandon_replay(&self, id: u64) -> Result<(), String> {
+        let store = self.store()?;
+        let mut marks = self.marks();
+        if matches!(marks.marks.get(&id), Some(Mark::Replay { .. })) {
+            self.forget_mark(&store, &mut marks, id)?;
+            tracing::warn!(
+                id,
+                "dead letter {id} can no longer be read: its replay is dropped"
+            );
+        }
+        drop(marks);
+        store.commit.flush_soon();
+        Ok(())
+    }
+
     /// Removes the selected letters. Returns once that is durable and the disk of the letters
     /// that were at the front is given back (see the module docs).
     pub async fn purge_dead_letters(&self, selection: &Selection) -> Result<Purged, String> {
@@ -755,6 +773,33 @@ pub(super) mod tests {
         assert_eq!(spool.next_replay("b", Signal::Logs), None);
         assert_eq!(spool.usage().dead_letter_replays_pending, 0);
         assert_eq!(ids(&spool), [for_c]);
+    }
+
+    /// A letter that cannot be read any more (here a flipped byte in its frame) is not offered
+    /// for replay again once its worker found it gone.
+    #[tokio::test]
+    async fn the_replay_of_a_damaged_letter_is_dropped() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = open(dir.path(), &["a"]);
+        let id = spool
+            .dead_letter("a", Signal::Logs, letter(1, &[7; 64]))
+            .await
+            .unwrap();
+        spool
+            .replay_dead_letters(&Selection::Ids(vec![id]))
+            .await
+            .unwrap();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&letter_files(dir.path())[0])
+            .unwrap();
+        file.write_all_at(&[0xFF], 100).unwrap();
+        assert_eq!(spool.next_replay("a", Signal::Logs), Some(id));
+        assert!(spool.dead_letter_payload(id).unwrap().is_none());
+        spool.abandon_replay(id).unwrap();
+        assert_eq!(spool.next_replay("a", Signal::Logs), None);
+        assert_eq!(spool.usage().dead_letter_replays_pending, 0);
     }
 
     #[test]

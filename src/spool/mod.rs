@@ -46,6 +46,10 @@
 //!    `a_segment_deleted_by_hand_is_reported_and_the_rest_is_delivered`,
 //!    `tests/storage_faults.rs`.
 //!
+//! 7. A purged dead letter, or one whose replay is done, is never listed or offered again,
+//!    across restarts; a replay is offered to its destination's worker for its signal only.
+//!    — `tests/spool_props.rs`, `src/spool/dead_letters.rs` tests.
+//!
 //! A version-1 spool is converted first ([`migrate`]; `a_version_1_spool_is_migrated_whole`,
 //! and `tests/crash_points.rs` for a migration killed halfway).
 //!
