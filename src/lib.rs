@@ -11,11 +11,13 @@
 
 pub mod aws;
 pub mod config;
+pub mod dead_letters;
 pub mod export;
 pub mod observe;
 pub mod otlp;
 pub mod receiver;
 pub mod spool;
+pub mod tables;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -291,7 +293,7 @@ impl Agent {
 
 /// An error with its causes, on one line: reqwest's and the AWS SDK's top levels say only "error
 /// sending request" or "dispatch failure". A cause its parent already quotes is left out.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string().trim().replace('\n', " ");
     let mut source = e.source();
     while let Some(s) = source {
@@ -306,7 +308,7 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Which destinations read each signal.
-fn routes(config: &Config) -> spool::Routes {
+pub fn routes(config: &Config) -> spool::Routes {
     let mut routes: spool::Routes = Default::default();
     for d in &config.destinations {
         for s in &d.signals {

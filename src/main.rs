@@ -1,4 +1,4 @@
-//! The `otlp-spool` command line: `run` (the default), `check`, `status`, `env`.
+//! The `otlp-spool` command line: `run` (the default), `check`, `status`, `dead-letters`, `env`.
 //!
 //! Thin: it parses arguments, resolves the config, sets up logging, and calls the library.
 //! Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
@@ -36,6 +36,9 @@ enum Command {
     /// Validate the config and print it resolved, secrets masked.
     Check,
     /// Show the running agent's spool and per-destination state.
+    ///
+    /// A table per destination, fitted to the terminal's width ($COLUMNS, else 80 when the output
+    /// is not a terminal); a destination in trouble ends with what to do.
     Status {
         /// The agent's OTLP/HTTP address; default: the first server.listen address of the config.
         #[arg(long, value_name = "HOST:PORT")]
@@ -44,12 +47,95 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What upstreams refused for good (dead letters): list, show, send again, or remove.
+    ///
+    /// Asks the running agent over its local HTTP endpoint (the config's first server.listen
+    /// address, or --addr; with server.auth_token when one is set). With the agent stopped, it
+    /// opens the spool directory itself; the spool's lock keeps an agent from starting on it
+    /// meanwhile, so there are never two writers.
+    #[command(name = "dead-letters")]
+    DeadLetters {
+        /// The agent's OTLP/HTTP address; default: the first server.listen address of the config.
+        #[arg(long, value_name = "HOST:PORT", global = true)]
+        addr: Option<String>,
+        #[command(subcommand)]
+        command: DeadLetterCommand,
+    },
     /// Print the shell exports that point a tool at this agent.
     Env {
         tool: Tool,
         #[arg(long, value_enum, default_value = "sh")]
         shell: Shell,
     },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// One row per dead letter, newest first: id, destination, signal, when it was received and
+    /// refused (UTC), the HTTP status, items, bytes and the upstream's message.
+    List {
+        /// Only this destination's.
+        #[arg(long, value_name = "NAME")]
+        destination: Option<String>,
+        /// Only this signal's.
+        #[arg(long, value_parser = ["traces", "metrics", "logs"])]
+        signal: Option<String>,
+        /// Print the JSON document (with each letter's whole error as `reason`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dead letter: what `list` says, the whole error, and the refused payload as OTLP/JSON
+    /// (dead letters keep no request headers; credentials in URLs are masked).
+    Show {
+        id: u64,
+        /// Print the JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead letters again, after fixing what made the upstream refuse them. Each goes to
+    /// the worker of its own destination and signal, before that worker's next batch. A piece
+    /// refused again becomes one new dead letter; nothing is retried by itself.
+    Replay {
+        #[command(flatten)]
+        pick: Pick,
+        /// Print the JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove dead letters. Removing all of them, or the oldest, gives their disk back at once;
+    /// one removed from among older letters gives its space back when those go.
+    Purge {
+        #[command(flatten)]
+        pick: Pick,
+        /// Print the JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Which dead letters a replay or purge is about.
+#[derive(clap::Args)]
+struct Pick {
+    /// Dead letter ids (from `dead-letters list`).
+    #[arg(
+        value_name = "ID",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    ids: Vec<u64>,
+    /// Every dead letter held.
+    #[arg(long)]
+    all: bool,
+}
+
+impl Pick {
+    fn selection(&self) -> otlp_spool::spool::Selection {
+        if self.all {
+            otlp_spool::spool::Selection::All
+        } else {
+            otlp_spool::spool::Selection::Ids(self.ids.clone())
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -88,6 +174,7 @@ fn main() -> ExitCode {
         Command::Run { log_format } => run(config, log_format),
         Command::Check => check(config),
         Command::Status { addr, json } => status(addr, json, config),
+        Command::DeadLetters { addr, command } => dead_letters(addr, command, config),
         Command::Env { tool, shell } => env(tool, shell, config),
     }
 }
@@ -233,170 +320,308 @@ fn local_addr(mut addr: SocketAddr) -> SocketAddr {
     addr
 }
 
+/// Why a request to the running agent got no answer to use.
+enum AgentError {
+    /// Nothing listens at the address: the agent is not running (or listens elsewhere).
+    NotRunning(String),
+    Failed(String),
+}
+
+/// Sends `method path` (with a JSON `body`) to the agent at `addr`, with `server.auth_token` if
+/// the config sets one; the answer's status and JSON document.
+async fn agent_request(
+    config: &Config,
+    addr: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<(u16, serde_json::Value), AgentError> {
+    let url = format!("http://{addr}{path}");
+    let mut request = reqwest::Client::new()
+        .request(method, &url)
+        .timeout(std::time::Duration::from_secs(30));
+    if let Some(token) = &config.server.auth_token {
+        request = request.bearer_auth(token.expose());
+    }
+    if let Some(body) = body {
+        request = request
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+    }
+    let failed = |e: String| AgentError::Failed(format!("cannot get {url}: {e}"));
+    let response = request.send().await.map_err(|e| {
+        let text = format!("cannot get {url}: {}", otlp_spool::error_chain(&e));
+        if e.is_connect() {
+            AgentError::NotRunning(text)
+        } else {
+            AgentError::Failed(text)
+        }
+    })?;
+    let code = response.status();
+    let text = response.text().await.map_err(|e| failed(e.to_string()))?;
+    match serde_json::from_str(&text) {
+        Ok(doc) => Ok((code.as_u16(), doc)),
+        Err(_) if !code.is_success() => Err(failed(format!("HTTP {code}: {text}"))),
+        Err(e) => Err(failed(format!("the answer is not JSON ({e})"))),
+    }
+}
+
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime")
+}
+
+/// The width tables are fitted to: `$COLUMNS`, else the terminal's, else 80.
+fn output_width() -> u16 {
+    if let Some(columns) = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()) {
+        return columns;
+    }
+    // SAFETY: `winsize` is plain data, and TIOCGWINSZ writes one into it or fails.
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: an ioctl on stdout's descriptor with a valid pointer to a `winsize`.
+    let asked = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) };
+    if asked == 0 && size.ws_col > 0 {
+        size.ws_col
+    } else {
+        80
+    }
+}
+
 fn status(addr: Option<String>, json: bool, config: Option<PathBuf>) -> ExitCode {
     let (config, _) = match load(config) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let addr = addr.unwrap_or_else(|| local_http_addr(&config).to_string());
-    let url = format!("http://{addr}/status");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let fetched = runtime.block_on(async {
-        let mut request = reqwest::Client::new()
-            .get(&url)
-            .timeout(std::time::Duration::from_secs(5));
-        if let Some(token) = &config.server.auth_token {
-            request = request.bearer_auth(token.expose());
+    let fetched = current_thread_runtime().block_on(agent_request(
+        &config,
+        &addr,
+        reqwest::Method::GET,
+        "/status",
+        None,
+    ));
+    let doc = match fetched {
+        Ok((200, doc)) => doc,
+        Ok((code, doc)) => {
+            eprintln!("otlp-spool: http://{addr}/status answered {code}: {doc}");
+            return ExitCode::from(1);
         }
-        let response = request.send().await.map_err(|e| e.to_string())?;
-        let code = response.status();
-        let body = response.text().await.map_err(|e| e.to_string())?;
-        if !code.is_success() {
-            return Err(format!("HTTP {code}: {body}"));
-        }
-        Ok(body)
-    });
-    let body = match fetched {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("otlp-spool: cannot get {url}: {e}\nIs the agent running? Start it with `otlp-spool run`, or pass --addr HOST:PORT.");
+        Err(AgentError::NotRunning(e) | AgentError::Failed(e)) => {
+            eprintln!("otlp-spool: {e}\nIs the agent running? Start it with `otlp-spool run`, or pass --addr HOST:PORT.");
             return ExitCode::from(1);
         }
     };
     if json {
-        println!("{body}");
-        return ExitCode::SUCCESS;
+        println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
+    } else {
+        print!("{}", otlp_spool::tables::status(&doc, output_width()));
     }
-    match serde_json::from_str::<serde_json::Value>(&body) {
-        Ok(v) => {
-            print!("{}", render_status(&v));
+    ExitCode::SUCCESS
+}
+
+fn dead_letters(
+    addr: Option<String>,
+    command: DeadLetterCommand,
+    config: Option<PathBuf>,
+) -> ExitCode {
+    let (config, _) = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let addr = addr.unwrap_or_else(|| local_http_addr(&config).to_string());
+    let (method, path, body) = match &command {
+        DeadLetterCommand::List { .. } => (reqwest::Method::GET, "/dead-letters".to_string(), None),
+        DeadLetterCommand::Show { id, .. } => {
+            (reqwest::Method::GET, format!("/dead-letters/{id}"), None)
+        }
+        DeadLetterCommand::Replay { pick, .. } => (
+            reqwest::Method::POST,
+            "/dead-letters/replay".into(),
+            Some(otlp_spool::dead_letters::selection_body(&pick.selection())),
+        ),
+        DeadLetterCommand::Purge { pick, .. } => (
+            reqwest::Method::POST,
+            "/dead-letters/purge".into(),
+            Some(otlp_spool::dead_letters::selection_body(&pick.selection())),
+        ),
+    };
+    let runtime = current_thread_runtime();
+    let answered = runtime.block_on(async {
+        match agent_request(&config, &addr, method.clone(), &path, body.as_ref()).await {
+            Ok(answer) => Ok((answer, true)),
+            Err(AgentError::Failed(e)) => Err(e),
+            // With the agent stopped, the same answer from the spool itself.
+            Err(AgentError::NotRunning(_)) => {
+                let spool = open_stopped_spool(&config, &addr)?;
+                let body = body.map(|b| b.to_string()).unwrap_or_default();
+                let answer = otlp_spool::dead_letters::serve(
+                    &spool,
+                    method.as_str(),
+                    &path,
+                    body.as_bytes(),
+                )
+                .await;
+                Ok((answer, false))
+            }
+        }
+    });
+    let ((code, doc), running) = match answered {
+        Ok(answered) => answered,
+        Err(e) => {
+            eprintln!("otlp-spool: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if code != 200 {
+        let error = doc["error"]
+            .as_str()
+            .map_or(doc.to_string(), str::to_string);
+        eprintln!("otlp-spool: {error}");
+        return ExitCode::from(1);
+    }
+    print_dead_letters(&command, doc, running)
+}
+
+/// The spool of a stopped agent, opened as the agent would open it (the spool's lock keeps an
+/// agent from starting on it meanwhile).
+fn open_stopped_spool(config: &Config, addr: &str) -> Result<otlp_spool::spool::Spool, String> {
+    use otlp_spool::spool::{Limits, OpenError, Spool};
+    let dir = &config.spool.dir;
+    if !dir.exists() {
+        return Err(format!(
+            "no agent answers at {addr}, and there is no spool at {}: nothing was dead-lettered \
+             here (pass --addr HOST:PORT if the agent listens elsewhere)",
+            dir.display()
+        ));
+    }
+    Spool::open(dir, Limits::from(&config.spool), otlp_spool::routes(config)).map_err(|e| match e {
+        OpenError::Locked(_) => format!(
+            "the spool at {} is in use by an agent that does not answer at {addr}: pass --addr \
+             with the address it listens on",
+            dir.display()
+        ),
+        e => e.to_string(),
+    })
+}
+
+/// Prints a dead-letter command's answer (`running`: the agent's, else the spool's own).
+fn print_dead_letters(
+    command: &DeadLetterCommand,
+    mut doc: serde_json::Value,
+    running: bool,
+) -> ExitCode {
+    let print_json = |doc: &serde_json::Value| {
+        println!("{}", serde_json::to_string_pretty(doc).expect("json"));
+    };
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|id| id.to_string())
+            .collect()
+    };
+    match command {
+        DeadLetterCommand::List {
+            destination,
+            signal,
+            json,
+        } => {
+            if let Some(letters) = doc["dead_letters"].as_array_mut() {
+                letters.retain(|l| {
+                    destination
+                        .as_ref()
+                        .is_none_or(|d| l["destination"] == d.as_str())
+                        && signal.as_ref().is_none_or(|s| l["signal"] == s.as_str())
+                });
+            }
+            if *json {
+                print_json(&doc);
+                return ExitCode::SUCCESS;
+            }
+            let letters = doc["dead_letters"].as_array().cloned().unwrap_or_default();
+            if letters.is_empty() {
+                println!("no dead letters");
+            } else {
+                print!(
+                    "{}",
+                    otlp_spool::tables::dead_letters(&letters, output_width())
+                );
+            }
+            if let Some(capped) = doc["capped_records"].as_u64().filter(|&n| n > 0) {
+                println!(
+                    "the dead-letter bound (spool.max_bytes / 16) deleted {capped} older letters \
+                     ({} items) before they were purged or replayed",
+                    doc["capped_items"]
+                );
+            }
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("otlp-spool: {url} did not answer JSON ({e})");
+        DeadLetterCommand::Show { json: true, .. } => {
+            print_json(&doc);
+            ExitCode::SUCCESS
+        }
+        DeadLetterCommand::Show { .. } => {
+            print!("{}", otlp_spool::tables::dead_letter(&doc));
+            ExitCode::SUCCESS
+        }
+        DeadLetterCommand::Replay { json, .. } => {
+            if *json {
+                print_json(&doc);
+            } else {
+                let replayed = ids(&doc["replayed"]);
+                let when = if running {
+                    "their destinations' workers send them now (see `otlp-spool status`)"
+                } else {
+                    "the agent is not running: they are sent when it starts"
+                };
+                println!("replaying {} dead letters: {when}", replayed.len());
+            }
+            let unknown = ids(&doc["unknown"]);
+            let not_routed = ids(&doc["not_routed"]);
+            if !unknown.is_empty() {
+                eprintln!(
+                    "otlp-spool: no dead letter {} (purged, replayed, pushed out by the bound, or \
+                     never there)",
+                    unknown.join(", ")
+                );
+            }
+            if !not_routed.is_empty() {
+                eprintln!(
+                    "otlp-spool: not replayed: {}: their destination no longer sends their \
+                     signal (add it back to the config, or purge them)",
+                    not_routed.join(", ")
+                );
+            }
+            if unknown.is_empty() && not_routed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        DeadLetterCommand::Purge { json, .. } => {
+            if *json {
+                print_json(&doc);
+            } else {
+                println!(
+                    "purged {} dead letters ({} bytes)",
+                    ids(&doc["purged"]).len(),
+                    doc["bytes"]
+                );
+            }
+            let unknown = ids(&doc["unknown"]);
+            if unknown.is_empty() {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!(
+                "otlp-spool: no dead letter {} (purged, replayed, pushed out by the bound, or \
+                 never there)",
+                unknown.join(", ")
+            );
             ExitCode::from(1)
         }
     }
-}
-
-fn render_status(v: &serde_json::Value) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let s = &v["spool"];
-    let mib = |x: &serde_json::Value| x.as_f64().unwrap_or(0.0) / (1 << 20) as f64;
-    let _ = writeln!(
-        out,
-        "otlp-spool {}  up {}s",
-        v["version"].as_str().unwrap_or("?"),
-        v["uptime_seconds"]
-    );
-    let _ = writeln!(
-        out,
-        "spool {}: {} records, {:.1} MiB of {:.0} MiB (on disk {:.1} MiB), dead letters {}",
-        s["dir"].as_str().unwrap_or("?"),
-        s["records"],
-        mib(&s["bytes"]),
-        mib(&s["max_bytes"]),
-        mib(&s["disk_bytes"]),
-        s["dead_letter_records"]
-    );
-    let streams: Vec<String> = ["traces", "metrics", "logs", "dead_letter"]
-        .iter()
-        .map(|name| {
-            let st = &s["streams"][name];
-            format!(
-                "{name} {} segments {:.1} MiB",
-                st["segments"],
-                mib(&st["disk_bytes"])
-            )
-        })
-        .collect();
-    let _ = writeln!(out, "spool files: {}", streams.join(", "));
-    if let Some(damaged) = s["damaged_records"].as_u64().filter(|&n| n > 0) {
-        let _ = writeln!(
-            out,
-            "SPOOL DAMAGE: {damaged} damaged records skipped (their data is lost; the rest is \
-             delivered); check the disk"
-        );
-    }
-    if let Some(error) = s["storage_error"].as_str() {
-        let _ = writeln!(
-            out,
-            "STORAGE FAILING: {error}; refusing new data (503) until the spool reopens by itself"
-        );
-    }
-    if let Some(aside) = s["quarantined"].as_str() {
-        let _ = writeln!(
-            out,
-            "CORRUPT SPOOL moved aside at this start, to {aside} (not read again: keep it for a \
-             bug report, then delete it)"
-        );
-    }
-    let t = &s["truncated"];
-    if t.is_object() {
-        let _ = writeln!(
-            out,
-            "SPOOL LOST WRITES before this start (log truncated or damaged): sequences after {} \
-             up to {} that were not yet delivered are gone",
-            t["found_seq"], t["expected_seq"]
-        );
-    }
-    let r = &v["received"];
-    let _ = writeln!(
-        out,
-        "received items: traces {}  metrics {}  logs {}",
-        r["traces"]["items"], r["metrics"]["items"], r["logs"]["items"]
-    );
-    let d = &v["dropped"];
-    let _ = writeln!(
-        out,
-        "dropped items: full {}  expired {}  dead-lettered {}",
-        d["full_items"], d["expired_items"], d["dead_letter_items"]
-    );
-    if let Some(holding) = v["holding"].as_str() {
-        let _ = writeln!(out, "\n{holding}");
-    }
-    for dest in v["destinations"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            out,
-            "\ndestination {} ({}) {}",
-            dest["name"].as_str().unwrap_or("?"),
-            dest["type"].as_str().unwrap_or("?"),
-            dest["endpoint"].as_str().unwrap_or("")
-        );
-        let _ = writeln!(
-            out,
-            "  {:<8} {:>9} {:>11} {:>10} {:>10}  {:<10} last error",
-            "signal", "pending", "oldest age", "sent", "attempts", "state"
-        );
-        for (signal, w) in dest["signals"].as_object().into_iter().flatten() {
-            let age = w["oldest_pending_age_seconds"]
-                .as_f64()
-                .map_or("-".to_string(), |a| format!("{a:.0}s"));
-            let state = match w["retry"]
-                .as_object()
-                .and_then(|o| o.keys().next().cloned())
-            {
-                Some(k) => k,
-                None => w["retry"].as_str().unwrap_or("ready").to_string(),
-            };
-            let _ = writeln!(
-                out,
-                "  {:<8} {:>9} {:>11} {:>10} {:>10}  {:<10} {}",
-                signal,
-                w["pending_records"],
-                age,
-                w["sent_items"],
-                w["attempts"],
-                state,
-                w["last_error"].as_str().unwrap_or("-")
-            );
-        }
-    }
-    out
 }
 
 fn env(tool: Tool, shell: Shell, config: Option<PathBuf>) -> ExitCode {

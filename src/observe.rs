@@ -113,6 +113,60 @@ pub struct DestinationStats {
 pub const HOLDING: &str = "no destination is configured: holding received data in the spool \
                            (bounded by spool.max_bytes and spool.max_age) until one is added";
 
+/// How an error and what to do about it are joined in the text `status` shows, so that
+/// [`split_advice`] can tell them apart again.
+const ADVICE_SEPARATOR: &str = " — ";
+
+/// `error`, followed by what to do about it.
+pub fn with_advice(error: &str, advice: &str) -> String {
+    format!("{error}{ADVICE_SEPARATOR}{advice}")
+}
+
+/// An error text as [`with_advice`] made it: the error, and the advice if it has one.
+pub fn split_advice(text: &str) -> (&str, Option<&str>) {
+    match text.split_once(ADVICE_SEPARATOR) {
+        Some((error, advice)) => (error, Some(advice)),
+        None => (text, None),
+    }
+}
+
+/// What to do about a worker's state, for `status`: the advice its last error carries (an
+/// upstream's known error, an untrusted certificate, where SigV4 credentials came from), else
+/// what the state itself calls for; for a worker that is fine, where to see the dead letters it
+/// made while some are held. `None` when there is nothing to do.
+fn advice(
+    destination: &str,
+    retry: &RetryState,
+    last_error: Option<&str>,
+    dead_letters_held: bool,
+) -> Option<String> {
+    let carried = last_error.and_then(|e| split_advice(e).1);
+    let fallback = match retry {
+        RetryState::Backoff { .. } => {
+            "the upstream cannot be reached or is failing: check its endpoint and the network; \
+             the data is kept and retried with backoff until spool.max_age"
+        }
+        RetryState::AuthFailed { .. } => {
+            "the upstream refuses the credentials: fix this destination's headers or \
+             credentials, then reload (SIGHUP, or `systemctl reload otlp-spool`); the data is \
+             kept and retried every retry.max"
+        }
+        RetryState::Held { .. } => {
+            "the upstream cannot be used as configured (see the error): fix this destination's \
+             settings, then reload; the data is held and retried every retry.max"
+        }
+        RetryState::Ready if dead_letters_held => {
+            return Some(format!(
+                "the upstream refused data for good: `otlp-spool dead-letters list --destination \
+                 {destination}` shows it and why; after a fix, `otlp-spool dead-letters replay \
+                 --all` sends it again"
+            ))
+        }
+        RetryState::Ready => return None,
+    };
+    Some(carried.unwrap_or(fallback).to_string())
+}
+
 /// Everything the agent counts.
 pub struct Stats {
     started: Instant,
@@ -208,6 +262,15 @@ impl Stats {
                     .map(|(signal, w)| {
                         let pending = spool.pending(&d.name, *signal);
                         let last_success = w.last_success_ms.load(Relaxed);
+                        let last_error = w.last_error.lock().expect("stats lock").clone();
+                        let retry = w.retry.lock().expect("stats lock").clone();
+                        let dead_lettered = w.dead_lettered_items.load(Relaxed);
+                        let advice = advice(
+                            &d.name,
+                            &retry,
+                            last_error.as_deref(),
+                            dead_lettered > 0 && usage.dead_letter_records > 0,
+                        );
                         (
                             signal.name().to_string(),
                             json!({
@@ -219,10 +282,11 @@ impl Stats {
                                 "attempts": w.attempts.load(Relaxed),
                                 "failed_attempts": w.failed_attempts.load(Relaxed),
                                 "partial_rejected_items": w.partial_rejected_items.load(Relaxed),
-                                "dead_lettered_items": w.dead_lettered_items.load(Relaxed),
+                                "dead_lettered_items": dead_lettered,
                                 "last_success_ms": (last_success > 0).then_some(last_success),
-                                "last_error": *w.last_error.lock().expect("stats lock"),
-                                "retry": *w.retry.lock().expect("stats lock"),
+                                "last_error": last_error,
+                                "retry": retry,
+                                "advice": advice,
                             }),
                         )
                     })
@@ -248,6 +312,9 @@ impl Stats {
                 "disk_cap": usage.disk_cap,
                 "dead_letter_records": usage.dead_letter_records,
                 "dead_letter_bytes": usage.dead_letter_bytes,
+                "dead_letter_replays_pending": usage.dead_letter_replays_pending,
+                "dead_letter_capped_records": usage.dead_letter_capped_records,
+                "dead_letter_capped_items": usage.dead_letter_capped_items,
                 "damaged_records": usage.dropped.unreadable_records,
                 "streams": usage.streams,
                 "healthy": spool.healthy(),
@@ -301,7 +368,11 @@ impl Stats {
             ("bytes", "Logical bytes held in the spool."),
             ("disk_bytes", "Bytes the spool's files take on disk."),
             ("max_bytes", "The spool's logical byte cap."),
-            ("dead_letter_records", "Records in the dead-letter stream."),
+            ("dead_letter_records", "Dead letters held."),
+            (
+                "dead_letter_capped_records",
+                "Dead letters the dead-letter cap deleted before they were purged or replayed, over the spool's life.",
+            ),
             (
                 "damaged_records",
                 "Damaged spool records skipped since the start (their data is lost).",

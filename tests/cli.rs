@@ -55,6 +55,7 @@ impl Sandbox {
             .env_remove("STATE_DIRECTORY")
             .env_remove("OTLP_API_KEY")
             .env_remove("OTLP_SPOOL_TOKEN")
+            .env_remove("COLUMNS")
             .stdin(Stdio::null());
         cmd
     }
@@ -82,14 +83,7 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn show(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    )
-}
+use support::process::describe_output as show;
 
 /// Kills the child if a test fails before it stopped on its own.
 struct Running(Child);
@@ -859,8 +853,14 @@ fn run_on_embedded_defaults() {
     // status, default address, as a table and as JSON.
     let out = sb.run(&["status"], &[]);
     assert!(out.status.success(), "{}", show(&out));
-    let table = stdout(&out);
-    assert!(table.starts_with("otlp-spool 0.1.0  up "), "{table}");
+    let printed = stdout(&out);
+    assert!(printed.starts_with("otlp-spool 0.1.0  up "), "{printed}");
+    assert!(
+        printed.lines().all(|l| l.chars().count() <= 80),
+        "not a terminal and no $COLUMNS: fitted to 80 columns\n{printed}"
+    );
+    // Lines are wrapped to the width: compared with their words joined by single spaces.
+    let table = printed.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(
         table.contains(&format!("spool {}: 0 records", spool.display())),
         "{table}"
@@ -873,7 +873,7 @@ fn run_on_embedded_defaults() {
         "{table}"
     );
     assert!(
-        table.contains("received items: traces 0  metrics 0  logs 0"),
+        table.contains("received items: traces 0 metrics 0 logs 0"),
         "{table}"
     );
     assert!(
@@ -952,6 +952,31 @@ fn run_fails_when_the_port_is_taken() {
     );
     assert!(err.contains("change server.listen"), "{err}");
     drop(taken);
+}
+
+/// `dead-letters --help` names its commands and says how the agent is found; each command's
+/// help says what it does.
+#[test]
+fn dead_letters_help_names_its_commands() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["dead-letters", "--help"], &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let help = stdout(&out);
+    for want in [
+        "list",
+        "show",
+        "replay",
+        "purge",
+        "--addr",
+        "server.auth_token",
+    ] {
+        assert!(help.contains(want), "{want:?} not in:\n{help}");
+    }
+    let out = sb.run(&["dead-letters", "replay", "--help"], &[]);
+    let help = stdout(&out);
+    assert!(help.contains("--all") && help.contains("[ID]..."), "{help}");
+    let out = sb.run(&["dead-letters", "replay"], &[]);
+    assert_eq!(out.status.code(), Some(2), "ids or --all: {}", show(&out));
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Property tests of `otlp_spool::spool::Spool` against a plain in-memory model: arbitrary
 //! sequences of appends, acknowledgements, reads and restarts (the `Spool` dropped and reopened,
-//! possibly with destinations added to or removed from each signal's route).
+//! possibly with destinations added to or removed from each signal's route), and of dead letters
+//! stored, replayed (as an export worker does: delivered, or refused again) and purged.
 //!
 //! The model is the spool's documented contract: a record is deleted when a routed destination's
 //! ack brings every destination routing its signal to or past it, or, under `drop_oldest`, when
@@ -9,7 +10,10 @@
 //! payloads and item counts (so nothing acknowledged-by-all is resurrected and nothing else is
 //! lost — at-least-once), `read` batches as specified, `usage()` counts match, the byte cap
 //! holds; and every append's sequence number is above every one handed out before, restarts
-//! included.
+//! included. Dead letters: exactly the model's are listed, with their destination, signal, items,
+//! payload and whether a replay waits; a replay is offered to its own destination and signal
+//! only, oldest first; one refused again comes back as one new letter that waits for nothing;
+//! purged and replayed letters never come back, restarts included.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -18,7 +22,7 @@ use std::time::Duration;
 use otlp_spool::config::WhenFull;
 use otlp_spool::otlp::Signal;
 use otlp_spool::spool::record::HEADER_LEN;
-use otlp_spool::spool::{AppendError, Limits, Routes, Spool};
+use otlp_spool::spool::{AppendError, DeadLetter, Limits, Routes, Selection, Spool};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
@@ -67,6 +71,43 @@ enum Op {
     },
     /// Drops the spool and reopens it with these routes.
     Restart(RouteMasks),
+    /// `destination` refuses a payload of `size` bytes of `signal`: a dead letter.
+    DeadLetter {
+        destination: usize,
+        signal: usize,
+        size: usize,
+        fill: u8,
+    },
+    /// Asks for a replay of the letters `pick` names.
+    Replay(Pick),
+    /// `destination`'s worker for `signal` replays the letter it is offered, if any: delivered,
+    /// or refused again.
+    ReplayOffered {
+        destination: usize,
+        signal: usize,
+        refused_again: bool,
+    },
+    Purge(Pick),
+}
+
+/// Which dead letters a replay or purge names: all, or every `every`th held one and an id that
+/// was never a dead letter.
+#[derive(Debug, Clone, Copy)]
+enum Pick {
+    All,
+    Every(usize),
+}
+
+impl Pick {
+    /// The selection, over the letters the model holds.
+    fn selection(self, model: &Model) -> Selection {
+        let held = model.letters.keys().copied();
+        match self {
+            Pick::All => Selection::All,
+            // 0 is never a sequence number.
+            Pick::Every(every) => Selection::Ids(held.step_by(every).chain([0]).collect()),
+        }
+    }
 }
 
 fn route_masks() -> impl Strategy<Value = RouteMasks> {
@@ -85,7 +126,45 @@ fn op(sizes: impl Strategy<Value = usize>) -> impl Strategy<Value = Op> {
             |(signal, percent, max_bytes, max_items)| Op::Read { signal, percent, max_bytes, max_items }
         ),
         1 => route_masks().prop_map(Op::Restart),
+        1 => (0..3usize, 0..3usize, 1..=300usize, any::<u8>()).prop_map(
+            |(destination, signal, size, fill)| Op::DeadLetter { destination, signal, size, fill }
+        ),
+        1 => pick().prop_map(Op::Replay),
+        1 => (0..3usize, 0..3usize, any::<bool>()).prop_map(
+            |(destination, signal, refused_again)| Op::ReplayOffered { destination, signal, refused_again }
+        ),
+        1 => pick().prop_map(Op::Purge),
     ]
+}
+
+fn pick() -> impl Strategy<Value = Pick> {
+    prop_oneof![Just(Pick::All), (1..4usize).prop_map(Pick::Every)]
+}
+
+/// One dead letter as the model knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Letter {
+    destination: usize,
+    signal: usize,
+    items: u64,
+    payload: Vec<u8>,
+    replay_pending: bool,
+    replays: u32,
+}
+
+/// A dead letter of `payload`, refused with a 400.
+fn dead_letter(payload: &[u8], items: u64, replay_of: Option<u64>, replays: u32) -> DeadLetter<'_> {
+    DeadLetter {
+        seqs: 1..=1,
+        items,
+        payload,
+        reason: "HTTP 400 Bad Request from http://127.0.0.1:9/v1/logs: refused",
+        status: Some(400),
+        message: "refused",
+        received_ms: Some(1),
+        replay_of,
+        replays,
+    }
 }
 
 /// One stored record as the model knows it.
@@ -116,6 +195,8 @@ struct Model {
     /// Evictions since the spool was last opened (`usage().dropped` is per process).
     evicted_records: u64,
     evicted_items: u64,
+    /// Dead letters held, by id.
+    letters: BTreeMap<u64, Letter>,
 }
 
 impl Model {
@@ -131,6 +212,22 @@ impl Model {
             };
             self.evicted_records += 1;
             self.evicted_items += u64::from(evicted.items);
+        }
+    }
+
+    /// The letter a worker of `destination` and `signal` is offered to replay: its oldest.
+    fn offered(&self, destination: usize, signal: usize) -> Option<u64> {
+        self.letters
+            .iter()
+            .find(|(_, l)| l.replay_pending && l.destination == destination && l.signal == signal)
+            .map(|(&id, _)| id)
+    }
+
+    /// The held letters `selection` names, and the ids it names that are not held.
+    fn select(&self, selection: &Selection) -> (Vec<u64>, Vec<u64>) {
+        match selection {
+            Selection::All => (self.letters.keys().copied().collect(), Vec::new()),
+            Selection::Ids(ids) => ids.iter().partition(|id| self.letters.contains_key(id)),
         }
     }
 
@@ -260,6 +357,102 @@ impl Harness<'_> {
                     after
                 );
             }
+            Op::DeadLetter {
+                destination,
+                signal,
+                size,
+                fill,
+            } => {
+                let payload: Vec<u8> = (0..size).map(|i| fill.wrapping_add(i as u8)).collect();
+                let items = size as u64 % 7;
+                let id = self.store_letter(destination, signal, &payload, items, None, 0)?;
+                self.model.letters.insert(
+                    id,
+                    Letter {
+                        destination,
+                        signal,
+                        items,
+                        payload,
+                        replay_pending: false,
+                        replays: 0,
+                    },
+                );
+            }
+            Op::Replay(pick) => {
+                let selection = pick.selection(&self.model);
+                let result = self
+                    .runtime
+                    .block_on(self.spool().replay_dead_letters(&selection))
+                    .map_err(TestCaseError::fail)?;
+                let (found, unknown) = self.model.select(&selection);
+                let routes = self.routes;
+                let (replayed, not_routed): (Vec<u64>, Vec<u64>) =
+                    found.into_iter().partition(|id| {
+                        let l = &self.model.letters[id];
+                        routes.routed(l.destination, l.signal)
+                    });
+                prop_assert_eq!(&result.replayed, &replayed);
+                prop_assert_eq!(&result.not_routed, &not_routed);
+                prop_assert_eq!(&result.unknown, &unknown);
+                for id in replayed {
+                    self.model.letters.get_mut(&id).unwrap().replay_pending = true;
+                }
+            }
+            Op::ReplayOffered {
+                destination,
+                signal,
+                refused_again,
+            } => {
+                let offered = self
+                    .spool()
+                    .next_replay(DESTINATIONS[destination], Signal::ALL[signal]);
+                prop_assert_eq!(offered, self.model.offered(destination, signal));
+                let Some(id) = offered else {
+                    return self.check();
+                };
+                let (letter, payload) = self
+                    .spool()
+                    .dead_letter_payload(id)
+                    .map_err(TestCaseError::fail)?
+                    .ok_or_else(|| TestCaseError::fail(format!("offered letter {id} not held")))?;
+                let old = self.model.letters.remove(&id).unwrap();
+                prop_assert_eq!(&payload[..], &old.payload[..]);
+                if refused_again {
+                    let replays = letter.info.replays + 1;
+                    let again = self.store_letter(
+                        destination,
+                        signal,
+                        &payload,
+                        old.items,
+                        Some(id),
+                        replays,
+                    )?;
+                    self.model.letters.insert(
+                        again,
+                        Letter {
+                            replay_pending: false,
+                            replays,
+                            ..old
+                        },
+                    );
+                }
+                self.spool()
+                    .replayed(&letter)
+                    .map_err(TestCaseError::fail)?;
+            }
+            Op::Purge(pick) => {
+                let selection = pick.selection(&self.model);
+                let result = self
+                    .runtime
+                    .block_on(self.spool().purge_dead_letters(&selection))
+                    .map_err(TestCaseError::fail)?;
+                let (found, unknown) = self.model.select(&selection);
+                prop_assert_eq!(&result.purged, &found);
+                prop_assert_eq!(&result.unknown, &unknown);
+                for id in found {
+                    self.model.letters.remove(&id);
+                }
+            }
             Op::Restart(routes) => {
                 drop(self.spool.take());
                 self.routes = routes;
@@ -278,9 +471,86 @@ impl Harness<'_> {
         self.check()
     }
 
+    /// Stores a dead letter as an export worker does; its id, checked above every sequence
+    /// handed out before.
+    fn store_letter(
+        &mut self,
+        destination: usize,
+        signal: usize,
+        payload: &[u8],
+        items: u64,
+        replay_of: Option<u64>,
+        replays: u32,
+    ) -> Result<u64, TestCaseError> {
+        let letter = dead_letter(payload, items, replay_of, replays);
+        let id = self
+            .runtime
+            .block_on(self.spool().dead_letter(
+                DESTINATIONS[destination],
+                Signal::ALL[signal],
+                letter,
+            ))
+            .map_err(TestCaseError::fail)?;
+        prop_assert!(
+            id > self.model.seq_floor,
+            "dead letter {id} reuses a sequence"
+        );
+        self.model.newest_seq = id;
+        self.model.seq_floor = id;
+        Ok(id)
+    }
+
     /// The spool holds exactly the model's records, cursors and counts.
     fn check(&self) -> Result<(), TestCaseError> {
         let spool = self.spool();
+        let held: Vec<(u64, Letter)> = spool
+            .dead_letters()
+            .map_err(TestCaseError::fail)?
+            .into_iter()
+            .map(|l| {
+                let payload = spool
+                    .dead_letter_payload(l.id)
+                    .ok()
+                    .flatten()
+                    .map(|(_, p)| p.to_vec())
+                    .unwrap_or_default();
+                let position = |name: &str| DESTINATIONS.iter().position(|d| *d == name);
+                let letter = Letter {
+                    destination: position(&l.info.destination).unwrap_or(usize::MAX),
+                    signal: l.info.signal().map_or(usize::MAX, Signal::index),
+                    items: l.info.items,
+                    payload,
+                    replay_pending: l.replay_pending,
+                    replays: l.info.replays,
+                };
+                (l.id, letter)
+            })
+            .collect();
+        let expected: Vec<(u64, Letter)> = self
+            .model
+            .letters
+            .iter()
+            .map(|(&id, l)| (id, l.clone()))
+            .collect();
+        prop_assert!(
+            held == expected,
+            "dead letters: the spool holds {held:?}, the model {expected:?}"
+        );
+        prop_assert_eq!(
+            spool.usage().dead_letter_records,
+            self.model.letters.len() as u64
+        );
+        for (destination, &dest_name) in DESTINATIONS.iter().enumerate() {
+            for (signal, &name) in Signal::ALL.iter().enumerate() {
+                prop_assert_eq!(
+                    spool.next_replay(dest_name, name),
+                    self.model.offered(destination, signal),
+                    "the replay offered to {}/{:?}",
+                    dest_name,
+                    name
+                );
+            }
+        }
         for (signal, &name) in Signal::ALL.iter().enumerate() {
             let held: Vec<(u64, Stored)> = spool
                 .read(name, 0, u64::MAX, u64::MAX)

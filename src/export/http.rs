@@ -172,12 +172,7 @@ impl Answer {
     /// control characters replaced: it is the upstream's text, bound for logs and terminals),
     /// where a redirect pointed, and whether the body was cut.
     pub fn error(&self, url: &str, message: &str) -> String {
-        let message: String = message
-            .trim()
-            .chars()
-            .take(MESSAGE_CHARS)
-            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-            .collect();
+        let message = clean_message(message);
         let message = if message.is_empty() {
             "(empty body)"
         } else {
@@ -204,6 +199,18 @@ impl Answer {
         }
         text
     }
+}
+
+/// An upstream's message as `status`, logs and dead letters show it: trimmed, its first
+/// [`MESSAGE_CHARS`] characters, control characters replaced (it is the upstream's text, bound
+/// for terminals).
+pub fn clean_message(message: &str) -> String {
+    message
+        .trim()
+        .chars()
+        .take(MESSAGE_CHARS)
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
 }
 
 /// Reads at most [`MAX_RESPONSE_BODY`] bytes of the body; says why it stopped short, if it did.
@@ -236,7 +243,7 @@ fn transport_failure(url: &str, e: reqwest::Error) -> Outcome {
         error_chain(&e.without_url())
     );
     match certificate_advice(&error) {
-        Some(advice) => Outcome::Held(format!("{error} — {advice}")),
+        Some(advice) => Outcome::Held(crate::observe::with_advice(&error, advice)),
         None => Outcome::Retry {
             retry_after: None,
             error,

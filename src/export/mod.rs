@@ -79,19 +79,51 @@ pub enum Outcome {
     /// 413: the request was too large for the upstream; split it.
     TooLarge(String),
     /// Any other 4xx: the upstream refuses this data; retrying would never succeed.
-    Refused(String),
+    Refused(Refusal),
+}
+
+/// Why a batch was refused for good: what its dead letter records.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The upstream's HTTP status; `None` when the agent could not send the batch at all.
+    pub status: Option<u16>,
+    /// The upstream's own message (or, with no status, what the agent found wrong).
+    pub message: String,
+    /// The whole error as `status` shows it: status, endpoint, message, advice.
+    pub error: String,
+}
+
+impl Refusal {
+    /// A batch the agent refuses to send itself (it cannot be encoded for this upstream).
+    pub fn local(error: String) -> Refusal {
+        Refusal {
+            status: None,
+            message: error.clone(),
+            error,
+        }
+    }
 }
 
 impl Outcome {
-    /// What a non-2xx HTTP status means, the same for OTLP/HTTP and remote write.
-    pub fn from_failure_status(code: u16, retry_after: Option<Duration>, error: String) -> Outcome {
+    /// What a non-2xx HTTP status means, the same for OTLP/HTTP and remote write. `message` is
+    /// the upstream's own text, `error` the whole error.
+    pub fn from_failure_status(
+        code: u16,
+        retry_after: Option<Duration>,
+        message: String,
+        error: String,
+    ) -> Outcome {
         match code {
             // Not followed (see `http`): the endpoint is wrong, not the data.
             300..=399 => Outcome::Held(error),
             401 | 403 => Outcome::AuthFailed(error),
             413 => Outcome::TooLarge(error),
             408 | 429 | 500..=599 => Outcome::Retry { retry_after, error },
-            _ => Outcome::Refused(error),
+            _ => Outcome::Refused(Refusal {
+                status: Some(code),
+                message,
+                error,
+            }),
         }
     }
 }

@@ -21,11 +21,11 @@ use flate2::write::GzEncoder;
 use prost::Message;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
 
-use super::http;
-use super::Outcome;
+use super::{http, Outcome, Refusal};
 use crate::aws::credentials::{CachedCredentials, CredentialSettings};
 use crate::aws::sigv4::Signer;
 use crate::config::{mask_url_credentials, Compression, DestinationConfig, Encoding};
+use crate::observe::with_advice;
 use crate::otlp::{json, RpcStatus, Signal};
 
 pub struct OtlpHttp {
@@ -103,9 +103,9 @@ impl OtlpHttp {
             Encoding::Json => match json::protobuf_to_json(signal, payload) {
                 Ok(body) => (Cow::Owned(body), "application/json"),
                 Err(e) => {
-                    return Outcome::Refused(format!(
+                    return Outcome::Refused(Refusal::local(format!(
                         "could not render the batch as OTLP/JSON: {e}"
-                    ))
+                    )))
                 }
             },
         };
@@ -138,36 +138,37 @@ impl OtlpHttp {
             // The upstream answered 2xx, so it has the data; only its details were lost.
             tracing::debug!(url = %mask_url_credentials(&route.url), "2xx response body {cut}");
         }
-        let advice = || {
-            let message = error_message(&answer.body, answer.is_json);
-            let advice = (self.explain)(signal, code, &message);
-            (message, advice)
+        if let 200..=299 = code {
+            let (rejected, message) = partial_success(signal, &answer.body, answer.is_json);
+            return Outcome::Delivered {
+                rejected_items: rejected,
+                message,
+            };
+        }
+        let message = error_message(&answer.body, answer.is_json);
+        let advice = (self.explain)(signal, code, &message);
+        let signed = match (code, &route.signer) {
+            (401 | 403, Some(signer)) => Some(format!(
+                "signed with {}",
+                signer.credentials().refused_hint()
+            )),
+            _ => None,
         };
-        let error = || {
-            let (message, advice) = advice();
-            let mut text = answer.error(&route.url, &message);
-            if let Some(advice) = advice {
-                text.push_str(" — ");
-                text.push_str(advice.hint);
-            }
-            if let (401 | 403, Some(signer)) = (code, &route.signer) {
-                text.push_str(&format!(
-                    "; signed with {}",
-                    signer.credentials().refused_hint()
-                ));
-            }
-            text
+        let text = answer.error(&route.url, &message);
+        let error = match (advice.as_ref().map(|a| a.hint), signed) {
+            (Some(hint), Some(signed)) => with_advice(&text, &format!("{hint}; {signed}")),
+            (Some(hint), None) => with_advice(&text, hint),
+            (None, Some(signed)) => with_advice(&text, &signed),
+            (None, None) => text,
         };
         match code {
-            200..=299 => {
-                let (rejected, message) = partial_success(signal, &answer.body, answer.is_json);
-                Outcome::Delivered {
-                    rejected_items: rejected,
-                    message,
-                }
-            }
-            400..=499 if advice().1.is_some_and(|a| a.hold) => Outcome::Held(error()),
-            _ => Outcome::from_failure_status(code, answer.retry_after, error()),
+            400..=499 if advice.is_some_and(|a| a.hold) => Outcome::Held(error),
+            _ => Outcome::from_failure_status(
+                code,
+                answer.retry_after,
+                http::clean_message(&message),
+                error,
+            ),
         }
     }
 }

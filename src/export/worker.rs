@@ -13,6 +13,12 @@
 //! pieces are still sent; a retryable, auth or held failure of any piece retries the whole
 //! batch.
 //!
+//! Dead letters asked to be replayed (`otlp-spool dead-letters replay`) are taken before the
+//! next batch, by this destination's worker for their signal only ([`Spool::next_replay`]), and
+//! sent the same way; a piece refused again becomes a new dead letter that is not replayed by
+//! itself, and a retryable failure retries the replay like a batch. The cursor does not move for
+//! them: they are not in the signal's stream any more.
+//!
 //! A backoff or 401/403 wait ends early when the machine was suspended during it or the network
 //! changed ([`pause_unless_woken`]), so a laptop that wakes or joins a network retries at once.
 //!
@@ -20,15 +26,15 @@
 //! worker waited are not sent. With nothing to send the worker sleeps on the spool's durable
 //! sequence (no polling). Owns no data: the spool and the cursor are the state.
 
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::retry::{pause_unless_woken, RetryPolicy, Woken};
-use super::{Outcome, Upstream};
+use super::retry::{pause_unless_woken, Backoff, RetryPolicy, Woken};
+use super::{Outcome, Refusal, Upstream};
 use crate::config::BatchConfig;
 use crate::observe::{now_ms, RetryState, WorkerStats};
 use crate::otlp::{count_items, split_in_two, Signal};
@@ -54,16 +60,29 @@ impl Worker {
 
     async fn run_until_stopped(&self) {
         let mut newest = self.spool.subscribe(self.signal);
+        let mut replays = self.spool.subscribe_replays();
         let mut cursor = self.spool.cursor(&self.destination, self.signal);
-        let mut backoff = self.retry.backoff();
-        let mut failures = 0u64;
+        let mut trouble = Trouble {
+            failures: 0,
+            backoff: self.retry.backoff(),
+        };
         // The stats outlive a reload's restart of this worker; its predecessor's failures are
         // not this worker's (it would report them until its own next failure).
         self.stats.set_retry(RetryState::Ready);
         loop {
-            // Taken before the read: an append that becomes durable after this moment raises
-            // the watch above it, so an empty read can never miss one, nor spin on an old value.
+            // Taken before the reads: an append that becomes durable (or a replay asked for)
+            // after this moment raises its watch above it, so an empty read can never miss
+            // one, nor spin on an old value.
             let seen = *newest.borrow_and_update();
+            replays.borrow_and_update();
+            // Dead letters asked to be replayed go before the next batch.
+            if let Some(id) = self.spool.next_replay(&self.destination, self.signal) {
+                match self.replay(id).await {
+                    Ok(()) => self.recovered(&mut trouble),
+                    Err(failure) => self.wait_out(failure, &mut trouble).await,
+                }
+                continue;
+            }
             let batch = match self.spool.read(
                 self.signal,
                 cursor,
@@ -78,9 +97,10 @@ impl Worker {
                 }
             };
             let Some(last) = batch.last().map(|r| r.seq) else {
-                // Nothing to send: sleep until a newer record is durable.
-                if newest.wait_for(|n| *n > seen).await.is_err() {
-                    return;
+                // Nothing to send: sleep until a newer record is durable or a replay is asked.
+                tokio::select! {
+                    durable = newest.wait_for(|n| *n > seen) => if durable.is_err() { return },
+                    asked = replays.changed() => if asked.is_err() { return },
                 }
                 continue;
             };
@@ -90,38 +110,84 @@ impl Worker {
                 continue;
             }
             if let Err(failure) = self.deliver(&batch).await {
-                failures += 1;
-                // 401/403 and held failures wait the slow pace; only the upstream's
-                // Retry-After keeps a network change from ending a wait early.
-                let (pause, asked_for) = match &failure {
-                    Outcome::Retry { retry_after, .. } => (
-                        backoff.next_delay(*retry_after),
-                        retry_after.unwrap_or_default(),
-                    ),
-                    _ => (self.retry.slow(), Duration::ZERO),
-                };
-                self.report_failure(failure, failures, pause);
-                if let Some(woken) = pause_unless_woken(pause, asked_for).await {
-                    let why = match woken {
-                        Woken::FromSleep => "the machine was asleep",
-                        Woken::ByNetworkChange => "the network changed",
-                    };
-                    tracing::info!(destination = %self.destination, signal = self.signal.name(), "{why}; retrying now instead of finishing the backoff");
-                    backoff = self.retry.backoff();
-                }
+                self.wait_out(failure, &mut trouble).await;
                 continue;
             }
-            if failures > 0 {
-                tracing::info!(destination = %self.destination, signal = self.signal.name(), failures, "upstream accepts data again");
-                failures = 0;
-                backoff = self.retry.backoff();
-                self.stats.set_retry(RetryState::Ready);
-            }
+            self.recovered(&mut trouble);
             if let Err(e) = self.spool.ack(&self.destination, self.signal, last) {
                 tracing::error!(destination = %self.destination, signal = self.signal.name(), error = %e, "saving the cursor failed; the batch may be sent again");
             }
             cursor = last;
         }
+    }
+
+    /// Reports a failure [`Self::deliver`] or [`Self::replay`] returned and waits before the
+    /// next attempt: a backoff, or the slow pace for 401/403 and held failures. Only the
+    /// upstream's Retry-After keeps a network change from ending the wait early.
+    async fn wait_out(&self, failure: Outcome, trouble: &mut Trouble) {
+        trouble.failures += 1;
+        let (pause, asked_for) = match &failure {
+            Outcome::Retry { retry_after, .. } => (
+                trouble.backoff.next_delay(*retry_after),
+                retry_after.unwrap_or_default(),
+            ),
+            _ => (self.retry.slow(), Duration::ZERO),
+        };
+        self.report_failure(failure, trouble.failures, pause);
+        if let Some(woken) = pause_unless_woken(pause, asked_for).await {
+            let why = match woken {
+                Woken::FromSleep => "the machine was asleep",
+                Woken::ByNetworkChange => "the network changed",
+            };
+            tracing::info!(destination = %self.destination, signal = self.signal.name(), "{why}; retrying now instead of finishing the backoff");
+            trouble.backoff = self.retry.backoff();
+        }
+    }
+
+    /// After a send that needs no retry: ends a run of failures.
+    fn recovered(&self, trouble: &mut Trouble) {
+        if trouble.failures > 0 {
+            tracing::info!(destination = %self.destination, signal = self.signal.name(), failures = trouble.failures, "upstream accepts data again");
+            trouble.failures = 0;
+            trouble.backoff = self.retry.backoff();
+            self.stats.set_retry(RetryState::Ready);
+        }
+    }
+
+    /// Sends dead letter `id` again (a replay asked for with `otlp-spool dead-letters
+    /// replay`). `Ok` once every piece was delivered or refused again (kept as a new dead
+    /// letter, not replayed by itself: no loop); else the failure to retry it after.
+    async fn replay(&self, id: u64) -> Result<(), Outcome> {
+        let (letter, payload) = match self.spool.dead_letter_payload(id) {
+            Ok(Some(found)) => found,
+            // Purged or pushed out by the cap since the replay was asked for (then it is not
+            // offered again), or unreadable now (then its replay is dropped).
+            Ok(None) => {
+                if let Err(e) = self.spool.abandon_replay(id) {
+                    tracing::error!(id, error = %e, "dropping the replay of an unreadable dead letter failed");
+                }
+                return Ok(());
+            }
+            Err(error) => {
+                return Err(Outcome::Retry {
+                    retry_after: None,
+                    error,
+                })
+            }
+        };
+        tracing::info!(destination = %self.destination, signal = self.signal.name(), id, items = letter.info.items, "replaying a dead letter");
+        let origin = Origin {
+            seqs: letter.info.seqs[0]..=letter.info.seqs[1],
+            received_ms: letter.info.received_ms,
+            replay_of: Some(id),
+            replays: letter.info.replays + 1,
+        };
+        self.send_payload(&payload, letter.info.items, &origin)
+            .await?;
+        if let Err(e) = self.spool.replayed(&letter) {
+            tracing::error!(id, error = %e, "recording a dead letter's replay failed; it may be replayed again");
+        }
+        Ok(())
     }
 
     /// How much longer to wait for a partial batch to fill: the oldest record waits `linger` at
@@ -151,8 +217,26 @@ impl Worker {
             .collect::<Vec<_>>()
             .concat();
         let items: u64 = batch.iter().map(|r| u64::from(r.header.items)).sum();
+        let origin = Origin {
+            seqs: batch[0].seq..=batch[batch.len() - 1].seq,
+            // Receive times never go backwards: the first record is the oldest.
+            received_ms: Some(batch[0].header.received_ms),
+            replay_of: None,
+            replays: 0,
+        };
+        self.send_payload(&payload, items, &origin).await
+    }
+
+    /// Sends `payload` (`items` items, from `origin`), dead-lettering the pieces the upstream
+    /// refuses; counts what was delivered. `Ok` when nothing is left to retry.
+    async fn send_payload(
+        &self,
+        payload: &[u8],
+        items: u64,
+        origin: &Origin,
+    ) -> Result<(), Outcome> {
         let mut sent = Sent::default();
-        self.send_splitting(&payload, 0, &mut sent).await?;
+        self.send_splitting(payload, 0, &mut sent).await?;
         let refused_items: u64 = sent.refused.iter().map(|p| p.items).sum();
         let delivered_items = items.saturating_sub(refused_items);
         if sent.requests > 0 {
@@ -173,31 +257,31 @@ impl Worker {
                 "partial success: {rejected_items} items rejected: {message}"
             ));
         }
-        let seqs = batch[0].seq..=batch[batch.len() - 1].seq;
         for piece in &sent.refused {
-            self.dead_letter(&payload[piece.bytes.clone()], piece, seqs.clone())
+            self.dead_letter(&payload[piece.bytes.clone()], piece, origin)
                 .await;
         }
         Ok(())
     }
 
-    /// Keeps one refused piece of a batch in the spool's dead-letter tree.
-    async fn dead_letter(
-        &self,
-        payload: &[u8],
-        piece: &RefusedPiece,
-        seqs: std::ops::RangeInclusive<u64>,
-    ) {
+    /// Keeps one refused piece of a batch in the spool's dead-letter stream.
+    async fn dead_letter(&self, payload: &[u8], piece: &RefusedPiece, origin: &Origin) {
         let items = piece.items;
-        tracing::error!(destination = %self.destination, signal = self.signal.name(), items, error = %piece.error, "upstream refused the data; dead-lettered");
+        let refusal = &piece.refusal;
+        tracing::error!(destination = %self.destination, signal = self.signal.name(), items, error = %refusal.error, "upstream refused the data; dead-lettered");
         self.stats.dead_lettered_items.fetch_add(items, Relaxed);
         self.stats
-            .set_last_error(format!("dead-lettered {items} items: {}", piece.error));
+            .set_last_error(format!("dead-lettered {items} items: {}", refusal.error));
         let letter = DeadLetter {
-            seqs,
+            seqs: origin.seqs.clone(),
             items,
             payload,
-            reason: &piece.error,
+            reason: &refusal.error,
+            status: refusal.status,
+            message: &refusal.message,
+            received_ms: origin.received_ms,
+            replay_of: origin.replay_of,
+            replays: origin.replays,
         };
         if let Err(e) = self
             .spool
@@ -238,9 +322,9 @@ impl Worker {
                 }
                 Ok(())
             }
-            Outcome::Refused(error) => {
+            Outcome::Refused(refusal) => {
                 sent.refused
-                    .push(RefusedPiece::new(self.signal, payload, piece, error));
+                    .push(RefusedPiece::new(self.signal, payload, piece, refusal));
                 Ok(())
             }
             Outcome::TooLarge(error) => {
@@ -248,8 +332,16 @@ impl Worker {
                     let error = format!(
                         "{error} (a single resource's data, which cannot be split further)"
                     );
-                    sent.refused
-                        .push(RefusedPiece::new(self.signal, payload, piece, error));
+                    sent.refused.push(RefusedPiece::new(
+                        self.signal,
+                        payload,
+                        piece,
+                        Refusal {
+                            status: Some(413),
+                            message: error.clone(),
+                            error,
+                        },
+                    ));
                     return Ok(());
                 };
                 tracing::info!(destination = %self.destination, bytes = payload.len(), "upstream said 413; splitting the batch in two");
@@ -312,15 +404,30 @@ struct Sent {
 struct RefusedPiece {
     bytes: Range<usize>,
     items: u64,
-    error: String,
+    refusal: Refusal,
 }
 
 impl RefusedPiece {
-    fn new(signal: Signal, payload: &[u8], bytes: Range<usize>, error: String) -> RefusedPiece {
+    fn new(signal: Signal, payload: &[u8], bytes: Range<usize>, refusal: Refusal) -> RefusedPiece {
         RefusedPiece {
             items: count_items(signal, payload).unwrap_or(0),
             bytes,
-            error,
+            refusal,
         }
     }
+}
+
+/// Where the data a worker sends came from, as its dead letters record it.
+struct Origin {
+    seqs: RangeInclusive<u64>,
+    received_ms: Option<u64>,
+    /// The dead letter being replayed, and how many of its replays were refused with this one.
+    replay_of: Option<u64>,
+    replays: u32,
+}
+
+/// A run of failed attempts: how many, and the backoff that paces them.
+struct Trouble {
+    failures: u64,
+    backoff: Backoff,
 }

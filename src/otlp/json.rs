@@ -84,6 +84,13 @@ pub fn json_to_protobuf(signal: Signal, body: &[u8]) -> Result<Vec<u8>, JsonErro
 
 /// Renders canonical protobuf `Export*ServiceRequest` bytes as OTLP/JSON (for destinations with encoding = "json").
 pub fn protobuf_to_json(signal: Signal, payload: &[u8]) -> Result<Vec<u8>, JsonError> {
+    Ok(protobuf_to_json_value(signal, payload)?
+        .to_string()
+        .into_bytes())
+}
+
+/// [`protobuf_to_json`] as a JSON value (for `otlp-spool dead-letters show`).
+pub fn protobuf_to_json_value(signal: Signal, payload: &[u8]) -> Result<Value, JsonError> {
     let message_type = request_type(signal);
     let message =
         DynamicMessage::decode(message_descriptor(message_type), payload).map_err(|source| {
@@ -100,7 +107,7 @@ pub fn protobuf_to_json(signal: Signal, payload: &[u8]) -> Result<Vec<u8>, JsonE
         .serialize_with_options(serde_json::value::Serializer, &options)
         .expect("OTLP messages have no map fields, so they always serialize to a JSON value");
     base64_ids_to_hex(&mut json);
-    Ok(json.to_string().into_bytes())
+    Ok(json)
 }
 
 /// A JSON `Export*ServiceResponse` / partial-success body parsed into (rejected_items, error_message) — used on upstream responses. Empty body or `{}` means (0, "").

@@ -33,6 +33,11 @@ impl Signal {
             Signal::Logs => "logs",
         }
     }
+
+    /// The signal [`Signal::name`] names.
+    pub fn from_name(name: &str) -> Option<Signal> {
+        Signal::ALL.into_iter().find(|s| s.name() == name)
+    }
 }
 
 /// `google.rpc.Status`: the body of OTLP/HTTP error responses, and the gRPC status details.

@@ -1,5 +1,7 @@
 //! OTLP/HTTP on `server.listen`: `POST /v1/{traces,metrics,logs}`, and `GET /healthz`,
-//! `/status`, `/metrics`.
+//! `/status`, `/metrics`; and `/dead-letters…` ([`crate::dead_letters`]), which answers
+//! loopback peers only (a spool's payloads and their removal are for this machine's user, even
+//! with `server.allow_remote`), behind `auth_token` like everything but `/healthz`.
 //!
 //! Responses follow the OTLP/HTTP spec: 200 with an empty `Export*ServiceResponse` in the
 //! request's format, errors with a `google.rpc.Status` body in that format, 503 with
@@ -29,6 +31,7 @@ use super::{
     token_matches, Ingest, Rejection, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, MAX_HEADERS,
     MAX_HEADER_BYTES, RETRY_AFTER_SECS, TOKEN_HINT,
 };
+use crate::dead_letters;
 use crate::observe::{Refusal, Transport};
 use crate::otlp::{RpcStatus, Signal};
 
@@ -118,6 +121,9 @@ impl HttpReceiver {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| Format::from_content_type(v).ok())
             .unwrap_or(Format::Json);
+        if path == "/dead-letters" || path.starts_with("/dead-letters/") {
+            return self.dead_letters(req, peer).await;
+        }
         let signal = Signal::ALL
             .into_iter()
             .find(|s| path.strip_prefix("/v1/") == Some(s.name()));
@@ -260,6 +266,45 @@ impl HttpReceiver {
         Ok(format)
     }
 
+    /// `/dead-letters…`: loopback peers with the token only; the body (of a replay or purge)
+    /// read under [`dead_letters::MAX_REQUEST_BODY`].
+    async fn dead_letters(&self, req: Request<Incoming>, peer: SocketAddr) -> Reply {
+        if !peer.ip().to_canonical().is_loopback() {
+            let error = "dead letters are served to this machine only: run `otlp-spool \
+                         dead-letters` on the agent's machine";
+            return json_reply(StatusCode::FORBIDDEN, serde_json::json!({ "error": error }));
+        }
+        if !token_matches(self.auth_token.as_deref(), req.headers()) {
+            tracing::debug!(%peer, "refused a dead-letter request without a valid token");
+            return self.refuse(
+                Format::Json,
+                Rejection::new(401, Refusal::Unauthorized, TOKEN_HINT),
+            );
+        }
+        let method = req.method().to_string();
+        let path = req.uri().path().to_string();
+        let body = Limited::new(req.into_body(), dead_letters::MAX_REQUEST_BODY).collect();
+        let body = match tokio::time::timeout(BODY_READ_TIMEOUT, body).await {
+            Ok(Ok(body)) => body.to_bytes(),
+            _ => {
+                let error = format!(
+                    "the request body did not arrive whole within {}s, or is larger than {} bytes",
+                    BODY_READ_TIMEOUT.as_secs(),
+                    dead_letters::MAX_REQUEST_BODY
+                );
+                return json_reply(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({ "error": error }),
+                );
+            }
+        };
+        let (status, doc) = dead_letters::serve(&self.ingest.spool, &method, &path, &body).await;
+        json_reply(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            doc,
+        )
+    }
+
     /// Counts a refusal and renders it as an OTLP error response.
     fn refuse(&self, format: Format, rejection: Rejection) -> Reply {
         let rejection = self.ingest.refuse(rejection);
@@ -306,6 +351,11 @@ fn grpc_code(http_status: u16) -> i32 {
         503 => 14,      // UNAVAILABLE
         _ => 2,         // UNKNOWN
     }
+}
+
+fn json_reply(status: StatusCode, doc: serde_json::Value) -> Reply {
+    let body = serde_json::to_string_pretty(&doc).expect("json");
+    text(status, "application/json", body)
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Reply {

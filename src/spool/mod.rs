@@ -9,10 +9,11 @@
 //! - `index/`: a sled database of small values only (it never holds payloads): `cursors`
 //!   (`"<destination>/<signal>"` → the last sequence that destination acknowledged), `floors`
 //!   (stream → the newest sequence deleted: acknowledged by all, expired, evicted), `meta`
-//!   (`last_seq`: the newest sequence handed out, written before each index flush), and
-//!   `state/<kind>/<destination>`: opaque state a destination keeps ([`Spool::state_tree`];
-//!   today Prometheus remote write's delta totals), dropped with its cursors when the
-//!   destination routes nothing. Not counted in `max_bytes`.
+//!   (`last_seq`: the newest sequence handed out, written before each index flush;
+//!   `dead_letters_capped`), `dead_letter_marks` (dead letters purged or to be replayed:
+//!   [`dead_letters`]), and `state/<kind>/<destination>`: opaque state a destination keeps
+//!   ([`Spool::state_tree`]; today Prometheus remote write's delta totals), dropped with its
+//!   cursors when the destination routes nothing. Not counted in `max_bytes`.
 //! - `durable-seq`: the [`mark`], the newest sequence known durable, which tells a spool that
 //!   lost acknowledged writes at open.
 //!
@@ -44,6 +45,10 @@
 //!    `damage_is_reported_and_the_rest_is_delivered`, `a_torn_tail_is_cut_and_reported`,
 //!    `a_segment_deleted_by_hand_is_reported_and_the_rest_is_delivered`,
 //!    `tests/storage_faults.rs`.
+//!
+//! 7. A purged dead letter, or one whose replay is done, is never listed or offered again,
+//!    across restarts; a replay is offered to its destination's worker for its signal only.
+//!    — `tests/spool_props.rs`, `src/spool/dead_letters.rs` tests.
 //!
 //! A version-1 spool is converted first ([`migrate`]; `a_version_1_spool_is_migrated_whole`,
 //! and `tests/crash_points.rs` for a migration killed halfway).
@@ -83,6 +88,7 @@
 
 mod commit;
 mod crash;
+mod dead_letters;
 mod free_space;
 mod mark;
 mod migrate;
@@ -102,6 +108,7 @@ use tokio::sync::{watch, Notify};
 use crate::config::{SpoolConfig, WhenFull};
 use crate::otlp::Signal;
 use commit::{DiskSync, GroupCommit, Hooks, IndexFlush};
+pub use dead_letters::{DeadLetter, LetterInfo, Purged, Replayed, Selection, StoredLetter};
 use free_space::FreeSpace;
 use mark::DurableMark;
 pub use record::RecordHeader;
@@ -240,16 +247,6 @@ impl Record {
     }
 }
 
-/// Data an upstream refused as malformed, to be kept for inspection: a JSON description line,
-/// then the refused canonical protobuf.
-pub struct DeadLetter<'a> {
-    /// The spool records the data came from (first and last sequence).
-    pub seqs: std::ops::RangeInclusive<u64>,
-    pub items: u64,
-    pub payload: &'a [u8],
-    pub reason: &'a str,
-}
-
 /// Counts of what left the spool without being delivered.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct Dropped {
@@ -279,8 +276,16 @@ pub struct Usage {
     pub disk_bytes: u64,
     pub max_bytes: u64,
     pub disk_cap: u64,
+    /// Dead letters held and their frame bytes (purged and replayed ones not counted, though
+    /// their bytes may still be on disk: see [`dead_letters`]).
     pub dead_letter_records: u64,
     pub dead_letter_bytes: u64,
+    /// Dead letters waiting for their destination's worker to replay them.
+    pub dead_letter_replays_pending: u64,
+    /// Dead letters (and their items) the dead-letter cap deleted unpurged, over the spool's
+    /// life.
+    pub dead_letter_capped_records: u64,
+    pub dead_letter_capped_items: u64,
     pub dropped: Dropped,
     /// Per stream: `traces`, `metrics`, `logs`, `dead_letter`.
     pub streams: HashMap<&'static str, StreamUsage>,
@@ -621,6 +626,10 @@ struct Inner {
     /// Per signal: the newest durable sequence, which export workers wait on.
     durable: [watch::Sender<u64>; 3],
     appended: Notify,
+    /// Which dead letters are purged or to be replayed ([`dead_letters`]).
+    marks: Mutex<dead_letters::Marks>,
+    /// Bumped when a replay is asked for, to wake the export workers.
+    replays: watch::Sender<u64>,
 }
 
 /// What the spool shares with every index it opens (the first, and each after a reopen).
@@ -780,6 +789,8 @@ impl Spool {
             .store(resume.max(max_seq) + 1, Ordering::SeqCst);
         let durable =
             Signal::ALL.map(|s| watch::channel(streams[s.index()].last_seq().unwrap_or(0)).0);
+        let marks = dead_letters::Marks::load(&store.db, state.floors[3])
+            .map_err(|e| sled_error(dir, e).into_open_error(dir))?;
         // Make forgotten cursors durable before anything else happens.
         store.commit.flush_soon();
         let inner = Arc::new(Inner {
@@ -796,6 +807,8 @@ impl Spool {
             state: Mutex::new(state),
             durable,
             appended: Notify::new(),
+            marks: Mutex::new(marks),
+            replays: watch::channel(0).0,
         });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
@@ -1107,54 +1120,6 @@ impl Spool {
         Ok(())
     }
 
-    /// The dead letters' cap: a sixteenth of the spool, at least 1 MiB.
-    fn dead_letter_cap(&self) -> u64 {
-        (self.inner.limits.max_bytes / 16).max(1 << 20)
-    }
-
-    /// Keeps data that `destination` refused as malformed, with the reason, in the capped
-    /// dead-letter stream (the oldest dead letters go first once it holds `max_bytes / 16`).
-    /// Returns once the dead letter is durable: the records it came from are acknowledged next.
-    pub async fn dead_letter(
-        &self,
-        destination: &str,
-        signal: Signal,
-        letter: DeadLetter<'_>,
-    ) -> Result<(), String> {
-        let description = serde_json::json!({
-            "destination": destination,
-            "signal": signal.name(),
-            "seqs": [letter.seqs.start(), letter.seqs.end()],
-            "items": letter.items,
-            "dead_lettered_ms": now_ms(),
-            "reason": letter.reason,
-        });
-        let mut value = serde_json::to_vec(&description).expect("json");
-        value.push(b'\n');
-        value.extend_from_slice(letter.payload);
-        let header = RecordHeader {
-            items: u32::try_from(letter.items).unwrap_or(u32::MAX),
-            received_ms: now_ms(),
-        };
-        let stream = &self.inner.streams[3];
-        let written = stream
-            .write(&self.inner.links.next_seq, header, &value)
-            .map_err(|e| format!("storing a dead letter: {e}"))?;
-        stream.wait_durable(&written).await?;
-        let store = self.store()?;
-        let mut state = self.state();
-        state.dropped.dead_letter_records += 1;
-        state.dropped.dead_letter_items += letter.items;
-        while stream.live().1 > self.dead_letter_cap() {
-            if self.delete_first(&store, &mut state, 3)?.is_none() {
-                break;
-            }
-        }
-        drop(state);
-        store.commit.flush_soon();
-        Ok(())
-    }
-
     /// What `destination` still has to send of `signal`.
     pub fn pending(&self, destination: &str, signal: Signal) -> Pending {
         let cursor = self.cursor(destination, signal);
@@ -1204,6 +1169,7 @@ impl Spool {
             .unwrap_or(0);
         let signals = Signal::ALL.map(|s| streams[s.name()]);
         let dead = streams[DEAD_LETTER_STREAM];
+        let letters = self.letter_usage();
         let state = self.state();
         Usage {
             records: signals.iter().map(|s| s.records).sum(),
@@ -1211,8 +1177,11 @@ impl Spool {
             disk_bytes: streams.values().map(|s| s.disk_bytes).sum::<u64>() + index_bytes,
             max_bytes: self.inner.limits.max_bytes,
             disk_cap: self.inner.limits.disk_cap(),
-            dead_letter_records: dead.records,
-            dead_letter_bytes: dead.bytes,
+            dead_letter_records: dead.records.saturating_sub(letters.hidden_records),
+            dead_letter_bytes: dead.bytes.saturating_sub(letters.hidden_bytes),
+            dead_letter_replays_pending: letters.replays_pending,
+            dead_letter_capped_records: letters.capped_records,
+            dead_letter_capped_items: letters.capped_items,
             dropped: state.dropped,
             streams,
             quarantined: self.inner.quarantined.clone(),
@@ -2245,12 +2214,7 @@ mod tests {
         let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
         let payload = vec![1u8; 100_000];
         for i in 0..30u64 {
-            let letter = DeadLetter {
-                seqs: i..=i,
-                items: 2,
-                payload: &payload,
-                reason: "400: bad data",
-            };
+            let letter = dead_letters::tests::letter(i, &payload);
             spool.dead_letter("a", Signal::Logs, letter).await.unwrap();
         }
         let usage = spool.usage();
@@ -2260,9 +2224,23 @@ mod tests {
             usage.dead_letter_records < 30 && usage.dead_letter_records > 5,
             "{usage:?}"
         );
+        assert_eq!(
+            usage.dead_letter_capped_records,
+            30 - usage.dead_letter_records,
+            "the letters the cap deleted are counted"
+        );
+        assert_eq!(
+            usage.dead_letter_capped_items,
+            2 * usage.dead_letter_capped_records
+        );
         drop(spool);
         let spool = Spool::open(dir.path(), limits(), routes(&["a"])).unwrap();
-        assert_eq!(spool.usage().dead_letter_records, usage.dead_letter_records);
+        let reopened = spool.usage();
+        assert_eq!(reopened.dead_letter_records, usage.dead_letter_records);
+        assert_eq!(
+            reopened.dead_letter_capped_records, usage.dead_letter_capped_records,
+            "and the count survives a restart"
+        );
     }
 
     /// A version-1 spool (records as sled values) made by the version-1 release build, with two
@@ -2334,6 +2312,26 @@ mod tests {
         }
         let usage = spool.usage();
         assert_eq!(usage.dead_letter_records, 1);
+        let letters = spool.dead_letters().unwrap();
+        let want = &expected["dead_letters"]["entries"][0];
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        let letter = &letters[0].info;
+        assert_eq!(
+            serde_json::to_value(letter).unwrap()["reason"],
+            want["description"]["reason"]
+        );
+        assert_eq!(
+            (letter.destination.as_str(), letter.signal()),
+            ("a", Some(Signal::Logs))
+        );
+        assert_eq!(letter.seqs, [3, 3]);
+        assert_eq!(letter.items, 4);
+        assert_eq!(letter.status, Some(400), "read from the reason");
+        let (_, payload) = spool.dead_letter_payload(letters[0].id).unwrap().unwrap();
+        assert_eq!(
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&payload)),
+            want["payload_sha256"].as_str().unwrap()
+        );
         assert_eq!(spool.state_tree("p", "prw").unwrap().len(), 5);
         assert!(spool.append(Signal::Traces, 1, b"t").await.unwrap() > 8);
     }

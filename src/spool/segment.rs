@@ -444,6 +444,24 @@ impl Stream {
         Ok(Some((frame.seq, frame.header)))
     }
 
+    /// Closes the stream's only segment when every record in it is deleted, however short it
+    /// is (a drained segment is otherwise kept until it is worth a new file): the spool unlinks
+    /// it with the next index flush, and the next write starts a new one. For a purge, which
+    /// gives the disk back at once.
+    pub fn release_drained(&self) {
+        let mut state = self.state();
+        let releasable = state.segments.len() == 1
+            && state.segments.front().is_some_and(|s| {
+                // A segment with a record is named below every sequence still to come.
+                s.written.records > 0
+                    && state.head.offset >= s.written.len
+                    && s.durable.len == s.written.len
+            });
+        if releasable {
+            state.pop_front();
+        }
+    }
+
     /// The newest durable record's sequence (`None`: no record in any segment).
     pub fn last_seq(&self) -> Option<u64> {
         let state = self.state();

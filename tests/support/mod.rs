@@ -810,6 +810,30 @@ pub fn trace_request_named(
     }
 }
 
+/// A logs request with one log record per name `<prefix>-<i>` (string bodies, what
+/// [`Sink::names`] reports), as canonical protobuf.
+pub fn logs(prefix: &str, n: usize) -> Vec<u8> {
+    use opentelemetry_proto::tonic::common::v1::AnyValue as Body;
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    logs::v1::ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            scope_logs: vec![ScopeLogs {
+                log_records: (0..n)
+                    .map(|i| LogRecord {
+                        body: Some(Body {
+                            value: Some(AnyValue::StringValue(format!("{prefix}-{i}"))),
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
 /// A gRPC endpoint for the agent at `addr` (plain HTTP/2), every call timing out after 10 s
 /// unless the caller sets its own timeouts.
 pub fn grpc_endpoint(addr: SocketAddr) -> tonic::transport::Endpoint {

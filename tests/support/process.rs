@@ -28,6 +28,16 @@ pub fn agent_command(config: &Path) -> Command {
     command
 }
 
+/// A finished command's exit status, stdout and stderr, for assertion messages.
+pub fn describe_output(out: &std::process::Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

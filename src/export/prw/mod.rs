@@ -30,7 +30,7 @@ use reqwest::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
 
 use super::http;
 use super::otlp_http::configured_headers;
-use super::Outcome;
+use super::{Outcome, Refusal};
 use crate::aws::credentials::{CachedCredentials, CredentialSettings};
 use crate::aws::sigv4::Signer;
 use crate::config::DestinationConfig;
@@ -103,14 +103,18 @@ impl PrometheusRemoteWrite {
     /// Sends one batch once and classifies the answer (see the module docs).
     pub async fn send(&self, signal: Signal, payload: &[u8]) -> Outcome {
         if signal != Signal::Metrics {
-            return Outcome::Refused(format!(
+            return Outcome::Refused(Refusal::local(format!(
                 "prometheus_remote_write carries metrics only, not {}",
                 signal.name()
-            ));
+            )));
         }
         let request = match ExportMetricsServiceRequest::decode(payload) {
             Ok(r) => r,
-            Err(e) => return Outcome::Refused(format!("stored batch is not OTLP metrics: {e}")),
+            Err(e) => {
+                return Outcome::Refused(Refusal::local(format!(
+                    "stored batch is not OTLP metrics: {e}"
+                )))
+            }
         };
         let (body, changes, series, ignored) = {
             let state = match self.cumulative.lock() {
@@ -148,7 +152,9 @@ impl PrometheusRemoteWrite {
         }
         let body = match snap::raw::Encoder::new().compress_vec(&body) {
             Ok(b) => b,
-            Err(e) => return Outcome::Refused(format!("snappy compression failed: {e}")),
+            Err(e) => {
+                return Outcome::Refused(Refusal::local(format!("snappy compression failed: {e}")))
+            }
         };
         let headers = self.headers.clone();
         let signer = self.signer.as_ref();
@@ -157,14 +163,20 @@ impl PrometheusRemoteWrite {
                 Ok(answer) => answer,
                 Err(failure) => return failure,
             };
-        let error = || answer.error(&self.url, &String::from_utf8_lossy(&answer.body));
+        let message = String::from_utf8_lossy(&answer.body);
+        let error = || answer.error(&self.url, &message);
         match answer.status.as_u16() {
             200..=299 => {
                 self.cumulative.commit(changes);
                 delivered()
             }
             code => {
-                let outcome = Outcome::from_failure_status(code, answer.retry_after, error());
+                let outcome = Outcome::from_failure_status(
+                    code,
+                    answer.retry_after,
+                    http::clean_message(&message),
+                    error(),
+                );
                 if matches!(outcome, Outcome::Refused(_)) {
                     // Refused for good and dead-lettered: the deltas still happened, so the
                     // running totals keep them.
