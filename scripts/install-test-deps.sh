@@ -50,7 +50,7 @@ done
 log() { [ "$QUIET" = 1 ] || echo "install-test-deps: $*" >&2; }
 fail() { echo "install-test-deps: FAILED: $*" >&2; exit 1; }
 
-sha() { sha256sum "$@" | sha256sum | cut -c1-64; }
+sha() { sha256sum "$@" | cut -d" " -f1 | sha256sum | cut -c1-64; }   # contents only, not paths
 
 # --- tools ------------------------------------------------------------------
 PYTHON_BIN="${OTLP_SPOOL_PYTHON:-python3}"
