@@ -2,11 +2,11 @@
 # The whole test suite, from a clean checkout; `.ci/run` calls exactly this. It says what it
 # installs as it goes, and ends with how long each step took.
 #
-# Installs: the real OpenTelemetry Python and JS SDK clients into .cache/ and
-# tests/clients/js/node_modules, and the Debian packages prometheus, libfaketime and fuse3
-# (scripts/install-test-deps.sh); cargo-audit and cargo-deb once per machine
-# (scripts/cargo-tool.sh: ~/.cache/otlp-spool/tools). The first run on a fresh machine is the
-# long one, most of it compiling (README.md, "Tests", has the figures).
+# Installs: the real OpenTelemetry Python and JS SDK clients and the Debian packages prometheus,
+# libfaketime and fuse3 (scripts/install-test-deps.sh), cargo-audit and cargo-deb
+# (scripts/cargo-tool.sh); the clients and the cargo tools once per machine, in
+# ~/.cache/otlp-spool/tools. The first run on a fresh machine is the long one, most of it
+# compiling (README.md, "What the first run costs", has the figures).
 #
 # One release build (`cargo build --release`: the agent, and the examples loadgen and sink) is
 # shared by the benchmark smoke, the soak and the packaging test.

@@ -7,7 +7,7 @@
 #         otlp-spool-VERSION/, that the rendered formula's sha256 is `sha256sum` of that tarball
 #         and its url names it, that the binary tarball's agent runs and says VERSION, and that
 #         `cargo install --path . --root <tmp>` (which reuses the release build in target/, the
-#         same profile and features) installs a stripped binary under 40 MB, byte-identical to
+#         same profile and features) installs a stripped binary under 40 MiB, byte-identical to
 #         the one in the binary tarball and the .deb.
 #   deb:  lints the release's .deb with lintian (no errors allowed; warnings printed), installs
 #         it with dpkg, checks files, modes, the conffile, the `otlp-spool` user,
@@ -171,7 +171,7 @@ if [ "$RELEASED" = 1 ]; then
     INSTALLED="$TMP/cargo-root/bin/otlp-spool"
     ok "cargo install --path . --root <tmp> in $((SECONDS - t0))s"
     size="$(stat -c %s "$INSTALLED")"
-    check "cargo install's binary is $((size >> 20)) MB, under 40 MB (119 MB with line tables)" test "$size" -lt $((40 << 20))
+    check "cargo install's binary is $((size >> 20)) MiB, under 40 MiB (with line tables it was 119 MB)" test "$size" -lt $((40 << 20))
     check "cargo install's binary is stripped (file: $(file -b "$INSTALLED" | grep -oE '(not )?stripped'))" \
       bash -c "file -b '$INSTALLED' | grep -qE ', stripped'"
     check "cargo install's binary has no .debug_* or .symtab section (readelf -S)" \
