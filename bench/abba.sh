@@ -6,12 +6,12 @@
 #
 #   bench/abba.sh BASE_BINARY HEAD_BINARY [BATCH]      (BATCH: default 100, ~36 KB a request)
 #
-# Uses target/release/examples/loadgen (cargo build --release --example loadgen).
+# Uses target/profiling/examples/loadgen (cargo build --profile profiling --example loadgen).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 [ $# -ge 2 ] || { sed -n '2,9p' "$0"; exit 2; }
 A=$1 B=$2 BATCH=${3:-100}
-LOADGEN=$ROOT/target/release/examples/loadgen
+LOADGEN=$ROOT/target/profiling/examples/loadgen
 PORT=24921
 [ -x "$LOADGEN" ] || { echo "abba: build $LOADGEN first" >&2; exit 2; }
 

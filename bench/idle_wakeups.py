@@ -4,7 +4,7 @@ benchmark; tests/idle.rs checks 10 s). Starts BINARY with an empty spool in a te
 on a free loopback port, no gRPC, and either no destination or (--dest) one otlp_http destination
 whose upstream is a `python3 -m http.server` on loopback (healthy; nothing is sent while idle);
 waits 5 s for start-up to settle, then samples /proc/PID/task/*/status at t and t+WINDOW.
-usage: bench/idle_wakeups.py target/release/otlp-spool 60 [--dest]"""
+usage: bench/idle_wakeups.py target/profiling/otlp-spool 60 [--dest]"""
 import os, socket, subprocess, sys, tempfile, time
 
 def free_port():

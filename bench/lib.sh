@@ -38,7 +38,7 @@ commit_label() {
 # (a copy, so that later edits and builds in the shared tree do not change a running benchmark).
 build_bins() {
   local src=$1 target=$2 profile=$3 dest=$4 dir
-  case $profile in dev|test) dir=debug ;; release|bench) dir=release ;; *) dir=$profile ;; esac   # cargo's output dir
+  case $profile in dev|test) dir=debug ;; release|bench) dir=release ;; *) dir=$profile ;; esac   # cargo's output dir (profiling: target/profiling)
   log "building ($profile) in $src"
   (cd "$src" && CARGO_TARGET_DIR="$target" cargo build --quiet --profile "$profile" \
     --bin otlp-spool --example loadgen --example sink) \
@@ -48,17 +48,19 @@ build_bins() {
 }
 
 # install_bins PREBUILT SRC TARGET PROFILE DEST: copies otlp-spool, loadgen and sink from the
-# directory PREBUILT (--bin DIR) to DEST, or, with PREBUILT empty, builds them (build_bins).
+# directory PREBUILT (--bin DIR; loadgen and sink may be in DIR/examples, as cargo leaves them)
+# to DEST, or, with PREBUILT empty, builds them (build_bins).
 install_bins() {
-  local prebuilt=$1; shift
+  local prebuilt=$1 examples; shift
   if [ -n "$prebuilt" ]; then
+    examples=$prebuilt; [ -x "$prebuilt/examples/loadgen" ] && examples=$prebuilt/examples
     # DEST is $4 here: PREBUILT was shifted off (this said $5, so --bin failed under set -u)
-    mkdir -p "$4"; cp "$prebuilt/otlp-spool" "$prebuilt/loadgen" "$prebuilt/sink" "$4/"
+    mkdir -p "$4"; cp "$prebuilt/otlp-spool" "$examples/loadgen" "$examples/sink" "$4/"
   else
     build_bins "$@"
   fi
 }
-# build_label PREBUILT PROFILE: what the reports call the binaries ("release build", "dev build",
+# build_label PREBUILT PROFILE: what the reports call the binaries ("profiling build", "dev build",
 # or "binaries from DIR" with --bin DIR).
 build_label() {
   if [ -n "$1" ]; then echo "binaries from $1"; else echo "$2 build"; fi

@@ -9,7 +9,7 @@ bench/soak.sh's samples (CSV, one row per sample) into the soak and drain-memory
               --started T --load1 L --warmup S LOADGEN.json…   # exit 1 if items were lost or RSS/fds grew
     report.py --drain SAMPLES.csv --work DIR --command C --commit C --build B --started T
 
---build is what the binaries were, as bench/lib.sh's build_label says it ("release build", "dev build",
+--build is what the binaries were, as bench/lib.sh's build_label says it ("profiling build", "dev build",
 "binaries from DIR").
 
 Each run.sh figure is the median over the runs, with [min–max] when there was more than one run.
@@ -300,7 +300,7 @@ def main():
     w = out.append
     w("## Measured by `bench/run.sh` (generated; edit the prose outside the markers)")
     w("")
-    w(f"- started {opts['--started']}, otlp-spool {opts['--commit']}, {opts.get('--build', 'release build')}")
+    w(f"- started {opts['--started']}, otlp-spool {opts['--commit']}, {opts.get('--build', 'profiling build')}")
     w(f"- machine: {opts['--machine']}")
     w(f"- run.sh settings: `{opts['--args']}`; reference: {opts['--rotel']}")
     w("- load generator and sink run on the same cores as the agent (they compete with it).")

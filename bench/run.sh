@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2119 # start_sink's arguments are optional: most calls have none
-# Benchmark runner for otlp-spool (issue 7). Builds release binaries, then for each scenario
+# Benchmark runner for otlp-spool (issue 7). Builds the binaries (the `profiling` profile: release
+# code with line tables, see Cargo.toml), then for each scenario
 # starts a fresh agent (fresh spool) and a fresh sink (examples/sink.rs), drives the agent with
 # examples/loadgen.rs, samples the agent's CPU time (utime+stime, /proc/PID/stat) and memory
 # (VmRSS sampled every 0.5 s, 0.1 s in the backlog scenario; VmHWM) and writes medians over
@@ -39,8 +40,9 @@
 #                       examples/ and bench/) instead of the working tree
 #   --port-base P       ports P..P+4 on 127.0.0.1 (default 24300; keep it below 32768)
 #   --no-report         do not touch bench/RESULTS.md (results stay in the work dir)
-#   --profile P         cargo profile to build (default release; dev with --smoke)
-#   --bin DIR           use otlp-spool, loadgen and sink from DIR instead of building
+#   --profile P         cargo profile to build (default profiling; dev with --smoke)
+#   --bin DIR           use otlp-spool, loadgen and sink from DIR (or DIR/examples) instead of
+#                       building, e.g. --bin target/release
 #
 # Everything listens on 127.0.0.1 only, and every process it starts is bounded in time
 # (the sink exits by itself; agents are stopped by PID, killed after 20 s if they hang).
@@ -107,7 +109,7 @@ if [ -z "$PREBUILT" ] && [ -n "$REV" ]; then
   git archive "$REV" | tar -x -C "$SRC"
   cp "$ROOT"/examples/*.rs "$SRC/examples/"
 fi
-[ -n "$PROFILE" ] || { PROFILE=release; [ "$SMOKE" = 1 ] && PROFILE=dev; }
+[ -n "$PROFILE" ] || { PROFILE=profiling; [ "$SMOKE" = 1 ] && PROFILE=dev; }
 install_bins "$PREBUILT" "$SRC" "$TARGET" "$PROFILE" "$WORK/bin"
 BIN="$WORK/bin"
 COMMIT=$(commit_label "$REV") BUILD=$(build_label "$PREBUILT" "$PROFILE")

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2119 # commit_label's REV is optional: the soak always measures HEAD
-# Soak and drain-memory runs for otlp-spool (issue 8, item 5). Builds (release by default), starts
-# the agent and the fast sink (examples/sink.rs), and samples the agent's RSS, open descriptors,
-# threads, spool records, logical bytes and allocated disk into a CSV (kept in bench/results/
-# with --record); bench/report.py turns the CSV into the report and decides pass/fail.
+# Soak and drain-memory runs for otlp-spool (issue 8, item 5). Builds (the `profiling` profile by
+# default: release code with line tables), starts the agent and the fast sink (examples/sink.rs),
+# and samples the agent's RSS, open descriptors, threads, spool records, logical bytes and
+# allocated disk into a CSV (kept in bench/results/ with --record); bench/report.py turns the CSV
+# into the report and decides pass/fail.
 #
 #   bench/soak.sh [DURATION]          # soak: steady mixed load for DURATION (default 30m;
 #                                     # 60s, 15m, 1h or plain seconds)
@@ -31,8 +32,9 @@
 #   --drain SIZE     drain-memory mode (SIZE in bytes, or like 256MiB / 1GiB)
 #   --interval S     seconds between samples (default 5; 2 for runs under 5 minutes; 0.5 in --drain)
 #   --port-base P    ports P..P+2 on 127.0.0.1 (default 24400; run.sh uses 24300)
-#   --bin DIR        use otlp-spool, loadgen and sink from DIR instead of building
-#   --profile P      cargo profile to build (default release)
+#   --bin DIR        use otlp-spool, loadgen and sink from DIR (or DIR/examples) instead of
+#                    building, e.g. --bin target/release
+#   --profile P      cargo profile to build (default profiling)
 #   --record         splice the report into bench/RESULTS.md (between the soak or drain markers)
 #                    and keep the samples in bench/results/ (otherwise they stay in the work dir)
 #
@@ -44,7 +46,7 @@ ROOT="$PWD"
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
 
-DURATION=30m DRAIN="" INTERVAL="" PORT_BASE=24400 PREBUILT="" PROFILE=release RECORD=0
+DURATION=30m DRAIN="" INTERVAL="" PORT_BASE=24400 PREBUILT="" PROFILE=profiling RECORD=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --drain) DRAIN=$2; shift ;;

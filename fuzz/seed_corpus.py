@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the seed inputs of every fuzz target into fuzz/target/seeds/<target>/ (git-ignored).
 
-Seeds: each real SDK request in ../shared/fixtures/otlp-http (decode_<signal>, with the
+Seeds: each real SDK request in tests/fixtures/otlp-http (decode_<signal>, with the
 request-kind byte of fuzz/src/lib.rs's REQUEST_KINDS in front; gzip bodies also decompressed),
 config.example.toml and the embedded defaults as `otlp-spool check` prints them (config), and
 spool records wrapping those bodies (record). Then add them (and what a long scripts/fuzz.sh
@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared/fixtures/otlp-http"
+FIXTURES = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "tests/fixtures/otlp-http"
 SEEDS = ROOT / "fuzz/target/seeds"  # git-ignored, with the rest of fuzz/target
 # Index into REQUEST_KINDS in fuzz/src/lib.rs: (content type, gzip?) -> first input byte.
 KIND = {("protobuf", False): 0, ("json", False): 1, ("protobuf", True): 2, ("json", True): 3}

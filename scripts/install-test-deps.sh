@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# Install the real OpenTelemetry SDK clients that otlp-spool's tests drive
-# (tests/clients/python/emit.py, tests/clients/js/emit.mjs) into the repo:
+# Install what otlp-spool's tests need: the real OpenTelemetry SDK clients they drive
+# (tests/clients/python/emit.py, tests/clients/js/emit.mjs), once per machine, and three
+# Debian packages:
 #
-#   Python: venv at .cache/venv from tests/clients/python/requirements.txt (exact pins)
-#   JS:     `npm ci` in tests/clients/js (package.json + package-lock.json, exact pins)
-#           -> tests/clients/js/node_modules (gitignored)
-#   Prometheus: the Debian package `prometheus` (apt-get, the one system-wide install, skipped
-#           when a `prometheus` is already on PATH) for tests/prometheus.rs, which starts its
-#           own server on a loopback port; the package's own service is disabled again.
+#   Python: a venv from tests/clients/python/requirements.txt (exact pins) in TOOLS/venv-<key>
+#   JS:     `npm ci` of tests/clients/js's package.json + package-lock.json (exact pins) in
+#           TOOLS/js-<key>; tests/clients/js/node_modules (gitignored) is a link to its
+#           node_modules, where Node looks for emit.mjs's imports
+#   Prometheus: the Debian package `prometheus` (apt-get, skipped when a `prometheus` is
+#           already on PATH) for tests/prometheus.rs, which starts its own server on a loopback
+#           port; the package's own service is disabled again.
 #   libfaketime: the Debian package, for tests/clock.rs (skipped when already installed).
 #   fuse3: the Debian package, for tests/power_cut.rs (a FUSE file system; fuser mounts with
 #           the mount syscall as root, else through fusermount3); skipped when installed.
 #
-# Nothing is installed globally. Idempotent: a stamp (hash of the pin file +
-# interpreter version) lets a warm run finish in well under a second.
-# Writes .cache/test-env.sh (source it) and prints the same exports at the end.
+# TOOLS is ${OTLP_SPOOL_TOOLS:-${XDG_CACHE_HOME:-~/.cache}/otlp-spool/tools}, where
+# scripts/cargo-tool.sh keeps the cargo tools. <key> hashes the pin files and the interpreter's
+# version and path: checkouts with the same pins share one install (a new clone's first run
+# skips ~25 s of pip and npm), different pins get their own. Sharing is safe: nothing writes to
+# an install after it is made, installs are serialized machine-wide (flock), and one is used
+# only once its stamp, written last, matches (--force reinstalls it in place: not while tests
+# of another checkout run). A warm run finishes in well under a second. Writes
+# .cache/test-env.sh (source it) and prints the same exports at the end.
 #
 # usage: scripts/install-test-deps.sh [--force] [--check] [--quiet]
 #   --force  reinstall even if the stamps match
@@ -24,7 +31,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="$ROOT/.cache"
-VENV="$CACHE/venv"
+TOOLS="${OTLP_SPOOL_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/otlp-spool/tools}"
 PY_REQ="$ROOT/tests/clients/python/requirements.txt"
 JS_DIR="$ROOT/tests/clients/js"
 ENV_FILE="$CACHE/test-env.sh"
@@ -35,7 +42,7 @@ for arg in "$@"; do
     --force) FORCE=1 ;;
     --check) CHECK=1 ;;
     --quiet) QUIET=1 ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "install-test-deps: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -43,7 +50,7 @@ done
 log() { [ "$QUIET" = 1 ] || echo "install-test-deps: $*" >&2; }
 fail() { echo "install-test-deps: FAILED: $*" >&2; exit 1; }
 
-sha() { sha256sum "$@" | sha256sum | cut -c1-64; }
+sha() { sha256sum "$@" | cut -d" " -f1 | sha256sum | cut -c1-64; }   # contents only, not paths
 
 # --- tools ------------------------------------------------------------------
 PYTHON_BIN="${OTLP_SPOOL_PYTHON:-python3}"
@@ -56,16 +63,17 @@ node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(
 PY_ID="$("$PYTHON_BIN" -c 'import sys,os; print(sys.version.split()[0], os.path.realpath(sys.executable))')"
 NODE_ID="$(node --version)"
 
-mkdir -p "$CACHE"
+mkdir -p "$CACHE" "$TOOLS"
 
-# Serialize concurrent runs (e.g. several test binaries calling this at once).
+# Serialize concurrent runs, machine-wide (several checkouts, or test binaries calling this at once).
 if [ "$CHECK" = 0 ] && command -v flock >/dev/null 2>&1; then
-  exec 9>"$CACHE/install-test-deps.lock"
+  exec 9>"$TOOLS/install-test-deps.lock"
   flock 9
 fi
 
 # --- Python -----------------------------------------------------------------
 PY_STAMP_WANT="$(sha "$PY_REQ") $PY_ID"
+VENV="$TOOLS/venv-$(echo "$PY_STAMP_WANT" | sha256sum | cut -c1-16)"
 PY_STAMP_FILE="$VENV/.otlp-spool-stamp"
 py_ok() {
   [ -x "$VENV/bin/python" ] && [ -f "$PY_STAMP_FILE" ] &&
@@ -114,7 +122,8 @@ install_python() {
 
 # --- JS ---------------------------------------------------------------------
 JS_STAMP_WANT="$(sha "$JS_DIR/package.json" "$JS_DIR/package-lock.json") $NODE_ID"
-JS_STAMP_FILE="$JS_DIR/node_modules/.otlp-spool-stamp"
+JS_ENV="$TOOLS/js-$(echo "$JS_STAMP_WANT" | sha256sum | cut -c1-16)"
+JS_STAMP_FILE="$JS_ENV/node_modules/.otlp-spool-stamp"
 JS_PKGS=(
   @opentelemetry/api @opentelemetry/api-logs @opentelemetry/core @opentelemetry/resources
   @opentelemetry/sdk-trace-base @opentelemetry/sdk-metrics @opentelemetry/sdk-logs
@@ -123,8 +132,15 @@ JS_PKGS=(
   @opentelemetry/exporter-logs-otlp-http @opentelemetry/exporter-logs-otlp-proto @opentelemetry/exporter-logs-otlp-grpc
   @grpc/grpc-js
 )
-js_ok() {
+js_installed() {
   [ -f "$JS_STAMP_FILE" ] && [ "$(cat "$JS_STAMP_FILE")" = "$JS_STAMP_WANT" ]
+}
+js_ok() { js_installed && [ "$(readlink "$JS_DIR/node_modules")" = "$JS_ENV/node_modules" ]; }
+# js_link: tests/clients/js/node_modules -> the machine's install (replacing a directory an
+# older version of this script installed there).
+js_link() {
+  [ -L "$JS_DIR/node_modules" ] || rm -rf "$JS_DIR/node_modules"
+  ln -sfn "$JS_ENV/node_modules" "$JS_DIR/node_modules"
 }
 js_resolve() {
   (cd "$JS_DIR" && node -e '
@@ -136,9 +152,12 @@ js_resolve() {
 
 install_js() {
   local nlog="$CACHE/npm-ci.log"
-  log "JS: npm ci in tests/clients/js ($NODE_ID)"
+  log "JS: npm ci of tests/clients/js's packages into $JS_ENV ($NODE_ID)"
+  rm -rf "$JS_ENV"
+  mkdir -p "$JS_ENV"
+  cp "$JS_DIR/package.json" "$JS_DIR/package-lock.json" "$JS_ENV/"
   # --ignore-scripts: nothing here needs an install script (protobufjs' postinstall is a no-op check).
-  if ! (cd "$JS_DIR" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) >"$nlog" 2>&1; then
+  if ! (cd "$JS_ENV" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) >"$nlog" 2>&1; then
     grep -v 'Unknown user config' "$nlog" >&2 || true
     local pkgs
     pkgs="$(grep -oE "(404 Not Found - GET [^ ]+|notarget No matching version found for [^ ]+|'[^']+@[^']+' is not in this registry)" "$nlog" \
@@ -146,7 +165,8 @@ install_js() {
             | sort -u | tr '\n' ' ')"
     fail "npm ci could not install JS package(s): ${pkgs:-see npm error lines above} (log: $nlog)"
   fi
-  js_resolve || fail "JS packages installed but could not be resolved (see above)"
+  js_link
+  js_resolve || fail "JS packages installed but could not be resolved from tests/clients/js (see above)"
   echo "$JS_STAMP_WANT" >"$JS_STAMP_FILE"
 }
 
@@ -195,7 +215,10 @@ else
   install_python
 fi
 if [ "$FORCE" = 0 ] && js_ok; then
-  log "JS: up to date ($JS_DIR/node_modules)"
+  log "JS: up to date ($JS_DIR/node_modules -> $JS_ENV/node_modules)"
+elif [ "$FORCE" = 0 ] && js_installed; then
+  js_link
+  log "JS: linked $JS_DIR/node_modules -> $JS_ENV/node_modules (installed by another checkout)"
 else
   install_js
 fi

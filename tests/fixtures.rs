@@ -1,32 +1,17 @@
-//! Every real SDK request in `../shared/fixtures/otlp-http/` goes through the agent, and the
+//! Every real SDK request in `tests/fixtures/otlp-http/` goes through the agent, and the
 //! upstream sink receives exactly the items `expected.json` lists (count and names), with
 //! protobuf and with JSON as the outgoing encoding.
 
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
 
-fn fixtures_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/otlp-http")
-}
-
 async fn replay_all(encoding: &str) {
-    let mut folders: Vec<PathBuf> = std::fs::read_dir(fixtures_root())
-        .expect("fixtures present beside the repo in ../shared")
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    folders.sort();
-    assert!(
-        folders.len() >= 9,
-        "expected the nine fixture folders, found {folders:?}"
-    );
-    for folder in folders {
+    for folder in otlp_http_fixture_folders() {
         replay_folder(&folder, encoding).await;
     }
 }

@@ -1,28 +1,37 @@
 #!/usr/bin/env bash
-# Packaging tests (issue 6): the Debian package, the Homebrew formula and the launchd plist.
+# Packaging tests (issues 6 and 18): the release artifacts, the Debian package, the Homebrew
+# formula and the launchd plist.
 #
-#   deb:  builds the .deb with cargo-deb (release build; reuses target/release), lints it with
-#         lintian (no errors allowed; warnings printed), installs it with dpkg, checks files,
-#         modes, the conffile, the `otlp-spool` user, /var/lib/otlp-spool (0700, otlp-spool), the
-#         units (`systemd-analyze verify`, and that neither is enabled), `otlp-spool check` on the
-#         installed config, runs the installed binary as the otlp-spool user the way the system
-#         unit would (STATE_DIRECTORY set) and posts a span, reinstalls (idempotent maintainer
-#         scripts, an edited conffile kept), removes, purges, and checks nothing is left.
-#   brew: `ruby -c` on the formula, then runs its `service` and `test` blocks against the built
-#         binary with a minimal stand-in for Homebrew's Formula DSL.
+#   release: runs scripts/release.sh VERSION into a temporary dist/ (see packaging/README.md);
+#         checks SHA256SUMS, that the source tarball is `git archive` of HEAD under
+#         otlp-spool-VERSION/, that the rendered formula's sha256 is `sha256sum` of that tarball
+#         and its url names it, that the binary tarball's agent runs and says VERSION, and that
+#         `cargo install --path . --root <tmp>` (which reuses the release build in target/, the
+#         same profile and features) installs a stripped binary under 40 MiB, byte-identical to
+#         the one in the binary tarball and the .deb.
+#   deb:  lints the release's .deb with lintian (no errors allowed; warnings printed), installs
+#         it with dpkg, checks files, modes, the conffile, the `otlp-spool` user,
+#         /var/lib/otlp-spool (0700, otlp-spool), the units (`systemd-analyze verify`, and that
+#         neither is enabled), `otlp-spool check` on the installed config, runs the installed
+#         binary as the otlp-spool user the way the system unit would (STATE_DIRECTORY set) and
+#         posts a span, reinstalls (idempotent maintainer scripts, an edited conffile kept),
+#         removes, purges, and checks nothing is left.
+#   brew: `ruby -c` on the template and the rendered formula, then runs the rendered formula's
+#         `service` and `test` blocks against the released binary with a minimal stand-in for
+#         Homebrew's Formula DSL.
 #   plist: substitutes __HOME__ as the documented install step does and parses it with plistlib.
 #
-# Installs what it needs (apt: lintian ruby systemd dpkg-dev curl; cargo-deb into
-# .cache/cargo-tools). The .deb part needs root and dpkg; it refuses to touch an otlp-spool
-# package that was already installed. A missing tool or privilege prints a loud SKIP when CI is
-# unset, and fails when CI is set.
+# Installs what it needs (apt: lintian ruby systemd dpkg-dev curl file binutils; cargo-deb once
+# per machine through scripts/cargo-tool.sh). Builds nothing if scripts/test.sh's release build
+# is current (release.sh's `cargo build --release` is then a no-op). The .deb part needs root
+# and dpkg; it refuses to touch an otlp-spool package that was already installed. A missing tool
+# or privilege prints a loud SKIP when CI is unset, and fails when CI is set.
 #
 # usage: tests/packaging.sh            (scripts/test.sh runs it)
-# env:   OTLP_SPOOL_DEB=path.deb  test this .deb instead of building one
+# env:   OTLP_SPOOL_DEB=path.deb  test this .deb instead of the release's
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$PWD"
-TOOLS="$ROOT/.cache/cargo-tools"
 START=$SECONDS
 
 PASSED=0 FAILED=0 SKIPPED=0
@@ -91,6 +100,8 @@ if [ "$IS_ROOT" = 1 ] && command -v apt-get >/dev/null 2>&1; then
   command -v curl >/dev/null 2>&1 || want+=(curl)
   command -v adduser >/dev/null 2>&1 || want+=(adduser)
   command -v python3 >/dev/null 2>&1 || want+=(python3)
+  command -v file >/dev/null 2>&1 || want+=(file)
+  command -v readelf >/dev/null 2>&1 || want+=(binutils)
   if [ "${#want[@]}" -gt 0 ]; then
     echo "packaging: apt-get install ${want[*]}"
     if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${want[@]}"; } >"$TMP/apt.log" 2>&1; then
@@ -100,28 +111,98 @@ if [ "$IS_ROOT" = 1 ] && command -v apt-get >/dev/null 2>&1; then
   fi
 fi
 
-# Pinned: cargo-deb decides unit paths and maintainer-script snippets; a new version is a
-# deliberate change (bump here, rerun, read the lintian output).
-CARGO_DEB_VERSION=3.8.0
-if ! [ -x "$TOOLS/bin/cargo-deb" ] || ! "$TOOLS/bin/cargo-deb" --version 2>/dev/null | grep -qF "$CARGO_DEB_VERSION"; then
-  echo "packaging: cargo install cargo-deb $CARGO_DEB_VERSION into $TOOLS (once; about 2 minutes)"
-  cargo install --quiet --locked --force --root "$TOOLS" --version "$CARGO_DEB_VERSION" cargo-deb || true
+# ---------------------------------------------------------------------------------------------
+section "release artifacts (scripts/release.sh $VERSION)"
+DIST="$TMP/dist"
+RELEASED=0
+SRC_TGZ="$DIST/otlp-spool-$VERSION.tar.gz"
+BIN_TGZ="$DIST/otlp-spool-$VERSION-x86_64-unknown-linux-gnu.tar.gz"
+RELEASE_DEB="$DIST/otlp-spool_${VERSION}-1_amd64.deb"
+FORMULA="$DIST/otlp-spool.rb"
+if [ "$HAVE_DPKG" = 0 ] || ! command -v dpkg-shlibdeps >/dev/null 2>&1; then
+  skip "dpkg, dpkg-deb or dpkg-shlibdeps not found: scripts/release.sh (cargo-deb) not run (Debian/Ubuntu only; apt-get install dpkg-dev)"
+elif [ "$(uname -m)" != x86_64 ]; then
+  skip "not x86_64: scripts/release.sh builds the x86_64 Linux artifacts"
+else
+  t0=$SECONDS
+  # --allow-dirty: a developer's run may have uncommitted changes (then the binaries are built
+  # from them while the source tarball is HEAD); CI's clone has none.
+  if scripts/release.sh "$VERSION" --out "$DIST" --allow-dirty >"$TMP/release.log" 2>&1; then
+    RELEASED=1
+    ok "scripts/release.sh $VERSION in $((SECONDS - t0))s"
+    sed 's/^/  | /' "$TMP/release.log"
+  else
+    sed 's/^/  | /' "$TMP/release.log" >&2
+    bad "scripts/release.sh $VERSION"
+  fi
+fi
+
+if [ "$RELEASED" = 1 ]; then
+  for f in "$SRC_TGZ" "$BIN_TGZ" "$RELEASE_DEB" "$FORMULA" "$DIST/SHA256SUMS"; do
+    check "dist has $(basename "$f")" test -s "$f"
+  done
+  check "SHA256SUMS lists the four artifacts and matches them" \
+    bash -c "cd '$DIST' && test \$(wc -l <SHA256SUMS) = 4 && sha256sum --check --quiet SHA256SUMS"
+  tarball_sha="$(sha256sum "$SRC_TGZ" | cut -d' ' -f1)"
+  formula_sha="$(sed -n 's/^  sha256 "\([0-9a-f]*\)"$/\1/p' "$FORMULA")"
+  check "formula sha256 ($formula_sha) is sha256sum of the source tarball ($tarball_sha)" \
+    test "$formula_sha" = "$tarball_sha"
+  check "formula url names otlp-spool-$VERSION.tar.gz" \
+    grep -qE "^  url \"https://[^\"]+/otlp-spool-$VERSION\.tar\.gz\"$" "$FORMULA"
+  # The source tarball is the committed tree, every file under one prefix.
+  tar -tzf "$SRC_TGZ" | grep -v '/$' | sort >"$TMP/src-files"
+  git ls-tree -r --name-only HEAD | sed "s|^|otlp-spool-$VERSION/|" | sort >"$TMP/git-files"
+  check "source tarball holds exactly HEAD's files under otlp-spool-$VERSION/ ($(wc -l <"$TMP/src-files") files)" \
+    cmp -s "$TMP/src-files" "$TMP/git-files"
+  check "source tarball carries the test fixtures (a clone's tests need nothing beside it)" \
+    grep -qx "otlp-spool-$VERSION/tests/fixtures/otlp-http/README.md" "$TMP/src-files"
+  # The binary tarball: the agent, its config example, README and man page.
+  mkdir -p "$TMP/bin-tgz" && tar -xzf "$BIN_TGZ" -C "$TMP/bin-tgz"
+  BIN_TGZ_DIR="$TMP/bin-tgz/otlp-spool-$VERSION-x86_64-unknown-linux-gnu"
+  for f in otlp-spool README.md config.example.toml otlp-spool.1; do
+    check "binary tarball has otlp-spool-$VERSION-x86_64-unknown-linux-gnu/$f" test -s "$BIN_TGZ_DIR/$f"
+  done
+  check "the released otlp-spool --version says $VERSION" grep -qF "$VERSION" <<<"$("$BIN_TGZ_DIR/otlp-spool" --version 2>&1)"
+
+  # What `cargo install` (and so the Homebrew formula) installs: with --path, cargo builds in this
+  # checkout's target directory, so after release.sh's build this is a copy, not a second build.
+  t0=$SECONDS
+  if logged "$TMP/cargo-install.log" cargo install --locked --path . --root "$TMP/cargo-root"; then
+    INSTALLED="$TMP/cargo-root/bin/otlp-spool"
+    ok "cargo install --path . --root <tmp> in $((SECONDS - t0))s"
+    size="$(stat -c %s "$INSTALLED")"
+    check "cargo install's binary is $((size >> 20)) MiB, under 40 MiB (with line tables it was 119 MB)" test "$size" -lt $((40 << 20))
+    check "cargo install's binary is stripped (file: $(file -b "$INSTALLED" | grep -oE '(not )?stripped'))" \
+      bash -c "file -b '$INSTALLED' | grep -qE ', stripped'"
+    check "cargo install's binary has no .debug_* or .symtab section (readelf -S)" \
+      bash -c "! readelf -S --wide '$INSTALLED' | grep -qE '\.debug_|\.symtab'"
+    check "the binary tarball's agent is the one cargo install produces" cmp -s "$INSTALLED" "$BIN_TGZ_DIR/otlp-spool"
+    dpkg-deb -x "$RELEASE_DEB" "$TMP/deb-x"
+    check "the .deb's /usr/bin/otlp-spool is the one cargo install produces" cmp -s "$INSTALLED" "$TMP/deb-x/usr/bin/otlp-spool"
+  else
+    bad "cargo install --locked --path . --root <tmp>"
+  fi
 fi
 
 # ---------------------------------------------------------------------------------------------
 section "homebrew formula"
-FORMULA=packaging/homebrew/otlp-spool.rb
-if command -v ruby >/dev/null 2>&1; then
-  check "ruby -c $FORMULA" logged "$TMP/ruby-c.log" ruby -c "$FORMULA"
+TEMPLATE=packaging/homebrew/otlp-spool.rb
+if ! command -v ruby >/dev/null 2>&1; then
+  skip "ruby not found: formula not checked (apt-get install ruby)"
+else
+  check "ruby -c $TEMPLATE" logged "$TMP/ruby-c-template.log" ruby -c "$TEMPLATE"
+  if [ "$RELEASED" = 1 ]; then
+    check "ruby -c on the rendered formula (dist/otlp-spool.rb)" logged "$TMP/ruby-c.log" ruby -c "$FORMULA"
+    check "the rendered formula differs from the template in url and sha256 only" \
+      test "$(diff "$TEMPLATE" "$FORMULA" | grep -E '^[<>] ' | grep -cvE '^[<>]   (url|sha256) "')" = 0
+  fi
   for want in 'depends_on "rust" => :build' 'system "cargo", "install", *std_cargo_args' \
       '(etc/"otlp-spool").install "config.example.toml" => "config.toml"' \
       'run [opt_bin/"otlp-spool", "run", "--config", etc/"otlp-spool/config.toml"]' \
       'keep_alive true' 'log_path var/"log/otlp-spool.log"' 'error_log_path var/"log/' \
       'head "https://' 'test do' 'desc "' 'license "Apache-2.0"'; do
-    check "formula has: $want" grep -qF -- "$want" "$FORMULA"
+    check "formula has: $want" grep -qF -- "$want" "$TEMPLATE"
   done
-else
-  skip "ruby not found: formula not checked (apt-get install ruby)"
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -163,27 +244,11 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
-section "debian package: build"
+section "debian package"
 DEB="${OTLP_SPOOL_DEB:-}"
-if [ -z "$DEB" ]; then
-  if [ "$HAVE_DPKG" = 0 ]; then
-    skip "dpkg/dpkg-deb not found: the .deb is not built or tested (Debian/Ubuntu only)"
-  elif ! [ -x "$TOOLS/bin/cargo-deb" ]; then
-    skip "cargo-deb not installed: cargo install --locked --root .cache/cargo-tools cargo-deb"
-  else
-    t0=$SECONDS
-    # --strip: the release profile keeps line tables, which cargo-deb would otherwise ship
-    # (lintian: unstripped-binary-or-object).
-    if "$TOOLS/bin/cargo-deb" --locked --strip >"$TMP/cargo-deb.log" 2>&1; then
-      DEB="$(tail -n 1 "$TMP/cargo-deb.log")"
-      check "cargo deb built $DEB in $((SECONDS - t0))s" test -f "$DEB"
-    else
-      tail -n 30 "$TMP/cargo-deb.log" >&2
-      bad "cargo deb failed"
-      DEB=""
-    fi
-  fi
-fi
+if [ -z "$DEB" ] && [ "$RELEASED" = 1 ]; then
+  DEB="$RELEASE_DEB"
+fi   # else: already reported (no release, so no .deb)
 
 if [ -n "$DEB" ]; then
   dpkg-deb -c "$DEB" >"$TMP/contents"
@@ -396,10 +461,16 @@ PY
 fi
 
 # ---------------------------------------------------------------------------------------------
-# The formula's `service` and `test` blocks, run against the built binary with a stand-in for
-# Homebrew's Formula class (only the DSL those blocks use). Needs the release binary.
+# The formula's `service` and `test` blocks, run against the released binary (without release
+# artifacts: the template against target/release) with a stand-in for Homebrew's Formula class
+# (only the DSL those blocks use).
 section "homebrew formula: service and test blocks"
-BIN_DIR="$(cargo metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo "$ROOT/target")/release"
+if [ "$RELEASED" = 1 ]; then
+  BIN_DIR="$BIN_TGZ_DIR"
+else
+  FORMULA="$ROOT/$TEMPLATE"
+  BIN_DIR="$(cargo metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo "$ROOT/target")/release"
+fi
 if ! command -v ruby >/dev/null 2>&1; then
   :  # already reported
 elif ! [ -x "$BIN_DIR/otlp-spool" ]; then
@@ -499,8 +570,8 @@ end
 puts "formula service and test blocks: ok"
 RUBY
   t0=$SECONDS
-  if ruby "$TMP/brew_stub.rb" "$ROOT/packaging/homebrew/otlp-spool.rb" "$BIN_DIR" >"$TMP/brew.log" 2>&1; then
-    ok "formula: service block as required, test block passes against $BIN_DIR/otlp-spool ($((SECONDS - t0))s)"
+  if ruby "$TMP/brew_stub.rb" "$FORMULA" "$BIN_DIR" >"$TMP/brew.log" 2>&1; then
+    ok "formula $(basename "$FORMULA"): service block as required, test block passes against $BIN_DIR/otlp-spool ($((SECONDS - t0))s)"
   else
     sed 's/^/  brew: /' "$TMP/brew.log" >&2
     bad "formula: service/test block"

@@ -6,7 +6,7 @@
 //! on its own from the OTLP it sent (decoded with prost / prost-reflect, not the agent's code):
 //! metric names from a table written here, labels, and values.
 //!
-//! - the metric requests of every fixture in `../shared/fixtures/otlp-http/` (cumulative and
+//! - the metric requests of every fixture in `tests/fixtures/otlp-http/` (cumulative and
 //!   DELTA, gauges, sums, histograms, exponential histograms), one agent per fixture folder,
 //!   told apart by an external label;
 //! - a DELTA stream shaped like Claude Code's (`claude_code.token.usage` by `type` and `model`,
@@ -500,10 +500,6 @@ fn number(p: &NumberDataPoint) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Fixtures
 
-fn fixtures_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/otlp-http")
-}
-
 /// A fixture request body as OTLP protobuf, decoded without the agent: gunzip, then prost, or
 /// prost-reflect's proto3 JSON mapping for OTLP/JSON.
 fn fixture_request(body: &[u8], gzip: bool, json: bool) -> ExportMetricsServiceRequest {
@@ -535,15 +531,8 @@ async fn fixture_metrics_arrive_in_prometheus_as_computed() {
         return;
     };
     let prom = Prometheus::start(&bin).await;
-    let mut folders: Vec<PathBuf> = std::fs::read_dir(fixtures_root())
-        .expect("fixtures present beside the repo in ../shared")
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    folders.sort();
-    assert!(folders.len() >= 9, "{folders:?}");
     let mut series_checked = 0;
-    for folder in folders {
+    for folder in otlp_http_fixture_folders() {
         let name = folder.file_name().unwrap().to_string_lossy().into_owned();
         let dir = tempfile::tempdir().unwrap();
         let toml = config_toml(

@@ -1,14 +1,15 @@
-# Homebrew formula for otlp-spool. To publish: copy into a tap (Formula/otlp-spool.rb) and, at each
-# release, set `url` to the release's source tarball and `sha256` to its checksum
-# (`shasum -a 256 otlp-spool-X.Y.Z.tar.gz`). Until a release exists, the url/sha256 below are
-# placeholders and the formula is installed from the repository: `brew install --HEAD otlp-spool`.
-# Validated in CI by tests/packaging.sh: `ruby -c`, and the `service` and `test` blocks are run
-# against the freshly built binary.
+# Homebrew formula for otlp-spool: builds from the release's source tarball with cargo.
+# `scripts/release.sh VERSION` renders it into dist/otlp-spool.rb with `url` and `sha256` set to
+# that release's source tarball (dist/otlp-spool-VERSION.tar.gz, published as a release asset);
+# the rendered file is what goes into a tap (packaging/README.md). Here the two are placeholders,
+# and `brew install --HEAD otlp-spool` builds from the repository.
+# Validated in CI by tests/packaging.sh: `ruby -c` on the rendered formula, its sha256 against the
+# tarball, and the `service` and `test` blocks run against the freshly built binary.
 class OtlpSpool < Formula
   desc "Store-and-forward OpenTelemetry agent with a durable local spool"
   homepage "https://github.com/otlp-spool/otlp-spool"
-  # Placeholder until the first tagged release (see the comment at the top of this file).
-  url "https://github.com/otlp-spool/otlp-spool/archive/refs/tags/v0.1.0.tar.gz"
+  # Filled in by scripts/release.sh from the source tarball (placeholders in the repository).
+  url "https://github.com/otlp-spool/otlp-spool/releases/download/v0.1.0/otlp-spool-0.1.0.tar.gz"
   sha256 "0000000000000000000000000000000000000000000000000000000000000000"
   license "Apache-2.0"
   head "https://github.com/otlp-spool/otlp-spool.git", branch: "main"

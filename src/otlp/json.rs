@@ -515,7 +515,7 @@ mod tests {
 
     use super::*;
 
-    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/otlp-http");
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/otlp-http");
 
     const JSON_FIXTURE_FOLDERS: [&str; 5] = [
         "otel-js-http-json",
