@@ -1041,7 +1041,7 @@ fn mutate(seed: &[u8], mutations: &[Mutation]) -> Vec<u8> {
 /// 3000 random mutation lists of the seeds (a fresh random run each time; a failure prints the
 /// shrunk seed index and mutations, which reproduce it), each payload checked as the seed's
 /// signal and as another's (a wrong schema must be refused alike). Of the seed signal's verdicts,
-/// each kind (refused, accepted, wrong id) must come up at least one time in 20.
+/// each kind (refused, accepted, wrong id) must come up at least one time in 50.
 #[test]
 fn mutated_requests() {
     let seeds = seeds();
@@ -1070,7 +1070,7 @@ fn mutated_requests() {
         .unwrap();
     let verdicts = verdicts.into_inner();
     assert!(
-        verdicts.iter().all(|&n| n > 150),
+        verdicts.iter().all(|&n| n > 60),
         "refused, accepted, wrong id: {verdicts:?}"
     );
 }
