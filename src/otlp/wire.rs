@@ -3,7 +3,7 @@
 //! is decoded into messages and nothing is allocated unless the payload is refused (the receiver
 //! validates every request; prost's decode cost an allocation per string, id and message).
 //!
-//! The schema is data: one [`Message`] table per protobuf message, transcribed from
+//! The schema is data: one `Message` table per protobuf message, transcribed from
 //! opentelemetry-proto 0.33's `.proto` files (its generated code, `src/proto/tonic/*.rs`, shows each
 //! field's number and type), and one walker that reads any of them.
 //!
@@ -137,7 +137,7 @@ const fn field(label: Label, ty: Type, name: &'static str, number: u32) -> Field
 }
 
 /// A protobuf message: its name and fields (in `.proto` order, except where noted).
-pub struct Message {
+struct Message {
     name: &'static str,
     fields: &'static [Field],
     /// The field of each number; OTLP numbers its fields below 32.
