@@ -3,9 +3,9 @@
 //! is decoded into messages and nothing is allocated unless the payload is refused (the receiver
 //! validates every request; prost's decode cost an allocation per string, id and message).
 //!
-//! The schema is data: one `Message` table per protobuf message, transcribed from
-//! opentelemetry-proto 0.33's `.proto` files (its generated code, `src/proto/tonic/*.rs`, shows each
-//! field's number and type), and one walker that reads any of them.
+//! The schema is data: one `Message` table per protobuf message, transcribed from the `.proto`
+//! files of opentelemetry-proto 0.33 (the crate's generated `opentelemetry_proto::tonic` types
+//! show each field's number and type), and one walker that reads any of them.
 //!
 //! Invariant: [`walk`] refuses exactly the payloads that prost 0.14's decoding of the signal's
 //! `Export*ServiceRequest` refuses, and counts the items (spans, metric data points, log records)
