@@ -3,9 +3,11 @@
 
 Seeds: each real SDK request in tests/fixtures/otlp-http (decode_<signal>, with the
 request-kind byte of fuzz/src/lib.rs's REQUEST_KINDS in front; gzip bodies also decompressed),
-config.example.toml and the embedded defaults as `otlp-spool check` prints them (config), and
-spool records wrapping those bodies (record). Then add them (and what a long scripts/fuzz.sh
-run found in target/corpus/<t>) to the committed corpus and minimize it, from fuzz/:
+each protobuf request among them and in tests/fixtures/**/<signal>-*.pb (wire, with the
+signal byte of fuzz/src/lib.rs's `wire` in front), config.example.toml and the embedded defaults
+as `otlp-spool check` prints them (config), and spool records wrapping those bodies (record).
+Then add them (and what a long scripts/fuzz.sh run found in target/corpus/<t>) to the committed
+corpus and minimize it, from fuzz/:
 
     for t in $(cargo fuzz list); do
         cp target/seeds/$t/* target/corpus/$t/* corpus/$t/
@@ -34,6 +36,8 @@ FIXTURES = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "tests/fixtures/ot
 SEEDS = ROOT / "fuzz/target/seeds"  # git-ignored, with the rest of fuzz/target
 # Index into REQUEST_KINDS in fuzz/src/lib.rs: (content type, gzip?) -> first input byte.
 KIND = {("protobuf", False): 0, ("json", False): 1, ("protobuf", True): 2, ("json", True): 3}
+# Index into Signal::ALL, the first input byte of the `wire` target.
+SIGNAL = {"traces": 0, "metrics": 1, "logs": 2}
 
 
 def write(target: str, data: bytes) -> None:
@@ -68,8 +72,14 @@ def main() -> None:
         plain = gzip.decompress(body) if gzipped else body
         if gzipped:
             write(f"decode_{signal}", bytes([KIND[(fmt, False)]]) + plain)
+        if fmt == "protobuf":
+            write("wire", bytes([SIGNAL[signal]]) + plain)
         # A segment frame as src/spool/record.rs lays it out, followed by a seal.
         write("record", frame(1, 0, 7, 1_795_318_401_418, 3, plain[:256]) + frame(2, 1, 7, 0, 0, b""))
+    for pb in sorted((ROOT / "tests/fixtures").glob("**/*.pb")):
+        signal = pb.name.split("-")[0]
+        if signal in SIGNAL:
+            write("wire", bytes([SIGNAL[signal]]) + pb.read_bytes())
     write("record", frame(1, 0, 1, 0, 1, b"cut")[:20])  # shorter than the header
     write("record", frame(1, 0, 1, 0, 1, b"x", version=2))  # a newer format version
     bad = bytearray(frame(1, 0, 1, 0, 1, b"flipped"))

@@ -81,6 +81,11 @@ fn decode_logs() {
 }
 
 #[test]
+fn wire() {
+    replay("wire", targets::wire);
+}
+
+#[test]
 fn config() {
     replay("config", targets::config);
 }

@@ -1,7 +1,8 @@
 //! The bodies of otlp-spool's fuzz targets, in one place for two callers: the cargo-fuzz targets
 //! in `fuzz/fuzz_targets/` (one line each) and `tests/fuzz_corpus.rs`, which replays the committed
 //! corpus through these same functions on stable (it compiles this file as a module with
-//! `#[path]`, so it must use nothing but `otlp_spool`'s public API and `tempfile`).
+//! `#[path]`, so it must use nothing but `otlp_spool`'s public API, its dependencies prost and
+//! opentelemetry-proto, and `tempfile`).
 //!
 //! Each function takes raw fuzzer bytes, drives one parser of untrusted input, and panics only on
 //! a broken promise: the parser itself panicking, a clean refusal with the wrong status, or
@@ -11,6 +12,8 @@ use otlp_spool::config::Config;
 use otlp_spool::otlp::{self, json, Signal};
 use otlp_spool::receiver::decode::{self, Format};
 use otlp_spool::spool::record::{self, HEADER_LEN};
+
+pub mod wire_oracle;
 
 /// `server.max_decompressed` for the decoder targets: small enough that an accepted body stays
 /// cheap to check, large enough for every fixture (the largest is under 64 KiB decompressed).
@@ -76,6 +79,16 @@ pub fn decode_request(signal: Signal, data: &[u8]) {
             String::from_utf8_lossy(&rendered)
         );
     }
+}
+
+/// Arbitrary bytes as a protobuf request of the signal the first byte selects (modulo 3, in
+/// [`Signal::ALL`] order), through the wire walker and through prost: they must agree
+/// ([`wire_oracle::agree`]).
+pub fn wire(data: &[u8]) {
+    let Some((&selector, payload)) = data.split_first() else {
+        return;
+    };
+    wire_oracle::agree(Signal::ALL[usize::from(selector) % 3], payload);
 }
 
 /// Arbitrary text through [`Config::load`], the loader `otlp-spool check` runs on its file, then

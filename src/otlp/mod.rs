@@ -1,9 +1,11 @@
 //! OTLP payloads as the rest of the agent sees them: the three signals, validation and item
-//! counting of canonical protobuf, and the OTLP/JSON transcoding in [`json`].
+//! counting of canonical protobuf (by walking its wire format, in [`wire`]), and the OTLP/JSON
+//! transcoding in [`json`].
 //!
 //! Everything stored in the spool is canonical OTLP protobuf (`Export*ServiceRequest`).
 
 pub mod json;
+pub mod wire;
 
 pub use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 pub use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -51,86 +53,16 @@ pub struct RpcStatus {
     pub details: Vec<prost_types::Any>,
 }
 
-/// A request that is not valid OTLP protobuf for its signal.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid OTLP protobuf {kind}: {source}")]
-pub struct ProtobufError {
-    kind: &'static str,
-    source: prost::DecodeError,
-}
+pub use wire::ProtobufError;
 
-/// The three `Export*ServiceRequest` messages, as one kind: which signal, how many items.
-pub trait ExportRequest: prost::Message + Default {
-    const SIGNAL: Signal;
-    /// The message's name, for errors.
-    const NAME: &'static str;
-    /// Spans, metric data points, or log records.
-    fn items(&self) -> u64;
-}
-
-impl ExportRequest for ExportTraceServiceRequest {
-    const SIGNAL: Signal = Signal::Traces;
-    const NAME: &'static str = "ExportTraceServiceRequest";
-    fn items(&self) -> u64 {
-        let spans = self.resource_spans.iter().flat_map(|r| &r.scope_spans);
-        spans.map(|s| s.spans.len() as u64).sum()
-    }
-}
-
-impl ExportRequest for ExportMetricsServiceRequest {
-    const SIGNAL: Signal = Signal::Metrics;
-    const NAME: &'static str = "ExportMetricsServiceRequest";
-    fn items(&self) -> u64 {
-        use opentelemetry_proto::tonic::metrics::v1::metric::Data;
-        let metrics = self
-            .resource_metrics
-            .iter()
-            .flat_map(|r| &r.scope_metrics)
-            .flat_map(|s| &s.metrics);
-        metrics
-            .map(|m| match &m.data {
-                Some(Data::Gauge(g)) => g.data_points.len(),
-                Some(Data::Sum(s)) => s.data_points.len(),
-                Some(Data::Histogram(h)) => h.data_points.len(),
-                Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
-                Some(Data::Summary(s)) => s.data_points.len(),
-                None => 0,
-            } as u64)
-            .sum()
-    }
-}
-
-impl ExportRequest for ExportLogsServiceRequest {
-    const SIGNAL: Signal = Signal::Logs;
-    const NAME: &'static str = "ExportLogsServiceRequest";
-    fn items(&self) -> u64 {
-        let logs = self.resource_logs.iter().flat_map(|r| &r.scope_logs);
-        logs.map(|s| s.log_records.len() as u64).sum()
-    }
-}
-
-/// Decodes `payload` as an `R`.
-pub fn decode_request<R: ExportRequest>(payload: &[u8]) -> Result<R, ProtobufError> {
-    R::decode(payload).map_err(|source| ProtobufError {
-        kind: R::NAME,
-        source,
-    })
-}
-
-/// Decodes `payload` as the signal's `Export*ServiceRequest` (validation) and counts its items.
+/// Checks that `payload` is a well-formed `Export*ServiceRequest` of `signal` (as prost would
+/// decode it; ids unchecked) and counts its items: spans, metric data points, or log records.
 pub fn count_items(signal: Signal, payload: &[u8]) -> Result<u64, ProtobufError> {
-    fn count<R: ExportRequest>(payload: &[u8]) -> Result<u64, ProtobufError> {
-        decode_request::<R>(payload).map(|r| r.items())
-    }
-    match signal {
-        Signal::Traces => count::<ExportTraceServiceRequest>(payload),
-        Signal::Metrics => count::<ExportMetricsServiceRequest>(payload),
-        Signal::Logs => count::<ExportLogsServiceRequest>(payload),
-    }
+    wire::walk(signal, payload).map(|walked| walked.items)
 }
 
 /// The two OTLP ids. Their bytes are of this length, or empty ("no id").
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdKind {
     Trace,
     Span,

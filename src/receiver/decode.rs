@@ -9,13 +9,9 @@
 use std::io::Read;
 
 use bytes::Bytes;
-use opentelemetry_proto::tonic::metrics::v1::{metric::Data, Exemplar};
 
 use crate::observe::Refusal;
-use crate::otlp::{
-    self, ExportLogsServiceRequest, ExportMetricsServiceRequest, ExportRequest,
-    ExportTraceServiceRequest, IdKind, Signal,
-};
+use crate::otlp::{self, wire, Signal};
 
 use super::Rejection;
 
@@ -111,135 +107,20 @@ pub fn decode(
     Ok(Decoded { payload, items })
 }
 
-/// Decodes canonical protobuf as `signal`'s `Export*ServiceRequest`, checks its ids, and counts
-/// its items: the validation every request passes before it is stored.
+/// Checks canonical protobuf as `signal`'s `Export*ServiceRequest` (what prost would decode, and
+/// ids of their OTLP lengths) and counts its items: the validation every request passes before it
+/// is stored. Walks the wire format ([`wire`]) rather than decoding: nothing is allocated.
 ///
 /// Ids are checked because prost's decoding does not, and a wrong-length id is not a local
 /// problem: the record would be merged into batches with other clients' data, and upstreams (the
 /// OpenTelemetry Collector, CloudWatch, any OTLP/JSON receiver) refuse the whole batch over it.
 pub fn validate(signal: Signal, payload: &[u8]) -> Result<u64, Rejection> {
-    match signal {
-        Signal::Traces => validate_as::<ExportTraceServiceRequest>(payload, check_trace_ids),
-        Signal::Metrics => validate_as::<ExportMetricsServiceRequest>(payload, check_exemplar_ids),
-        Signal::Logs => validate_as::<ExportLogsServiceRequest>(payload, check_log_ids),
+    let invalid = |message| Rejection::new(400, Refusal::Invalid, message);
+    let walked = wire::walk(signal, payload).map_err(|e| invalid(e.to_string()))?;
+    match walked.wrong_id {
+        Some(id) => Err(invalid(id.describe(signal, payload))),
+        None => Ok(walked.items),
     }
-}
-
-fn validate_as<R: ExportRequest>(
-    payload: &[u8],
-    check_ids: fn(&R) -> Result<(), Rejection>,
-) -> Result<u64, Rejection> {
-    let request = otlp::decode_request::<R>(payload)
-        .map_err(|e| Rejection::new(400, Refusal::Invalid, e.to_string()))?;
-    check_ids(&request)?;
-    Ok(request.items())
-}
-
-/// Refuses `bytes` unless empty or of `kind`'s length; `at` names the field (only rendered on
-/// refusal).
-fn check_id(kind: IdKind, bytes: &[u8], at: impl FnOnce() -> String) -> Result<(), Rejection> {
-    if bytes.is_empty() || bytes.len() == kind.byte_len() {
-        return Ok(());
-    }
-    Err(Rejection::new(
-        400,
-        Refusal::Invalid,
-        format!(
-            "invalid OTLP protobuf at `{}`: a {} must be {} bytes (or empty), found {} bytes",
-            at(),
-            kind.name(),
-            kind.byte_len(),
-            bytes.len()
-        ),
-    ))
-}
-
-fn check_trace_ids(request: &ExportTraceServiceRequest) -> Result<(), Rejection> {
-    for (r, resource) in request.resource_spans.iter().enumerate() {
-        for (s, scope) in resource.scope_spans.iter().enumerate() {
-            for (i, span) in scope.spans.iter().enumerate() {
-                let at =
-                    |field: &str| format!("resourceSpans[{r}].scopeSpans[{s}].spans[{i}].{field}");
-                check_id(IdKind::Trace, &span.trace_id, || at("traceId"))?;
-                check_id(IdKind::Span, &span.span_id, || at("spanId"))?;
-                check_id(IdKind::Span, &span.parent_span_id, || at("parentSpanId"))?;
-                for (l, link) in span.links.iter().enumerate() {
-                    check_id(IdKind::Trace, &link.trace_id, || {
-                        at(&format!("links[{l}].traceId"))
-                    })?;
-                    check_id(IdKind::Span, &link.span_id, || {
-                        at(&format!("links[{l}].spanId"))
-                    })?;
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn check_log_ids(request: &ExportLogsServiceRequest) -> Result<(), Rejection> {
-    for (r, resource) in request.resource_logs.iter().enumerate() {
-        for (s, scope) in resource.scope_logs.iter().enumerate() {
-            for (i, record) in scope.log_records.iter().enumerate() {
-                let at = |field: &str| {
-                    format!("resourceLogs[{r}].scopeLogs[{s}].logRecords[{i}].{field}")
-                };
-                check_id(IdKind::Trace, &record.trace_id, || at("traceId"))?;
-                check_id(IdKind::Span, &record.span_id, || at("spanId"))?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Metrics carry ids only in exemplars (summaries have none).
-fn check_exemplar_ids(request: &ExportMetricsServiceRequest) -> Result<(), Rejection> {
-    for (r, resource) in request.resource_metrics.iter().enumerate() {
-        for (s, scope) in resource.scope_metrics.iter().enumerate() {
-            for (m, metric) in scope.metrics.iter().enumerate() {
-                let at = |kind: &str, p: usize, e: usize, field: &str| {
-                    format!(
-                        "resourceMetrics[{r}].scopeMetrics[{s}].metrics[{m}].{kind}.dataPoints[{p}].exemplars[{e}].{field}"
-                    )
-                };
-                match &metric.data {
-                    Some(Data::Gauge(g)) => check_points(
-                        g.data_points.iter().map(|p| &p.exemplars[..]),
-                        |p, e, field| at("gauge", p, e, field),
-                    )?,
-                    Some(Data::Sum(g)) => check_points(
-                        g.data_points.iter().map(|p| &p.exemplars[..]),
-                        |p, e, field| at("sum", p, e, field),
-                    )?,
-                    Some(Data::Histogram(h)) => check_points(
-                        h.data_points.iter().map(|p| &p.exemplars[..]),
-                        |p, e, field| at("histogram", p, e, field),
-                    )?,
-                    Some(Data::ExponentialHistogram(h)) => check_points(
-                        h.data_points.iter().map(|p| &p.exemplars[..]),
-                        |p, e, field| at("exponentialHistogram", p, e, field),
-                    )?,
-                    Some(Data::Summary(_)) | None => {}
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Checks the exemplar ids of one metric's data points; `at(point, exemplar, field)` names a
-/// field (only rendered on refusal).
-fn check_points<'a>(
-    points: impl Iterator<Item = &'a [Exemplar]>,
-    at: impl Fn(usize, usize, &str) -> String,
-) -> Result<(), Rejection> {
-    for (p, exemplars) in points.enumerate() {
-        for (e, exemplar) in exemplars.iter().enumerate() {
-            check_id(IdKind::Trace, &exemplar.trace_id, || at(p, e, "traceId"))?;
-            check_id(IdKind::Span, &exemplar.span_id, || at(p, e, "spanId"))?;
-        }
-    }
-    Ok(())
 }
 
 /// The refusal of a body over `limit` (below `max_decompressed`: the JSON limit).
@@ -274,12 +155,16 @@ fn gunzip(body: &[u8], limit: u64) -> Result<Vec<u8>, Rejection> {
 mod tests {
     use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
     use opentelemetry_proto::tonic::metrics::v1::{
-        Histogram, HistogramDataPoint, Metric, ResourceMetrics, ScopeMetrics,
+        metric::Data, Exemplar, Histogram, HistogramDataPoint, Metric, ResourceMetrics,
+        ScopeMetrics,
     };
     use opentelemetry_proto::tonic::trace::v1::{span::Link, ResourceSpans, ScopeSpans, Span};
     use prost::Message;
 
     use super::*;
+    use crate::otlp::{
+        ExportLogsServiceRequest, ExportMetricsServiceRequest, ExportTraceServiceRequest,
+    };
 
     fn traces(span: Span) -> Vec<u8> {
         ExportTraceServiceRequest {
