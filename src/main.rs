@@ -37,8 +37,9 @@ enum Command {
     Check,
     /// Show the running agent's spool and per-destination state.
     ///
-    /// A table per destination, fitted to the terminal's width ($COLUMNS, else 80 when the output
-    /// is not a terminal); a destination in trouble ends with what to do.
+    /// A table per destination, fitted to the terminal's width ($COLUMNS when set); into a pipe
+    /// or file nothing is wrapped, so `grep` finds whole lines. A destination in trouble ends
+    /// with what to do.
     Status {
         /// The agent's OTLP/HTTP address; default: the first server.listen address of the config.
         #[arg(long, value_name = "HOST:PORT")]
@@ -373,7 +374,8 @@ fn current_thread_runtime() -> tokio::runtime::Runtime {
         .expect("building the tokio runtime")
 }
 
-/// The width tables are fitted to: `$COLUMNS`, else the terminal's, else 80.
+/// The width tables are fitted to: `$COLUMNS`, else the terminal's; output that is not a
+/// terminal is not wrapped at all (a script grepping `status` must see whole lines).
 fn output_width() -> u16 {
     if let Some(columns) = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()) {
         return columns;
@@ -385,7 +387,7 @@ fn output_width() -> u16 {
     if asked == 0 && size.ws_col > 0 {
         size.ws_col
     } else {
-        80
+        u16::MAX
     }
 }
 

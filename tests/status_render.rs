@@ -145,3 +145,23 @@ fn a_destination_in_trouble_ends_with_what_to_do_and_the_whole_error_stays_in_js
     let healthy = otlp_spool::tables::status(&document("healthy"), 80);
     assert!(!healthy.contains("what to do"), "{healthy}");
 }
+
+/// Into a pipe (`otlp-spool status | grep …`) the CLI asks for no width limit: nothing wraps, so
+/// each summary line and the table's error cell are whole on one line.
+#[test]
+fn unlimited_width_wraps_nothing() {
+    let rendered = otlp_spool::tables::status(&document("backoff"), u16::MAX);
+    assert!(
+        rendered.lines().any(|l| l.starts_with("logs ")
+            && l.contains("HTTP 503 Service Unavailable")
+            && l.contains("delayed connect error: Connection refused")),
+        "the error cell wrapped:\n{rendered}"
+    );
+    assert!(
+        rendered
+            .lines()
+            .any(|l| l.starts_with("DEAD LETTERS DROPPED")
+                && l.ends_with("before they were purged or replayed")),
+        "a summary line wrapped:\n{rendered}"
+    );
+}
