@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The repository stands on its own: a clone of HEAD, in an empty temporary directory (nothing
-# beside it, so no ../shared; the fuzz corpus left out, see below), runs the tests that read
-# captured requests there —
+# beside it, so none of the files kept outside the repository; the fuzz corpus left out, see
+# below), runs the tests that read captured requests there —
 # `cargo test --test fixtures` and the OTLP/JSON unit tests of src/otlp/json.rs — and each must
 # run at least one test and pass. It tests the committed tree: uncommitted changes are not in
 # the clone. scripts/test.sh runs it after `cargo test`.
