@@ -222,6 +222,28 @@ pub struct DestinationConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub stale_after: Option<Duration>,
+    /// `prometheus_remote_write`: point attributes (OpenTelemetry keys, such as `session.id`)
+    /// removed before series are formed; series that then share labels are summed into one
+    /// (see `src/export/prw/cumulative.rs`). Requires `drop_labels_gauges`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_labels: Vec<String>,
+    /// `prometheus_remote_write` with `drop_labels`: what a gauge carrying a dropped label does.
+    /// Gauges cannot be summed, and which metrics are gauges is known only from the data, so
+    /// `check` asks for the choice up front instead of guessing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_labels_gauges: Option<DropLabelsGauges>,
+}
+
+/// `drop_labels_gauges`: a gauge (or non-monotonic sum, or summary) point carrying a dropped
+/// label either keeps it (its series are not merged) or is merged keeping the newest value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropLabelsGauges {
+    /// The gauge keeps the labels `drop_labels` names: no merge, no cardinality saved for it.
+    Keep,
+    /// The gauge loses them like the counters, and the merged series holds the value of the
+    /// newest point (by data time) of any of its original series.
+    Last,
 }
 
 impl DestinationConfig {
@@ -342,9 +364,32 @@ impl DestinationConfig {
                     format!("{name:?} cannot be an external label: a Prometheus label name matches [a-zA-Z_][a-zA-Z0-9_]* and is not __name__"),
                 ));
             }
+            if let Some(name) = self
+                .drop_labels
+                .iter()
+                .find(|k| k.is_empty() || ["__name__", "le", "quantile"].contains(&k.as_str()))
+            {
+                return Err((
+                    "drop_labels",
+                    format!("{name:?} cannot be dropped: drop_labels names point attributes (such as \"session.id\"), and __name__, le and quantile are made by the translation"),
+                ));
+            }
+            match (self.drop_labels.is_empty(), self.drop_labels_gauges) {
+                (false, None) => return Err((
+                    "drop_labels_gauges",
+                    "drop_labels needs drop_labels_gauges: gauges cannot be summed, so say whether a gauge keeps the dropped labels (\"keep\") or is merged keeping the newest value (\"last\")".to_string(),
+                )),
+                (true, Some(_)) => return Err((
+                    "drop_labels_gauges",
+                    "drop_labels_gauges applies with drop_labels only; remove it or set drop_labels".to_string(),
+                )),
+                _ => {}
+            }
         } else if let Some((key, _)) = [
             ("external_labels", !self.external_labels.is_empty()),
             ("stale_after", self.stale_after.is_some()),
+            ("drop_labels", !self.drop_labels.is_empty()),
+            ("drop_labels_gauges", self.drop_labels_gauges.is_some()),
         ]
         .into_iter()
         .find(|(_, set)| *set)

@@ -336,7 +336,10 @@ fn start_destination(
     let upstream = Arc::new(upstream);
     let stop = agent_stop.child_token();
     let mut workers = JoinSet::new();
-    let d_stats = destination_stats_of(d, stats);
+    let mut d_stats = destination_stats_of(d, stats);
+    if let Upstream::PrometheusRemoteWrite(prw) = upstream.as_ref() {
+        d_stats.remote_write = Some(prw.stats());
+    }
     for (signal, worker_stats) in &d_stats.workers {
         let worker = Worker {
             destination: d.name.to_string(),
@@ -363,6 +366,7 @@ fn destination_stats_of(d: &DestinationConfig, stats: &Stats) -> DestinationStat
             .iter()
             .map(|&s| (s, stats.worker(d.name.as_str(), s).unwrap_or_default()))
             .collect(),
+        remote_write: stats.remote_write(d.name.as_str()),
     }
 }
 

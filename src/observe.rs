@@ -107,6 +107,39 @@ pub struct DestinationStats {
     pub kind: &'static str,
     pub endpoint: String,
     pub workers: Vec<(Signal, Arc<WorkerStats>)>,
+    /// `prometheus_remote_write` only.
+    pub remote_write: Option<Arc<RemoteWriteStats>>,
+}
+
+/// What a `prometheus_remote_write` destination's translations came to (`src/export/prw/`).
+#[derive(Default)]
+pub struct RemoteWriteStats {
+    /// Series in the last request sent.
+    pub series_written: AtomicU64,
+    /// Original series (labels before `drop_labels`) the delta state holds beyond the series
+    /// they were summed into.
+    pub series_aggregated_away: AtomicU64,
+    /// Points that produced no sample, by reason (see `cumulative::Ignored`).
+    pub ignored_already_applied: AtomicU64,
+    pub ignored_older_than_series: AtomicU64,
+    pub ignored_stale_marker_of_merged_series: AtomicU64,
+    /// Gauge and summary points written with a label `drop_labels` names.
+    pub gauge_points_kept_labels: AtomicU64,
+}
+
+impl RemoteWriteStats {
+    fn status(&self) -> Value {
+        json!({
+            "series_written": self.series_written.load(Relaxed),
+            "series_aggregated_away": self.series_aggregated_away.load(Relaxed),
+            "points_ignored": {
+                "already_applied": self.ignored_already_applied.load(Relaxed),
+                "older_than_series": self.ignored_older_than_series.load(Relaxed),
+                "stale_marker_of_merged_series": self.ignored_stale_marker_of_merged_series.load(Relaxed),
+            },
+            "gauge_points_kept_labels": self.gauge_points_kept_labels.load(Relaxed),
+        })
+    }
 }
 
 /// What an agent without destinations says, in its log and in `/status`.
@@ -209,6 +242,13 @@ impl Stats {
         Some(Arc::clone(w))
     }
 
+    /// A running `prometheus_remote_write` destination's counters (kept across a reload).
+    pub fn remote_write(&self, destination: &str) -> Option<Arc<RemoteWriteStats>> {
+        let destinations = self.destinations.lock().expect("stats lock");
+        let d = destinations.iter().find(|d| d.name == destination)?;
+        d.remote_write.clone()
+    }
+
     pub fn received(&self, signal: Signal, transport: Transport, items: u64, bytes: u64) {
         let c = &self.received[signal.index()];
         match transport {
@@ -291,12 +331,16 @@ impl Stats {
                         )
                     })
                     .collect();
-                json!({
+                let mut destination = json!({
                     "name": d.name,
                     "type": d.kind,
                     "endpoint": d.endpoint,
                     "signals": signals,
-                })
+                });
+                if let Some(rw) = &d.remote_write {
+                    destination["remote_write"] = rw.status();
+                }
+                destination
             })
             .collect();
         let r = &self.refused;

@@ -49,12 +49,28 @@ impl Upstream {
         }
     }
 
-    pub async fn send(&self, signal: Signal, payload: &[u8]) -> Outcome {
+    /// One attempt at sending `payload`, which came from `source` (only a destination that
+    /// keeps state per spool position reads it: `prometheus_remote_write`).
+    pub async fn send(&self, signal: Signal, payload: &[u8], source: Source<'_>) -> Outcome {
         match self {
             Upstream::OtlpHttp(u) => u.send(signal, payload).await,
-            Upstream::PrometheusRemoteWrite(u) => u.send(signal, payload).await,
+            Upstream::PrometheusRemoteWrite(u) => u.send(signal, payload, source).await,
         }
     }
+}
+
+/// Where the bytes given to [`Upstream::send`] came from in the spool.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// Records of the signal's stream, concatenated into a batch: each record's sequence
+    /// number and the byte offset in the batch where it starts (in order); `offset` is where
+    /// the payload sent starts in the batch (a piece of a batch split on 413).
+    Stream {
+        records: &'a [(u64, usize)],
+        offset: usize,
+    },
+    /// A dead letter replayed: data whose positions were settled when it was refused.
+    Replay,
 }
 
 /// What one upstream attempt came to.

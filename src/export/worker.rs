@@ -34,7 +34,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::retry::{pause_unless_woken, Backoff, RetryPolicy, Woken};
-use super::{Outcome, Refusal, Upstream};
+use super::{Outcome, Refusal, Source, Upstream};
 use crate::config::BatchConfig;
 use crate::observe::{now_ms, RetryState, WorkerStats};
 use crate::otlp::{count_items, split_in_two, Signal};
@@ -182,7 +182,7 @@ impl Worker {
             replay_of: Some(id),
             replays: letter.info.replays + 1,
         };
-        self.send_payload(&payload, letter.info.items, &origin)
+        self.send_payload(&payload, letter.info.items, &origin, &[])
             .await?;
         if let Err(e) = self.spool.replayed(&letter) {
             tracing::error!(id, error = %e, "recording a dead letter's replay failed; it may be replayed again");
@@ -217,6 +217,12 @@ impl Worker {
             .collect::<Vec<_>>()
             .concat();
         let items: u64 = batch.iter().map(|r| u64::from(r.header.items)).sum();
+        let mut records = Vec::with_capacity(batch.len());
+        let mut start = 0;
+        for r in batch {
+            records.push((r.seq, start));
+            start += r.payload().len();
+        }
         let origin = Origin {
             seqs: batch[0].seq..=batch[batch.len() - 1].seq,
             // Receive times never go backwards: the first record is the oldest.
@@ -224,19 +230,21 @@ impl Worker {
             replay_of: None,
             replays: 0,
         };
-        self.send_payload(&payload, items, &origin).await
+        self.send_payload(&payload, items, &origin, &records).await
     }
 
-    /// Sends `payload` (`items` items, from `origin`), dead-lettering the pieces the upstream
+    /// Sends `payload` (`items` items, from `origin`; the stream's `records`, with where each
+    /// starts in `payload`, or none for a replay), dead-lettering the pieces the upstream
     /// refuses; counts what was delivered. `Ok` when nothing is left to retry.
     async fn send_payload(
         &self,
         payload: &[u8],
         items: u64,
         origin: &Origin,
+        records: &[(u64, usize)],
     ) -> Result<(), Outcome> {
         let mut sent = Sent::default();
-        self.send_splitting(payload, 0, &mut sent).await?;
+        self.send_splitting(payload, 0, records, &mut sent).await?;
         let refused_items: u64 = sent.refused.iter().map(|p| p.items).sum();
         let delivered_items = items.saturating_sub(refused_items);
         if sent.requests > 0 {
@@ -302,10 +310,15 @@ impl Worker {
         &self,
         payload: &[u8],
         offset: usize,
+        records: &[(u64, usize)],
         sent: &mut Sent,
     ) -> Result<(), Outcome> {
         self.stats.attempts.fetch_add(1, Relaxed);
-        let outcome = self.upstream.send(self.signal, payload).await;
+        let source = match records {
+            [] => Source::Replay,
+            records => Source::Stream { records, offset },
+        };
+        let outcome = self.upstream.send(self.signal, payload, source).await;
         if !matches!(outcome, Outcome::Delivered { .. }) {
             self.stats.failed_attempts.fetch_add(1, Relaxed);
         }
@@ -345,8 +358,9 @@ impl Worker {
                     return Ok(());
                 };
                 tracing::info!(destination = %self.destination, bytes = payload.len(), "upstream said 413; splitting the batch in two");
-                Box::pin(self.send_splitting(first, offset, sent)).await?;
-                Box::pin(self.send_splitting(second, offset + first.len(), sent)).await
+                Box::pin(self.send_splitting(first, offset, records, sent)).await?;
+                let offset = offset + first.len();
+                Box::pin(self.send_splitting(second, offset, records, sent)).await
             }
             failure @ (Outcome::Retry { .. } | Outcome::AuthFailed(_) | Outcome::Held(_)) => {
                 Err(failure)

@@ -89,9 +89,20 @@ impl IdKind {
 /// entries yields two valid requests. `None` when there is only one entry (or the bytes are not
 /// a well-formed sequence of length-delimited fields).
 pub fn split_in_two(payload: &[u8]) -> Option<(&[u8], &[u8])> {
-    let mut bounds = Vec::new();
+    let starts = entry_offsets(payload)?;
+    if starts.len() < 2 {
+        return None;
+    }
+    Some(payload.split_at(starts[starts.len() / 2]))
+}
+
+/// Where each top-level entry (one resource each) of a request starts, without decoding it;
+/// `None` when the bytes are not a well-formed sequence of length-delimited fields.
+pub fn entry_offsets(payload: &[u8]) -> Option<Vec<usize>> {
+    let mut starts = Vec::new();
     let mut rest = payload;
     while !rest.is_empty() {
+        starts.push(payload.len() - rest.len());
         let key = prost::encoding::decode_varint(&mut rest).ok()?;
         if key & 7 != 2 {
             return None; // only length-delimited fields are expected at the top level
@@ -101,13 +112,8 @@ pub fn split_in_two(payload: &[u8]) -> Option<(&[u8], &[u8])> {
             return None;
         }
         rest = &rest[len..];
-        bounds.push(payload.len() - rest.len());
     }
-    if bounds.len() < 2 {
-        return None;
-    }
-    let cut = bounds[bounds.len() / 2 - 1];
-    Some(payload.split_at(cut))
+    Some(starts)
 }
 
 #[cfg(test)]

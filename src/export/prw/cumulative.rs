@@ -200,13 +200,140 @@ impl Value {
     }
 }
 
+impl Value {
+    /// `self - previous` for one original CUMULATIVE series: the delta since its last point, or
+    /// `None` when it went down or changed layout (a reset: the new value is the delta).
+    fn minus(&self, previous: &Value) -> Option<Value> {
+        match (self, previous) {
+            (Value::Sum(v), Value::Sum(p)) => (v >= p).then(|| Value::Sum(v - p)),
+            (
+                Value::Histogram {
+                    bounds,
+                    counts,
+                    sum,
+                    count,
+                },
+                Value::Histogram {
+                    bounds: b,
+                    counts: c,
+                    sum: s,
+                    count: n,
+                },
+            ) if bounds == b && counts.len() == c.len() && count >= n => {
+                let counts = counts
+                    .iter()
+                    .zip(c)
+                    .map(|(v, p)| v.checked_sub(*p))
+                    .collect::<Option<Vec<u64>>>()?;
+                Some(Value::Histogram {
+                    bounds: bounds.clone(),
+                    counts,
+                    sum: sum - s,
+                    count: count - n,
+                })
+            }
+            (Value::Exponential(v), Value::Exponential(p)) if v.count >= p.count => {
+                let scale = v.scale.min(p.scale);
+                let minus = |a: &Buckets, b: &Buckets| -> Option<Buckets> {
+                    let (a, b) = (a.downscale(v.scale - scale), b.downscale(p.scale - scale));
+                    let mut out = a.clone();
+                    for (i, c) in b.counts.iter().enumerate() {
+                        let index = b.offset + i as i64 - a.offset;
+                        let slot = usize::try_from(index)
+                            .ok()
+                            .and_then(|i| out.counts.get_mut(i));
+                        match slot {
+                            Some(slot) => *slot = slot.checked_sub(*c)?,
+                            None if *c == 0 => {}
+                            None => return None,
+                        }
+                    }
+                    Some(out)
+                };
+                Some(Value::Exponential(Exponential {
+                    scale,
+                    zero_count: v.zero_count.checked_sub(p.zero_count)?,
+                    zero_threshold: v.zero_threshold,
+                    positive: minus(&v.positive, &p.positive)?,
+                    negative: minus(&v.negative, &p.negative)?,
+                    sum: v.sum - p.sum,
+                    count: v.count - p.count,
+                }))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Where a resource of a batch lies in the spool: its record's sequence number and its byte
+/// offset in that record. Positions only grow along a signal's stream.
+pub type Position = (u64, u64);
+
+/// What the state remembers of one original series (labels before `drop_labels`): the
+/// aggregated series it goes into, its last point time, and, for a CUMULATIVE series, its last
+/// value (to turn the next one into a delta).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Original {
+    pub into: String,
+    pub start_ns: u64,
+    pub last_ns: u64,
+    pub value: Option<Value>,
+}
+
+/// Why points produced no sample (counted per destination, shown by `/status`).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Ignored {
+    /// In a record at or before the applied position: a batch sent again.
+    pub already_applied: u64,
+    /// A CUMULATIVE point older than its original series' last point, or a merged gauge point
+    /// older than its merged series' newest.
+    pub older_than_series: u64,
+    /// A `NoRecordedValue` point of a merged series: the other original series still report.
+    pub stale_marker_of_merged_series: u64,
+}
+
+impl Ignored {
+    pub fn total(&self) -> u64 {
+        self.already_applied + self.older_than_series + self.stale_marker_of_merged_series
+    }
+
+    pub fn add(&mut self, other: &Ignored) {
+        self.already_applied += other.already_applied;
+        self.older_than_series += other.older_than_series;
+        self.stale_marker_of_merged_series += other.stale_marker_of_merged_series;
+    }
+}
+
 /// The committed state.
 pub struct State {
     series: HashMap<String, Series>,
+    originals: HashMap<String, Original>,
+    /// The position of the last resource whose points were applied; `None` before the first.
+    applied: Option<Position>,
+    /// Series read from a tree written before positions were kept (no mark): until the first
+    /// commit their points at or before `last_ns` count as applied, the rule of that format.
+    legacy: bool,
     /// The newest point time seen (ns): the clock `stale_after` is measured on.
     watermark_ns: u64,
     last_sweep_ns: u64,
 }
+
+impl State {
+    /// Aggregated series held, and original series merged into another (`drop_labels`).
+    pub fn series_counts(&self) -> (usize, usize) {
+        let merged_into: std::collections::HashSet<&str> =
+            self.originals.values().map(|o| o.into.as_str()).collect();
+        (
+            self.series.len(),
+            self.originals.len().saturating_sub(merged_into.len()),
+        )
+    }
+}
+
+/// Tree keys. A series key starts with its metric name (`[a-zA-Z0-9_:]`), so the other
+/// entries start with a byte no series key can start with.
+const APPLIED_KEY: &[u8] = b"\x01applied";
+const ORIGINAL_PREFIX: &[u8] = b"\x01o\x00";
 
 /// Finds the destination's state tree when it is used (the spool's, or a test's).
 pub type StateTree = Box<dyn Fn() -> Result<sled::Tree, String> + Send + Sync>;
@@ -231,7 +358,7 @@ impl Cumulative {
         }
     }
 
-    /// The committed state; the first call reads every series held in the tree.
+    /// The committed state; the first call reads every entry held in the tree.
     pub fn lock(&self) -> Result<MutexGuard<'_, State>, String> {
         let state = match self.state.get() {
             Some(state) => state,
@@ -244,90 +371,121 @@ impl Cumulative {
     }
 
     fn load(&self) -> Result<State, String> {
-        let mut series = HashMap::new();
-        let mut watermark_ns = 0;
-        if let Some(tree) = &self.tree {
-            for entry in tree()?.iter() {
-                let (k, v) = entry.map_err(|e| format!("reading delta state: {e}"))?;
-                let key = String::from_utf8_lossy(&k).into_owned();
-                match serde_json::from_slice::<Series>(&v) {
-                    Ok(s) => {
-                        watermark_ns = watermark_ns.max(s.last_ns);
-                        series.insert(key, s);
-                    }
-                    Err(e) => {
-                        tracing::warn!(series = %key, error = %e, "unreadable delta state; the series starts over");
-                    }
-                }
+        let mut state = State {
+            series: HashMap::new(),
+            originals: HashMap::new(),
+            applied: None,
+            legacy: false,
+            watermark_ns: 0,
+            last_sweep_ns: 0,
+        };
+        let Some(tree) = &self.tree else {
+            return Ok(state);
+        };
+        for entry in tree()?.iter() {
+            let (k, v) = entry.map_err(|e| format!("reading delta state: {e}"))?;
+            let read = if *k == *APPLIED_KEY {
+                serde_json::from_slice(&v).map(|p| state.applied = Some(p))
+            } else if let Some(key) = k.strip_prefix(ORIGINAL_PREFIX) {
+                serde_json::from_slice::<Original>(&v).map(|o| {
+                    state.watermark_ns = state.watermark_ns.max(o.last_ns);
+                    let key = String::from_utf8_lossy(key).into_owned();
+                    state.originals.insert(key, o);
+                })
+            } else {
+                serde_json::from_slice::<Series>(&v).map(|s| {
+                    state.watermark_ns = state.watermark_ns.max(s.last_ns);
+                    let key = String::from_utf8_lossy(&k).into_owned();
+                    state.series.insert(key, s);
+                })
+            };
+            if let Err(e) = read {
+                let key = String::from_utf8_lossy(&k);
+                tracing::warn!(entry = %key, error = %e, "unreadable delta state entry; its series starts over");
             }
         }
-        Ok(State {
-            series,
-            watermark_ns,
-            last_sweep_ns: watermark_ns,
-        })
+        state.legacy = state.applied.is_none() && !state.series.is_empty();
+        state.last_sweep_ns = state.watermark_ns;
+        Ok(state)
     }
 
-    /// Applies a transaction's changes (made on [`Self::lock`]'s state), persists them, and
-    /// evicts idle series.
+    /// Applies a transaction's changes (made on [`Self::lock`]'s state), evicts idle series,
+    /// and writes it all to the tree in one atomic batch: the totals and the applied position
+    /// are never saved one without the other.
     pub fn commit(&self, changes: Changes) {
         let mut state = match self.lock() {
             Ok(state) => state,
             Err(e) => unreachable!("a transaction's state was loaded: {e}"),
         };
-        let tree = self.tree.as_ref().and_then(|tree| {
-            tree()
-                .inspect_err(|e| tracing::error!(error = %e, "saving delta state failed; after a restart the series in this batch start over"))
-                .ok()
-        });
+        let mut batch = sled::Batch::default();
         for (key, series) in changes.series {
             state.watermark_ns = state.watermark_ns.max(series.last_ns);
-            if let Some(tree) = &tree {
-                let value = serde_json::to_vec(&series).expect("series serialize");
-                if let Err(e) = tree.insert(key.as_bytes(), value) {
-                    tracing::error!(error = %e, "saving delta state failed; after a restart this series starts over");
-                }
-            }
+            batch.insert(key.as_bytes(), json(&series));
             state.series.insert(key, series);
         }
+        for (key, original) in changes.originals {
+            state.watermark_ns = state.watermark_ns.max(original.last_ns);
+            batch.insert([ORIGINAL_PREFIX, key.as_bytes()].concat(), json(&original));
+            state.originals.insert(key, original);
+        }
+        if let Some(applied) = changes.applied {
+            state.applied = Some(applied);
+            batch.insert(APPLIED_KEY, json(&applied));
+        }
+        state.legacy &= changes.applied.is_none();
         let sweep_every = (self.stale_after_ns / 4).max(1);
         if state.watermark_ns.saturating_sub(state.last_sweep_ns) >= sweep_every {
             let cutoff = state.watermark_ns.saturating_sub(self.stale_after_ns);
             state.last_sweep_ns = state.watermark_ns;
-            let stale: Vec<String> = state
-                .series
-                .iter()
-                .filter(|(_, s)| s.last_ns < cutoff)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for key in &stale {
-                state.series.remove(key);
-                if let Some(tree) = &tree {
-                    let _ = tree.remove(key.as_bytes());
+            let before = (state.series.len(), state.originals.len());
+            state.series.retain(|key, s| {
+                let keep = s.last_ns >= cutoff;
+                if !keep {
+                    batch.remove(key.as_bytes());
                 }
-            }
-            if !stale.is_empty() {
-                tracing::debug!(
-                    evicted = stale.len(),
-                    "evicted idle delta series (stale_after)"
-                );
+                keep
+            });
+            state.originals.retain(|key, o| {
+                let keep = o.last_ns >= cutoff;
+                if !keep {
+                    batch.remove([ORIGINAL_PREFIX, key.as_bytes()].concat());
+                }
+                keep
+            });
+            let evicted = before.0 - state.series.len() + before.1 - state.originals.len();
+            if evicted > 0 {
+                tracing::debug!(evicted, "evicted idle delta series (stale_after)");
             }
         }
+        let Some(tree) = &self.tree else { return };
+        if let Err(e) = tree().and_then(|tree| {
+            tree.apply_batch(batch)
+                .map_err(|e| format!("writing the delta state: {e}"))
+        }) {
+            tracing::error!(error = %e, "saving delta state failed; after a restart the series in this batch start over");
+        }
     }
+}
+
+/// An entry as the tree holds it.
+fn json<T: Serialize>(entry: &T) -> Vec<u8> {
+    serde_json::to_vec(entry).expect("delta state entries serialize")
 }
 
 /// Changes made by one translation, to commit once the batch is accepted.
 #[derive(Default)]
 pub struct Changes {
     series: HashMap<String, Series>,
+    originals: HashMap<String, Original>,
+    applied: Option<Position>,
 }
 
 /// A translation's view of the state: committed series, overlaid with its own changes.
 pub struct Txn<'a> {
     base: &'a State,
     changes: Changes,
-    /// Points ignored as duplicates, out of order, or older than their series.
-    pub ignored: u64,
+    /// Points that produced no sample, by reason.
+    pub ignored: Ignored,
 }
 
 impl<'a> Txn<'a> {
@@ -335,7 +493,7 @@ impl<'a> Txn<'a> {
         Txn {
             base,
             changes: Changes::default(),
-            ignored: 0,
+            ignored: Ignored::default(),
         }
     }
 
@@ -346,7 +504,29 @@ impl<'a> Txn<'a> {
             .or_else(|| self.base.series.get(key))
     }
 
-    /// Adds one delta point; the series' new running total, or `None` if the point is ignored.
+    fn original(&self, key: &str) -> Option<&Original> {
+        self.changes
+            .originals
+            .get(key)
+            .or_else(|| self.base.originals.get(key))
+    }
+
+    /// Whether the points of the resource at `position` are still to be applied (`None`: a
+    /// dead letter replayed, whose points were applied when it was refused). Counts the ones
+    /// that are not; the applied position moves to the newest fresh one at commit.
+    pub fn fresh(&mut self, position: Option<Position>, points: u64) -> bool {
+        let fresh = position.is_some_and(|p| self.base.applied.is_none_or(|mark| p > mark));
+        if fresh {
+            self.changes.applied = self.changes.applied.max(position);
+        } else {
+            self.ignored.already_applied += points;
+        }
+        fresh
+    }
+
+    /// Adds one delta point to the aggregated series `key`; its new running total, or `None`
+    /// when a tree of the old format says the point was applied already. The series' time is
+    /// the later of the point's and its own: samples never go back in time.
     pub fn add(&mut self, key: &str, start_ns: u64, time_ns: u64, delta: Value) -> Option<&Series> {
         let start_ns = if start_ns == 0 || start_ns > time_ns {
             time_ns
@@ -359,23 +539,94 @@ impl<'a> Txn<'a> {
                 last_ns: time_ns,
                 value: delta,
             },
-            Some(s) if time_ns <= s.last_ns || start_ns < s.start_ns => {
-                self.ignored += 1;
+            Some(s)
+                if self.base.legacy
+                    && !self.changes.series.contains_key(key)
+                    && time_ns <= s.last_ns =>
+            {
+                self.ignored.already_applied += 1;
                 return None;
             }
             Some(s) => {
                 let mut next = s.clone();
-                next.last_ns = time_ns;
+                next.last_ns = next.last_ns.max(time_ns);
                 if !next.value.add(&delta) {
                     // The layout changed (histogram bounds): start over.
                     next = Series {
                         start_ns,
-                        last_ns: time_ns,
+                        last_ns: next.last_ns,
                         value: delta,
                     };
                 }
                 next
             }
+        };
+        self.changes.series.insert(key.to_string(), next);
+        self.changes.series.get(key)
+    }
+
+    /// Turns one point of the original CUMULATIVE series `original` (aggregated into `into`)
+    /// into the delta since its previous point: the whole value for a series not seen before or
+    /// after a reset (the value went down, or the start time moved). `None` for a point older
+    /// than the series' last one.
+    pub fn cumulative_delta(
+        &mut self,
+        original: &str,
+        into: &str,
+        start_ns: u64,
+        time_ns: u64,
+        value: Value,
+    ) -> Option<Value> {
+        let delta = match self.original(original) {
+            Some(o) if time_ns < o.last_ns => {
+                self.ignored.older_than_series += 1;
+                return None;
+            }
+            Some(Original {
+                start_ns: s,
+                value: Some(previous),
+                ..
+            }) if *s == start_ns => value.minus(previous).unwrap_or_else(|| value.clone()),
+            _ => value.clone(),
+        };
+        self.remember(original, into, start_ns, time_ns, Some(value));
+        Some(delta)
+    }
+
+    /// Notes a point of the original series `original` (for the counts `/status` shows and
+    /// for `stale_after`).
+    pub fn remember(
+        &mut self,
+        original: &str,
+        into: &str,
+        start_ns: u64,
+        time_ns: u64,
+        value: Option<Value>,
+    ) {
+        let last_ns = self
+            .original(original)
+            .map_or(0, |o| o.last_ns)
+            .max(time_ns);
+        let next = Original {
+            into: into.to_string(),
+            start_ns,
+            last_ns,
+            value,
+        };
+        self.changes.originals.insert(original.to_string(), next);
+    }
+
+    /// Sets the merged gauge series `key` to `value` unless it holds a newer point; the
+    /// series, or `None` when the point is older (ignored).
+    pub fn newest(&mut self, key: &str, time_ns: u64, value: f64) -> Option<&Series> {
+        if self.get(key).is_some_and(|s| time_ns < s.last_ns) {
+            self.ignored.older_than_series += 1;
+            return None;
+        }
+        let next = Series {
+            start_ns: time_ns,
+            last_ns: time_ns,
+            value: Value::Sum(value),
         };
         self.changes.series.insert(key.to_string(), next);
         self.changes.series.get(key)
@@ -402,37 +653,56 @@ mod tests {
         Box::new(move || Ok(tree.clone()))
     }
 
+    /// Runs `f` in a transaction on `c`'s state and commits it; what it ignored.
+    fn commit_with(c: &Cumulative, f: impl FnOnce(&mut Txn)) -> Ignored {
+        let state = c.lock().unwrap();
+        let mut txn = Txn::new(&state);
+        f(&mut txn);
+        let ignored = txn.ignored;
+        let changes = txn.into_changes();
+        drop(state);
+        c.commit(changes);
+        ignored
+    }
+
     #[test]
-    fn accumulates_ignores_duplicates_and_survives_reopen() {
+    fn deduplicates_by_position_not_time_and_survives_reopen() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let tree = db.open_tree("t").unwrap();
         let c = Cumulative::new(Some(state_tree(&tree)), DEFAULT_STALE_AFTER);
         let changes = {
             let state = c.lock().unwrap();
             let mut txn = Txn::new(&state);
+            assert!(txn.fresh(Some((1, 0)), 1));
             assert!(txn.add("a", 10, 20, Value::Sum(1.0)).is_some());
+            assert!(txn.fresh(Some((2, 0)), 1));
             assert!(txn.add("a", 20, 30, Value::Sum(2.0)).is_some());
-            // Same interval again, and an older one: ignored.
-            assert!(txn.add("a", 20, 30, Value::Sum(2.0)).is_none());
-            assert!(txn.add("a", 10, 20, Value::Sum(1.0)).is_none());
-            assert_eq!(txn.ignored, 2);
             txn.into_changes()
         };
         // Not committed yet: nothing visible.
         assert_eq!(total(&c, "a"), None);
         c.commit(changes);
         assert_eq!(total(&c, "a"), Some(3.0));
+        let ignored = commit_with(&c, |txn| {
+            // The batch again (a crash before the cursor moved), and a replayed dead letter.
+            assert!(!txn.fresh(Some((2, 0)), 1));
+            assert!(!txn.fresh(Some((1, 7)), 2));
+            assert!(!txn.fresh(None, 1));
+            // A new record whose point is older than the series (another session, or an SDK
+            // retrying late): added, and the series' time does not go back.
+            assert!(txn.fresh(Some((2, 1)), 1));
+            let s = txn.add("a", 5, 15, Value::Sum(4.0)).unwrap();
+            assert_eq!((s.last_ns, s.value.clone()), (30, Value::Sum(7.0)));
+        });
+        assert_eq!(ignored.already_applied, 4);
         let awkward = 1.8084509999999994_f64;
-        let changes = {
-            let state = c.lock().unwrap();
-            let mut txn = Txn::new(&state);
+        commit_with(&c, |txn| {
+            assert!(txn.fresh(Some((3, 0)), 1));
             txn.add("b", 1, 2, Value::Sum(awkward));
-            txn.into_changes()
-        };
-        c.commit(changes);
+        });
         drop(c);
         let c = Cumulative::new(Some(state_tree(&tree)), DEFAULT_STALE_AFTER);
-        assert_eq!(total(&c, "a"), Some(3.0));
+        assert_eq!(total(&c, "a"), Some(7.0));
         assert_eq!(
             total(&c, "b").map(f64::to_bits),
             Some(awkward.to_bits()),
@@ -440,6 +710,80 @@ mod tests {
         );
         let s = c.lock().unwrap().series["a"].clone();
         assert_eq!((s.start_ns, s.last_ns), (10, 30));
+        assert_eq!(c.lock().unwrap().applied, Some((3, 0)));
+    }
+
+    #[test]
+    fn a_tree_of_the_old_format_loads_and_keeps_its_duplicate_rule_until_the_first_commit() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        // As the format before positions wrote it: series entries only.
+        let old = br#"{"start_ns":10,"last_ns":30,"value":{"Sum":4613937818241073152}}"#;
+        tree.insert("a", &old[..]).unwrap();
+        let c = Cumulative::new(Some(state_tree(&tree)), DEFAULT_STALE_AFTER);
+        assert_eq!(total(&c, "a"), Some(3.0));
+        let ignored = commit_with(&c, |txn| {
+            assert!(txn.fresh(Some((9, 0)), 1));
+            assert!(
+                txn.add("a", 20, 30, Value::Sum(2.0)).is_none(),
+                "sent before"
+            );
+            assert!(txn.add("a", 30, 40, Value::Sum(1.0)).is_some());
+        });
+        assert_eq!(ignored.already_applied, 1);
+        assert_eq!(total(&c, "a"), Some(4.0));
+        commit_with(&c, |txn| {
+            assert!(txn.fresh(Some((10, 0)), 1));
+            assert!(
+                txn.add("a", 20, 30, Value::Sum(2.0)).is_some(),
+                "with a position saved, time no longer decides"
+            );
+        });
+        assert_eq!(total(&c, "a"), Some(6.0));
+    }
+
+    #[test]
+    fn cumulative_points_become_deltas_per_original_series_with_resets() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        let c = Cumulative::new(Some(state_tree(&tree)), Duration::from_nanos(1000));
+        let mut deltas = Vec::new();
+        commit_with(&c, |txn| {
+            for (original, start, time, v) in [
+                ("s1", 1, 10, 5.0),
+                ("s2", 2, 10, 7.0),
+                ("s1", 1, 20, 8.0),
+                ("s1", 1, 15, 6.0), // older than s1's last point
+                ("s2", 2, 30, 2.0), // went down: a reset, 2 is the delta
+            ] {
+                deltas.push(txn.cumulative_delta(original, "m", start, time, Value::Sum(v)));
+            }
+            assert_eq!(txn.ignored.older_than_series, 1);
+        });
+        let sums = [Some(5.0), Some(7.0), Some(3.0), None, Some(2.0)].map(|v| v.map(Value::Sum));
+        assert_eq!(deltas, sums);
+        assert_eq!(
+            c.lock().unwrap().series_counts(),
+            (0, 1),
+            "s1 and s2 go into m"
+        );
+        drop(c);
+        // The memory survives a restart: s1 continues from 8, and a new start time is a reset.
+        let c = Cumulative::new(Some(state_tree(&tree)), Duration::from_nanos(1000));
+        commit_with(&c, |txn| {
+            let d = txn.cumulative_delta("s1", "m", 1, 40, Value::Sum(9.5));
+            assert_eq!(d, Some(Value::Sum(1.5)));
+            let d = txn.cumulative_delta("s2", "m", 35, 40, Value::Sum(1.0));
+            assert_eq!(d, Some(Value::Sum(1.0)));
+        });
+        // Idle for longer than stale_after (data time): forgotten, in memory and in the tree.
+        commit_with(&c, |txn| {
+            txn.cumulative_delta("s3", "m", 1, 5000, Value::Sum(1.0));
+        });
+        assert_eq!(c.lock().unwrap().originals.len(), 1);
+        drop(c);
+        let c = Cumulative::new(Some(state_tree(&tree)), Duration::from_nanos(1000));
+        assert_eq!(c.lock().unwrap().originals.len(), 1);
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod cumulative;
 pub mod proto;
 pub mod translate;
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,13 +31,14 @@ use reqwest::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
 
 use super::http;
 use super::otlp_http::configured_headers;
-use super::{Outcome, Refusal};
+use super::{Outcome, Refusal, Source};
 use crate::aws::credentials::{CachedCredentials, CredentialSettings};
 use crate::aws::sigv4::Signer;
-use crate::config::DestinationConfig;
-use crate::otlp::{ExportMetricsServiceRequest, Signal};
+use crate::config::{DestinationConfig, DropLabelsGauges};
+use crate::observe::RemoteWriteStats;
+use crate::otlp::{entry_offsets, ExportMetricsServiceRequest, Signal};
 use crate::spool::Spool;
-use cumulative::{Cumulative, Txn};
+use cumulative::{Cumulative, Ignored, Position, Txn};
 use proto::{Label, WriteRequest};
 
 pub struct PrometheusRemoteWrite {
@@ -45,8 +47,9 @@ pub struct PrometheusRemoteWrite {
     headers: HeaderMap,
     signer: Option<Signer>,
     timeout: Duration,
-    external: Vec<Label>,
+    options: translate::Options,
     cumulative: Cumulative,
+    stats: Arc<RemoteWriteStats>,
 }
 
 impl PrometheusRemoteWrite {
@@ -95,13 +98,23 @@ impl PrometheusRemoteWrite {
             headers,
             signer,
             timeout: config.timeout,
-            external,
+            options: translate::Options {
+                external,
+                drop_labels: config.drop_labels.clone(),
+                merge_gauges: config.drop_labels_gauges == Some(DropLabelsGauges::Last),
+            },
             cumulative,
+            stats: Arc::default(),
         })
     }
 
+    /// The counters `/status` shows for this destination.
+    pub fn stats(&self) -> Arc<RemoteWriteStats> {
+        Arc::clone(&self.stats)
+    }
+
     /// Sends one batch once and classifies the answer (see the module docs).
-    pub async fn send(&self, signal: Signal, payload: &[u8]) -> Outcome {
+    pub async fn send(&self, signal: Signal, payload: &[u8], source: Source<'_>) -> Outcome {
         if signal != Signal::Metrics {
             return Outcome::Refused(Refusal::local(format!(
                 "prometheus_remote_write carries metrics only, not {}",
@@ -116,7 +129,12 @@ impl PrometheusRemoteWrite {
                 )))
             }
         };
-        let (body, changes, series, ignored) = {
+        let Some(positions) = positions(payload, source) else {
+            return Outcome::Refused(Refusal::local(
+                "stored batch is not OTLP metrics: not a sequence of resources".to_string(),
+            ));
+        };
+        let (body, changes, series, ignored, kept_labels) = {
             let state = match self.cumulative.lock() {
                 Ok(state) => state,
                 Err(e) => {
@@ -127,27 +145,39 @@ impl PrometheusRemoteWrite {
                 }
             };
             let mut txn = Txn::new(&state);
-            let translated = translate::translate(&request, &self.external, &mut txn);
+            let translated = translate::translate(&request, &positions, &self.options, &mut txn);
             let series = translated.series.len();
             let body = WriteRequest {
                 timeseries: translated.series,
             }
             .encode_to_vec();
             let ignored = txn.ignored;
-            (body, txn.into_changes(), series, ignored)
+            let kept = translated.gauge_points_kept_labels;
+            (body, txn.into_changes(), series, ignored, kept)
         };
-        if ignored > 0 {
+        if ignored.already_applied > 0 {
             tracing::info!(
-                points = ignored,
-                "delta points already counted (a batch sent again) or out of order: ignored"
+                points = ignored.already_applied,
+                "delta points already counted (a batch sent again): ignored"
             );
         }
+        if ignored.older_than_series > 0 {
+            tracing::info!(
+                points = ignored.older_than_series,
+                "cumulative or merged gauge points older than their series' last point: ignored"
+            );
+        }
+        // Counted once per settled attempt (the commits below): a retried attempt counts again.
+        let settle = |changes| {
+            self.cumulative.commit(changes);
+            self.count(series, &ignored, kept_labels);
+        };
         let delivered = || Outcome::Delivered {
             rejected_items: 0,
             message: String::new(),
         };
         if series == 0 {
-            self.cumulative.commit(changes);
+            settle(changes);
             return delivered();
         }
         let body = match snap::raw::Encoder::new().compress_vec(&body) {
@@ -167,7 +197,7 @@ impl PrometheusRemoteWrite {
         let error = || answer.error(&self.url, &message);
         match answer.status.as_u16() {
             200..=299 => {
-                self.cumulative.commit(changes);
+                settle(changes);
                 delivered()
             }
             code => {
@@ -180,12 +210,49 @@ impl PrometheusRemoteWrite {
                 if matches!(outcome, Outcome::Refused(_)) {
                     // Refused for good and dead-lettered: the deltas still happened, so the
                     // running totals keep them.
-                    self.cumulative.commit(changes);
+                    settle(changes);
                 }
                 outcome
             }
         }
     }
+}
+
+impl PrometheusRemoteWrite {
+    /// Updates the `/status` counters after a settled batch.
+    fn count(&self, series: usize, ignored: &Ignored, gauge_points_kept_labels: u64) {
+        let s = &self.stats;
+        s.series_written.store(series as u64, Relaxed);
+        if let Ok(state) = self.cumulative.lock() {
+            let (_, away) = state.series_counts();
+            s.series_aggregated_away.store(away as u64, Relaxed);
+        }
+        s.ignored_already_applied
+            .fetch_add(ignored.already_applied, Relaxed);
+        s.ignored_older_than_series
+            .fetch_add(ignored.older_than_series, Relaxed);
+        s.ignored_stale_marker_of_merged_series
+            .fetch_add(ignored.stale_marker_of_merged_series, Relaxed);
+        s.gauge_points_kept_labels
+            .fetch_add(gauge_points_kept_labels, Relaxed);
+    }
+}
+
+/// The spool position of each resource of `payload` (see [`Source`]); `None` for each of a
+/// replay's. `None` when the payload is not a sequence of resources.
+fn positions(payload: &[u8], source: Source<'_>) -> Option<Vec<Option<Position>>> {
+    let starts = entry_offsets(payload)?;
+    let Source::Stream { records, offset } = source else {
+        return Some(vec![None; starts.len()]);
+    };
+    let position = |start: usize| {
+        let at = offset + start;
+        // The record the resource is in: the last one starting at or before it.
+        let i = records.partition_point(|(_, begins)| *begins <= at);
+        let (seq, begins) = records[i.checked_sub(1)?];
+        Some((seq, (at - begins) as u64))
+    };
+    Some(starts.into_iter().map(position).collect())
 }
 
 fn valid_label_name(name: &str) -> bool {

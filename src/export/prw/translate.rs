@@ -63,7 +63,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
     ExponentialHistogramDataPoint, Metric, NumberDataPoint,
 };
 
-use super::cumulative::{self, Exponential, Txn, Value};
+use super::cumulative::{self, Exponential, Position, Txn, Value};
 use super::proto::{Label, Sample, TimeSeries};
 use crate::otlp::ExportMetricsServiceRequest;
 
@@ -76,17 +76,35 @@ const DELTA: i32 = AggregationTemporality::Delta as i32;
 #[derive(Debug, Default)]
 pub struct Translated {
     pub series: Vec<TimeSeries>,
+    /// Gauge and summary points written with a label `drop_labels` names
+    /// (`drop_labels_gauges = "keep"`, and summaries always).
+    pub gauge_points_kept_labels: u64,
+}
+
+/// How a destination translates: its external labels (already valid names) and what
+/// `drop_labels` / `drop_labels_gauges` say.
+pub struct Options {
+    pub external: Vec<Label>,
+    pub drop_labels: Vec<String>,
+    pub merge_gauges: bool,
 }
 
 type Labels = BTreeMap<String, String>;
 
-struct Out {
+struct Out<'a> {
+    options: &'a Options,
     series: BTreeMap<Vec<Label>, Vec<(i64, f64)>>,
-    external: Vec<Label>,
     deferred: Vec<Deferred>,
+    /// The resource being walked: its position in the spool, and its `job`/`instance` with
+    /// (`full`) and without (`kept`) the dropped attributes.
+    position: Option<Position>,
+    identity: Labels,
+    identity_full: Labels,
+    gauge_points_kept_labels: u64,
+    stale_markers_of_merged_series: u64,
 }
 
-impl Out {
+impl Out<'_> {
     fn push(
         &mut self,
         name: &str,
@@ -96,7 +114,7 @@ impl Out {
         v: f64,
     ) {
         let mut all: Labels = labels.clone();
-        for l in &self.external {
+        for l in &self.options.external {
             all.entry(l.name.clone()).or_insert_with(|| l.value.clone());
         }
         if let Some((k, v)) = extra {
@@ -110,41 +128,84 @@ impl Out {
             .collect();
         self.series.entry(key).or_default().push((ts, v));
     }
+
+    fn merging(&self) -> bool {
+        !self.options.drop_labels.is_empty()
+    }
+
+    fn kept<'k>(&self, attrs: &'k [KeyValue]) -> Vec<&'k KeyValue> {
+        attrs
+            .iter()
+            .filter(|a| !self.options.drop_labels.contains(&a.key))
+            .collect()
+    }
+
+    /// A point's labels: without the dropped attributes, and, when `drop_labels` is set, with
+    /// them (its original series).
+    fn point_labels(&self, attrs: &[KeyValue]) -> (Labels, Option<Labels>) {
+        let with_identity = |mut labels: Labels, identity: &Labels| {
+            labels.extend(identity.iter().map(|(k, v)| (k.clone(), v.clone())));
+            labels
+        };
+        if !self.merging() {
+            return (with_identity(attribute_labels(attrs), &self.identity), None);
+        }
+        let kept = with_identity(attribute_labels(self.kept(attrs)), &self.identity);
+        let full = with_identity(attribute_labels(attrs), &self.identity_full);
+        (kept, Some(full))
+    }
 }
 
-/// Translates a request. `txn` holds the delta state; `external` the external labels (sorted or
-/// not, already valid names).
+/// Translates a request whose resource `i` lies at `positions[i]` in the spool (`None`: its
+/// points were applied already, a dead letter replayed). `txn` holds the delta state.
 pub fn translate(
     req: &ExportMetricsServiceRequest,
-    external: &[Label],
+    positions: &[Option<Position>],
+    options: &Options,
     txn: &mut Txn,
 ) -> Translated {
     let mut out = Out {
+        options,
         series: BTreeMap::new(),
-        external: external.to_vec(),
         deferred: Vec::new(),
+        position: None,
+        identity: Labels::new(),
+        identity_full: Labels::new(),
+        gauge_points_kept_labels: 0,
+        stale_markers_of_merged_series: 0,
     };
-    for rm in &req.resource_metrics {
+    for (i, rm) in req.resource_metrics.iter().enumerate() {
         let resource_attrs: &[KeyValue] = rm
             .resource
             .as_ref()
             .map(|r| r.attributes.as_slice())
             .unwrap_or(&[]);
-        let (identity, info) = resource_labels(resource_attrs);
-        let mut newest: Option<i64> = None;
+        let (identity, info) = resource_labels(out.kept(resource_attrs));
+        out.identity_full = resource_labels(resource_attrs.iter()).0;
+        out.identity = identity;
+        out.position = positions.get(i).copied().flatten();
+        let mut newest: Option<u64> = None;
         for sm in &rm.scope_metrics {
             for metric in &sm.metrics {
-                let t = translate_metric(metric, &identity, &mut out);
+                let t = translate_metric(metric, &mut out);
                 newest = newest.max(t);
             }
         }
-        if let (Some(ts), false) = (newest, info.is_empty()) {
+        if let (Some(time_ns), false) = (newest, info.is_empty()) {
             let mut labels = info;
-            labels.extend(identity.clone());
-            out.push("target_info", &labels, None, ts, 1.0);
+            labels.extend(out.identity.clone());
+            if out.merging() {
+                // One merged series of many resources: it must not go back in time either.
+                let what = Accumulate::Newest(1.0);
+                out.defer("target_info", (labels, None), 0, time_ns, what, false);
+            } else {
+                out.push("target_info", &labels, None, ms(time_ns), 1.0);
+            }
         }
     }
     out.accumulate(txn);
+    txn.ignored.stale_marker_of_merged_series += out.stale_markers_of_merged_series;
+    let gauge_points_kept_labels = out.gauge_points_kept_labels;
     let series = out
         .series
         .into_iter()
@@ -164,11 +225,15 @@ pub fn translate(
             }
         })
         .collect();
-    Translated { series }
+    Translated {
+        series,
+        gauge_points_kept_labels,
+    }
 }
 
 /// `job`/`instance` from the resource, and the other resource attributes (for `target_info`).
-fn resource_labels(attrs: &[KeyValue]) -> (Labels, Labels) {
+fn resource_labels<'a>(attrs: impl IntoIterator<Item = &'a KeyValue>) -> (Labels, Labels) {
+    let attrs: Vec<&KeyValue> = attrs.into_iter().collect();
     let get = |k: &str| {
         attrs
             .iter()
@@ -186,21 +251,17 @@ fn resource_labels(attrs: &[KeyValue]) -> (Labels, Labels) {
     if let Some(id) = get("service.instance.id") {
         identity.insert("instance".into(), id);
     }
-    let rest: Vec<KeyValue> = attrs
-        .iter()
-        .filter(|a| {
-            !matches!(
-                a.key.as_str(),
-                "service.name" | "service.namespace" | "service.instance.id"
-            )
-        })
-        .cloned()
-        .collect();
-    (identity, attribute_labels(&rest))
+    let rest = attrs.iter().copied().filter(|a| {
+        !matches!(
+            a.key.as_str(),
+            "service.name" | "service.namespace" | "service.instance.id"
+        )
+    });
+    (identity, attribute_labels(rest))
 }
 
-fn attribute_labels(attrs: &[KeyValue]) -> Labels {
-    let mut sorted: Vec<&KeyValue> = attrs.iter().collect();
+fn attribute_labels<'a>(attrs: impl IntoIterator<Item = &'a KeyValue>) -> Labels {
+    let mut sorted: Vec<&KeyValue> = attrs.into_iter().collect();
     sorted.sort_by(|a, b| a.key.cmp(&b.key));
     let mut labels = Labels::new();
     for a in sorted {
@@ -214,12 +275,6 @@ fn attribute_labels(attrs: &[KeyValue]) -> Labels {
             })
             .or_insert(value);
     }
-    labels
-}
-
-fn point_labels(attrs: &[KeyValue], identity: &Labels) -> Labels {
-    let mut labels = attribute_labels(attrs);
-    labels.extend(identity.iter().map(|(k, v)| (k.clone(), v.clone())));
     labels
 }
 
@@ -445,47 +500,126 @@ fn state_key(name: &str, labels: &Labels) -> String {
     key
 }
 
-/// A DELTA point, accumulated once the whole request is walked: deltas of one series may sit in
-/// several resources of a batch (one per stored request), and must be added in time order.
-struct Deferred {
-    name: String,
-    labels: Labels,
-    start_ns: u64,
-    time_ns: u64,
-    value: Value,
-    has_sum: bool,
+/// How a point's value goes into its series.
+enum Accumulate {
+    /// A DELTA point: added to the running total.
+    Delta(Value),
+    /// A CUMULATIVE point of a merged series: turned into the delta since its original
+    /// series' previous point, then added.
+    Cumulative(Value),
+    /// A gauge point of a merged series: the newest point (by data time) wins.
+    Newest(f64),
 }
 
-impl Out {
+/// A point that goes through the state, handled once the whole request is walked: points of
+/// one series may sit in several resources of a batch (one per stored request), and are taken
+/// in time order.
+struct Deferred {
+    name: String,
+    /// The series' labels, and its original series' (before `drop_labels`) when that is set.
+    labels: Labels,
+    original: Option<Labels>,
+    start_ns: u64,
+    time_ns: u64,
+    what: Accumulate,
+    has_sum: bool,
+    position: Option<Position>,
+}
+
+/// Whether a point is a DELTA, a CUMULATIVE counter or histogram, or a gauge.
+#[derive(Clone, Copy, PartialEq)]
+enum Temporality {
+    Delta,
+    Cumulative,
+    Gauge,
+}
+
+impl Temporality {
+    fn of(aggregation_temporality: i32) -> Temporality {
+        if aggregation_temporality == DELTA {
+            Temporality::Delta
+        } else {
+            Temporality::Cumulative
+        }
+    }
+}
+
+impl Out<'_> {
     fn defer(
         &mut self,
         name: &str,
-        labels: Labels,
+        (labels, original): (Labels, Option<Labels>),
         start_ns: u64,
         time_ns: u64,
-        value: Value,
+        what: Accumulate,
         has_sum: bool,
     ) {
         self.deferred.push(Deferred {
             name: name.to_string(),
             labels,
+            original,
             start_ns,
             time_ns,
-            value,
+            what,
             has_sum,
+            position: self.position,
         });
     }
 
-    /// Adds the deferred deltas to the running totals, in time order (stable), and emits them.
+    /// Whether a point with these labels goes through the state merged (`drop_labels`).
+    /// Counts a gauge that keeps a dropped label instead.
+    fn merges(&mut self, labels: &(Labels, Option<Labels>), temporality: Temporality) -> bool {
+        let Some(original) = &labels.1 else {
+            return false;
+        };
+        if temporality == Temporality::Gauge && !self.options.merge_gauges {
+            if *original != labels.0 {
+                self.gauge_points_kept_labels += 1;
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Runs the deferred points through the state, in time order (stable), and emits their
+    /// series' samples, at the series' time (which never goes back).
     fn accumulate(&mut self, txn: &mut Txn) {
         let mut deferred = std::mem::take(&mut self.deferred);
         deferred.sort_by_key(|d| d.time_ns);
         for d in deferred {
             let key = state_key(&d.name, &d.labels);
-            let Some(series) = txn.add(&key, d.start_ns, d.time_ns, d.value) else {
+            let original = d.original.as_ref().map(|l| state_key(&d.name, l));
+            let (start, time) = (d.start_ns, d.time_ns);
+            let delta = match d.what {
+                Accumulate::Newest(v) => {
+                    if let Some(o) = &original {
+                        txn.remember(o, &key, start, time, None);
+                    }
+                    if let Some(series) = txn.newest(&key, time, v) {
+                        let ts = ms(series.last_ns);
+                        self.push(&d.name, &d.labels, None, ts, v);
+                    }
+                    continue;
+                }
+                _ if !txn.fresh(d.position, 1) => continue,
+                Accumulate::Delta(v) => {
+                    if let Some(o) = &original {
+                        txn.remember(o, &key, start, time, None);
+                    }
+                    v
+                }
+                Accumulate::Cumulative(v) => {
+                    let o = original.as_deref().unwrap_or(&key);
+                    match txn.cumulative_delta(o, &key, start, time, v) {
+                        Some(delta) => delta,
+                        None => continue,
+                    }
+                }
+            };
+            let Some(series) = txn.add(&key, start, time, delta) else {
                 continue;
             };
-            let ts = ms(d.time_ns);
+            let ts = ms(series.last_ns);
             match series.value.clone() {
                 Value::Sum(v) => self.push(&d.name, &d.labels, None, ts, v),
                 Value::Histogram {
@@ -507,15 +641,17 @@ impl Out {
     }
 }
 
-/// Translates one metric (DELTA points are deferred); returns its newest point time.
-fn translate_metric(metric: &Metric, identity: &Labels, out: &mut Out) -> Option<i64> {
+/// Translates one metric (points that go through the state are deferred); returns its newest
+/// point time (ns).
+fn translate_metric(metric: &Metric, out: &mut Out) -> Option<u64> {
     let mut newest = None;
     match &metric.data {
         None => {}
         Some(Data::Gauge(g)) => {
             let name = metric_name(&metric.name, &metric.unit, Kind::Gauge);
             for p in &g.data_points {
-                newest = newest.max(number_point(&name, p, identity, false, out));
+                newest = newest.max(Some(p.time_unix_nano));
+                number_point(&name, p, Temporality::Gauge, out);
             }
         }
         Some(Data::Sum(s)) => {
@@ -525,73 +661,59 @@ fn translate_metric(metric: &Metric, identity: &Labels, out: &mut Out) -> Option
                 Kind::Gauge
             };
             let name = metric_name(&metric.name, &metric.unit, kind);
-            let delta = s.aggregation_temporality == DELTA;
+            let temporality = match Temporality::of(s.aggregation_temporality) {
+                Temporality::Cumulative if !s.is_monotonic => Temporality::Gauge,
+                t => t,
+            };
             for p in &s.data_points {
-                newest = newest.max(number_point(&name, p, identity, delta, out));
+                newest = newest.max(Some(p.time_unix_nano));
+                number_point(&name, p, temporality, out);
             }
         }
         Some(Data::Histogram(h)) => {
             let name = metric_name(&metric.name, &metric.unit, Kind::Histogram);
-            let delta = h.aggregation_temporality == DELTA;
+            let temporality = Temporality::of(h.aggregation_temporality);
             for p in &h.data_points {
-                let labels = point_labels(&p.attributes, identity);
-                let ts = ms(p.time_unix_nano);
-                newest = newest.max(Some(ts));
-                if p.flags & NO_RECORDED_VALUE != 0 {
-                    histogram_stale(&name, &labels, &p.explicit_bounds, ts, out);
-                    continue;
-                }
+                newest = newest.max(Some(p.time_unix_nano));
                 let value = Value::Histogram {
                     bounds: p.explicit_bounds.clone(),
                     counts: p.bucket_counts.clone(),
                     sum: p.sum.unwrap_or(0.0),
                     count: p.count,
                 };
-                if delta {
-                    let (start, time) = (p.start_time_unix_nano, p.time_unix_nano);
-                    out.defer(&name, labels, start, time, value, p.sum.is_some());
-                } else {
-                    let sum = p.sum;
-                    let bounds = &p.explicit_bounds;
-                    histogram(
-                        &name,
-                        &labels,
-                        bounds,
-                        &p.bucket_counts,
-                        sum,
-                        p.count,
-                        ts,
-                        out,
-                    );
-                }
+                let point = Point {
+                    labels: out.point_labels(&p.attributes),
+                    start_ns: p.start_time_unix_nano,
+                    time_ns: p.time_unix_nano,
+                    no_value: p.flags & NO_RECORDED_VALUE != 0,
+                    has_sum: p.sum.is_some(),
+                };
+                histogram_point(&name, point, temporality, value, out);
             }
         }
         Some(Data::ExponentialHistogram(h)) => {
             let name = metric_name(&metric.name, &metric.unit, Kind::Histogram);
-            let delta = h.aggregation_temporality == DELTA;
+            let temporality = Temporality::of(h.aggregation_temporality);
             for p in &h.data_points {
-                let labels = point_labels(&p.attributes, identity);
-                let ts = ms(p.time_unix_nano);
-                newest = newest.max(Some(ts));
-                let value = exponential(p);
-                if p.flags & NO_RECORDED_VALUE != 0 {
-                    let (bounds, _) = exponential_buckets(&value);
-                    histogram_stale(&name, &labels, &bounds, ts, out);
-                } else if delta {
-                    let (start, time) = (p.start_time_unix_nano, p.time_unix_nano);
-                    let value = Value::Exponential(value);
-                    out.defer(&name, labels, start, time, value, p.sum.is_some());
-                } else {
-                    let (bounds, counts) = exponential_buckets(&value);
-                    let sum = p.sum;
-                    histogram(&name, &labels, &bounds, &counts, sum, p.count, ts, out);
-                }
+                newest = newest.max(Some(p.time_unix_nano));
+                let point = Point {
+                    labels: out.point_labels(&p.attributes),
+                    start_ns: p.start_time_unix_nano,
+                    time_ns: p.time_unix_nano,
+                    no_value: p.flags & NO_RECORDED_VALUE != 0,
+                    has_sum: p.sum.is_some(),
+                };
+                let value = Value::Exponential(exponential(p));
+                histogram_point(&name, point, temporality, value, out);
             }
         }
         Some(Data::Summary(s)) => {
             let name = metric_name(&metric.name, &metric.unit, Kind::Summary);
             for p in &s.data_points {
-                let labels = point_labels(&p.attributes, identity);
+                // Quantiles cannot be merged: a summary keeps every label (counted).
+                let labels = out.point_labels(&p.attributes);
+                out.merges(&labels, Temporality::Gauge);
+                let labels = labels.1.unwrap_or(labels.0);
                 let ts = ms(p.time_unix_nano);
                 let no_value = p.flags & NO_RECORDED_VALUE != 0;
                 let v = |x: f64| if no_value { stale() } else { x };
@@ -602,36 +724,111 @@ fn translate_metric(metric: &Metric, identity: &Labels, out: &mut Out) -> Option
                 out.push(&format!("{name}_sum"), &labels, None, ts, v(p.sum));
                 let count = v(p.count as f64);
                 out.push(&format!("{name}_count"), &labels, None, ts, count);
-                newest = newest.max(Some(ts));
+                newest = newest.max(Some(p.time_unix_nano));
             }
         }
     }
     newest
 }
 
-fn number_point(
-    name: &str,
-    p: &NumberDataPoint,
-    identity: &Labels,
-    delta: bool,
-    out: &mut Out,
-) -> Option<i64> {
-    let labels = point_labels(&p.attributes, identity);
-    let ts = ms(p.time_unix_nano);
+/// One histogram point, its labels and times.
+struct Point {
+    labels: (Labels, Option<Labels>),
+    start_ns: u64,
+    time_ns: u64,
+    no_value: bool,
+    has_sum: bool,
+}
+
+fn number_point(name: &str, p: &NumberDataPoint, temporality: Temporality, out: &mut Out) {
+    let labels = out.point_labels(&p.attributes);
     let value = match p.value {
         Some(Number::AsDouble(d)) => d,
         Some(Number::AsInt(i)) => i as f64,
         None => 0.0,
     };
-    if p.flags & NO_RECORDED_VALUE != 0 {
+    let no_value = p.flags & NO_RECORDED_VALUE != 0;
+    let (start, time) = (p.start_time_unix_nano, p.time_unix_nano);
+    if out.merges(&labels, temporality) {
+        let what = match temporality {
+            _ if no_value => {
+                out.stale_markers_of_merged_series += 1;
+                return;
+            }
+            Temporality::Delta => Accumulate::Delta(Value::Sum(value)),
+            Temporality::Cumulative => Accumulate::Cumulative(Value::Sum(value)),
+            Temporality::Gauge => Accumulate::Newest(value),
+        };
+        out.defer(name, labels, start, time, what, false);
+        return;
+    }
+    let labels = labels.1.unwrap_or(labels.0);
+    let ts = ms(time);
+    if no_value {
         out.push(name, &labels, None, ts, stale());
-    } else if delta {
-        let (start, time) = (p.start_time_unix_nano, p.time_unix_nano);
-        out.defer(name, labels, start, time, Value::Sum(value), false);
+    } else if temporality == Temporality::Delta {
+        let what = Accumulate::Delta(Value::Sum(value));
+        out.defer(name, (labels, None), start, time, what, false);
     } else {
         out.push(name, &labels, None, ts, value);
     }
-    Some(ts)
+}
+
+fn histogram_point(
+    name: &str,
+    point: Point,
+    temporality: Temporality,
+    value: Value,
+    out: &mut Out,
+) {
+    let (start, time, has_sum) = (point.start_ns, point.time_ns, point.has_sum);
+    let ts = ms(time);
+    let merged = out.merges(&point.labels, temporality);
+    if point.no_value {
+        if merged {
+            out.stale_markers_of_merged_series += 1;
+            return;
+        }
+        let bounds = match &value {
+            Value::Exponential(e) => exponential_buckets(e).0,
+            Value::Histogram { bounds, .. } => bounds.clone(),
+            Value::Sum(_) => unreachable!("a histogram point"),
+        };
+        histogram_stale(name, &point.labels.0, &bounds, ts, out);
+        return;
+    }
+    match temporality {
+        Temporality::Cumulative if merged => {
+            let what = Accumulate::Cumulative(value);
+            out.defer(name, point.labels, start, time, what, has_sum);
+        }
+        Temporality::Delta => {
+            let what = Accumulate::Delta(value);
+            out.defer(name, point.labels, start, time, what, has_sum);
+        }
+        _ => {
+            let labels = &point.labels.0;
+            let sum = has_sum.then_some(match &value {
+                Value::Histogram { sum, .. } => *sum,
+                Value::Exponential(e) => e.sum,
+                Value::Sum(_) => unreachable!("a histogram point"),
+            });
+            let (bounds, counts, count) = match value {
+                Value::Histogram {
+                    bounds,
+                    counts,
+                    count,
+                    ..
+                } => (bounds, counts, count),
+                Value::Exponential(e) => {
+                    let (bounds, counts) = exponential_buckets(&e);
+                    (bounds, counts, e.count)
+                }
+                Value::Sum(_) => unreachable!("a histogram point"),
+            };
+            histogram(name, labels, &bounds, &counts, sum, count, ts, out);
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -807,20 +1004,24 @@ mod tests {
                 ..Default::default()
             }],
         };
-        let external = [
-            Label {
-                name: "cluster".into(),
-                value: "c".into(),
-            },
-            Label {
-                name: "instance".into(),
-                value: "not-this".into(),
-            },
-        ];
+        let options = Options {
+            external: vec![
+                Label {
+                    name: "cluster".into(),
+                    value: "c".into(),
+                },
+                Label {
+                    name: "instance".into(),
+                    value: "not-this".into(),
+                },
+            ],
+            drop_labels: Vec::new(),
+            merge_gauges: false,
+        };
         let state = super::super::cumulative::Cumulative::new(None, Default::default());
         let guard = state.lock().unwrap();
         let mut txn = Txn::new(&guard);
-        let t = translate(&req, &external, &mut txn);
+        let t = translate(&req, &[Some((1, 0))], &options, &mut txn);
         let show = |ts: &TimeSeries| {
             ts.labels
                 .iter()
