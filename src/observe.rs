@@ -121,6 +121,7 @@ pub struct RemoteWriteStats {
     pub series_aggregated_away: AtomicU64,
     /// Points that produced no sample, by reason (see `cumulative::Ignored`).
     pub ignored_already_applied: AtomicU64,
+    pub ignored_duplicate_interval: AtomicU64,
     pub ignored_older_than_series: AtomicU64,
     pub ignored_stale_marker_of_merged_series: AtomicU64,
     /// Gauge and summary points written with a label `drop_labels` names.
@@ -134,6 +135,7 @@ impl RemoteWriteStats {
             "series_aggregated_away": self.series_aggregated_away.load(Relaxed),
             "points_ignored": {
                 "already_applied": self.ignored_already_applied.load(Relaxed),
+                "duplicate_interval": self.ignored_duplicate_interval.load(Relaxed),
                 "older_than_series": self.ignored_older_than_series.load(Relaxed),
                 "stale_marker_of_merged_series": self.ignored_stale_marker_of_merged_series.load(Relaxed),
             },

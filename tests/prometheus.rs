@@ -816,6 +816,284 @@ async fn claude_code_delta_stream_is_cumulative_in_prometheus_across_a_restart()
 }
 
 // ---------------------------------------------------------------------------------------------
+// Fleet scale: several sessions in one series (issue 17)
+
+/// Sets `session.id` on every point of `r` (`None`: removes it, as Claude Code does with
+/// `OTEL_METRICS_INCLUDE_SESSION_ID=false`).
+fn with_session(
+    mut r: ExportMetricsServiceRequest,
+    session: Option<&str>,
+) -> ExportMetricsServiceRequest {
+    for rm in &mut r.resource_metrics {
+        for sm in &mut rm.scope_metrics {
+            for m in &mut sm.metrics {
+                if let Some(Data::Sum(s)) = &mut m.data {
+                    for p in &mut s.data_points {
+                        p.attributes.retain(|a| a.key != "session.id");
+                        p.attributes.extend(session.map(|id| kv("session.id", id)));
+                    }
+                }
+            }
+        }
+    }
+    r
+}
+
+/// Every delta of `requests` summed per series, `session.id` left out: what Prometheus must
+/// hold once the sessions share series.
+fn delta_sums(requests: &[&ExportMetricsServiceRequest], common: &Labels) -> Expected {
+    let mut want = Expected::new();
+    for r in requests {
+        for m in &r.resource_metrics[0].scope_metrics[0].metrics {
+            let Some(Data::Sum(s)) = &m.data else {
+                unreachable!("Claude Code's metrics are sums")
+            };
+            for p in &s.data_points {
+                let mut l = label_set(&p.attributes);
+                l.remove("session_id");
+                l.extend(common.clone());
+                l.insert("job".into(), "claude-code".into());
+                l.insert("__name__".into(), prometheus_name(&m.name).into());
+                *want.entry(l).or_default() += number(p);
+            }
+        }
+    }
+    want
+}
+
+/// Two Claude Code sessions (two terminals) whose points share series, sent so that each
+/// batch of one is older than the other's batch before it, and one batch of the first
+/// arrives last (its SDK's first attempt never reached the agent, and it retried late).
+/// Prometheus must hold the sum of every delta: today's rule (a point at or before its
+/// series' last time is a duplicate) dropped half of them. Run twice against one Prometheus:
+/// sessions that share labels (`OTEL_METRICS_INCLUDE_SESSION_ID=false`), and sessions told
+/// apart by `session.id` that `drop_labels` removes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_out_of_order_delta_sessions_sum_exactly() {
+    let Some(bin) = require_prometheus("concurrent_out_of_order_delta_sessions_sum_exactly") else {
+        return;
+    };
+    let prom = Prometheus::start(&bin).await;
+    let mut rng = rand::rng();
+    let step = 10_000_000_000u64;
+    let n = 8;
+    let t0 = now_ns() - (n + 2) * step;
+    // Session b's intervals end half a step before session a's.
+    let a: Vec<_> = (0..n)
+        .map(|i| claude_interval(t0 + i * step, t0 + (i + 1) * step, &mut rng))
+        .collect();
+    let b: Vec<_> = (0..n)
+        .map(|i| {
+            claude_interval(
+                t0 + i * step - step / 2,
+                t0 + (i + 1) * step - step / 2,
+                &mut rng,
+            )
+        })
+        .collect();
+    let late = 2;
+    for (run, session_ids, extra) in [
+        ("shared", [None, None], ""),
+        (
+            "dropped",
+            [Some("a-5e1f"), Some("b-07c3")],
+            "drop_labels = [\"session.id\"]\ndrop_labels_gauges = \"keep\"\n",
+        ),
+    ] {
+        let a: Vec<_> = a
+            .iter()
+            .map(|r| with_session(r.clone(), session_ids[0]))
+            .collect();
+        let b: Vec<_> = b
+            .iter()
+            .map(|r| with_session(r.clone(), session_ids[1]))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let destination = format!("external_labels = {{ run = \"{run}\" }}\n{extra}");
+        let toml = config_toml(
+            dir.path(),
+            &prw_destination(&prom.write_url(), &destination),
+        );
+        let agent = start_agent(&toml).await;
+        let addr = agent.http_addrs()[0];
+        let mut order = Vec::new();
+        for i in 0..n as usize {
+            if i != late {
+                order.push(&a[i]);
+            }
+            order.push(&b[i]);
+        }
+        order.push(&a[late]);
+        for r in &order {
+            let (status, text) = post(addr, "/v1/metrics", &[PROTOBUF], r.encode_to_vec()).await;
+            assert_eq!(status, 200, "{text}");
+            // One batch each: out of order across batches, which is where time decided.
+            drained(&agent).await;
+        }
+        let common: Labels = [("run".to_string(), run.to_string())].into();
+        let want = delta_sums(&order, &common);
+        let end_ms = ((t0 + n * step) / 1_000_000) as i64;
+        let query = format!("{{__name__=~\"claude_code_.*\",run=\"{run}\"}}");
+        assert_matches(prom.query(&query, end_ms + 1000).await, &want, run);
+        let resets = prom
+            .query(&format!("resets({query}[1h])"), end_ms + 1000)
+            .await;
+        assert!(
+            resets.iter().all(|(_, v)| *v == 0.0),
+            "{run}: counter resets: {resets:?}"
+        );
+        let status = agent.status();
+        let rw = &status["destinations"][0]["remote_write"];
+        assert_eq!(rw["points_ignored"]["already_applied"], 0, "{run}: {rw}");
+        let metrics = &status["destinations"][0]["signals"]["metrics"];
+        assert_eq!(metrics["dead_lettered_items"], 0, "{run}: {metrics}");
+        let away = rw["series_aggregated_away"].as_u64().unwrap();
+        if run == "dropped" {
+            // Each session's series that the other session also has are merged away.
+            assert!(away > 0, "{run}: {rw}");
+        } else {
+            assert_eq!(away, 0, "{run}: {rw}");
+        }
+        agent.shutdown().await;
+    }
+}
+
+/// A Copilot-CLI-shaped CUMULATIVE counter and histogram from two sessions, merged by
+/// `drop_labels = ["session.id"]`; one session's process restarts mid-stream (new start time,
+/// values from zero again). The merged series keeps rising by exactly what the sessions
+/// counted, with no reset, and a restart of the agent in between keeps each session's last
+/// value (the original-series memory is in the spool).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cumulative_sessions_merged_by_drop_labels_survive_a_reset() {
+    let Some(bin) = require_prometheus("cumulative_sessions_merged_by_drop_labels_survive_a_reset")
+    else {
+        return;
+    };
+    let prom = Prometheus::start(&bin).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config_toml(
+        dir.path(),
+        &prw_destination(
+            &prom.write_url(),
+            "drop_labels = [\"session.id\"]\ndrop_labels_gauges = \"last\"\n",
+        ),
+    );
+    let step = 10_000_000_000u64;
+    let t0 = now_ns() - 20 * step;
+    let bounds = vec![100.0, 1000.0];
+    // (session, process start, time, requests so far, latency bucket counts so far)
+    let mut points: Vec<(&str, u64, u64, f64, Vec<u64>)> = Vec::new();
+    let (mut a, mut a_buckets) = (0.0, vec![0u64; 3]);
+    let (mut b, mut b_buckets) = (0.0, vec![0u64; 3]);
+    let mut b_start = t0;
+    for i in 1..=12u64 {
+        a += 3.0;
+        a_buckets[(i % 3) as usize] += 1;
+        points.push(("a", t0, t0 + i * step, a, a_buckets.clone()));
+        if i == 7 {
+            // Session b's process restarts: a new start time, counting from zero.
+            b_start = t0 + i * step - step / 2;
+            (b, b_buckets) = (0.0, vec![0; 3]);
+        }
+        b += 5.0;
+        b_buckets[((i + 1) % 3) as usize] += 2;
+        points.push(("b", b_start, t0 + i * step - step / 4, b, b_buckets.clone()));
+    }
+    // What the sessions counted: a's last value, and b's last value before the restart plus
+    // its last value after it.
+    let want_requests = 12.0 * 3.0 + 6.0 * 5.0 + 6.0 * 5.0;
+    let want_count = 12 + 6 * 2 + 6 * 2;
+    let request = |(session, start, time, requests, buckets): &(&str, u64, u64, f64, Vec<u64>)| {
+        let attrs = vec![kv("model", "gpt-5"), kv("session.id", session)];
+        let sum = Metric {
+            name: "copilot.requests".into(),
+            data: Some(Data::Sum(Sum {
+                data_points: vec![NumberDataPoint {
+                    attributes: attrs.clone(),
+                    start_time_unix_nano: *start,
+                    time_unix_nano: *time,
+                    value: Some(number_data_point::Value::AsDouble(*requests)),
+                    ..Default::default()
+                }],
+                aggregation_temporality: CUMULATIVE,
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        };
+        let histogram = Metric {
+            name: "copilot.latency".into(),
+            unit: "ms".into(),
+            data: Some(Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint {
+                    attributes: attrs,
+                    start_time_unix_nano: *start,
+                    time_unix_nano: *time,
+                    count: buckets.iter().sum(),
+                    sum: Some(buckets.iter().sum::<u64>() as f64 * 10.0),
+                    bucket_counts: buckets.clone(),
+                    explicit_bounds: bounds.clone(),
+                    ..Default::default()
+                }],
+                aggregation_temporality: CUMULATIVE,
+            })),
+            ..Default::default()
+        };
+        request(
+            vec![kv("service.name", "copilot-cli")],
+            vec![sum, histogram],
+        )
+    };
+    let mut agent = start_agent(&toml).await;
+    for (i, p) in points.iter().enumerate() {
+        if i == points.len() / 2 {
+            agent.shutdown().await;
+            agent = start_agent(&toml).await;
+        }
+        let addr = agent.http_addrs()[0];
+        let (status, text) =
+            post(addr, "/v1/metrics", &[PROTOBUF], request(p).encode_to_vec()).await;
+        assert_eq!(status, 200, "{text}");
+        if i % 3 == 2 {
+            drained(&agent).await;
+        }
+    }
+    drained(&agent).await;
+    let end_ms = ((t0 + 13 * step) / 1_000_000) as i64;
+    let requests = prom.query("copilot_requests_total", end_ms).await;
+    let want: Labels = [
+        ("__name__", "copilot_requests_total"),
+        ("job", "copilot-cli"),
+        ("model", "gpt-5"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(
+        requests,
+        vec![(want, want_requests)],
+        "one merged series, the sum"
+    );
+    let count = prom
+        .query("copilot_latency_milliseconds_count", end_ms)
+        .await;
+    assert_eq!(count.len(), 1, "{count:?}");
+    assert_eq!(count[0].1, want_count as f64);
+    for name in [
+        "copilot_requests_total",
+        "copilot_latency_milliseconds_count",
+    ] {
+        let resets = prom.query(&format!("resets({name}[1h])"), end_ms).await;
+        assert_eq!(resets.len(), 1, "{name}: {resets:?}");
+        assert_eq!(resets[0].1, 0.0, "{name}: resets");
+    }
+    let status = agent.status();
+    let rw = &status["destinations"][0]["remote_write"];
+    // Two sessions' series of each of the two metrics, merged into one each.
+    assert_eq!(rw["series_aggregated_away"], 2, "{rw}");
+    agent.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Histograms, summaries, exponential histograms, staleness
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

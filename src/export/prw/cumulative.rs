@@ -265,26 +265,50 @@ impl Value {
     }
 }
 
+const MS: u64 = 1_000_000;
+
+/// The time of a series' next sample, given its last one and the point's: the point's time
+/// when it is in a later millisecond, else the millisecond after the last sample. Samples
+/// never go back in time (Prometheus refuses them: out of order), nor repeat a timestamp with
+/// another value (refused too: a duplicate sample).
+fn after(last_ns: u64, time_ns: u64) -> u64 {
+    if time_ns / MS > last_ns / MS {
+        time_ns
+    } else {
+        (last_ns / MS + 1) * MS
+    }
+}
+
 /// Where a resource of a batch lies in the spool: its record's sequence number and its byte
 /// offset in that record. Positions only grow along a signal's stream.
 pub type Position = (u64, u64);
 
 /// What the state remembers of one original series (labels before `drop_labels`): the
-/// aggregated series it goes into, its last point time, and, for a CUMULATIVE series, its last
-/// value (to turn the next one into a delta).
+/// aggregated series it goes into, its last point time, for a CUMULATIVE series its last
+/// value (to turn the next one into a delta), and for a DELTA series the intervals of its last
+/// [`RECENT_INTERVALS`] points (to know one sent again).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Original {
     pub into: String,
     pub start_ns: u64,
     pub last_ns: u64,
     pub value: Option<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent: Vec<(u64, u64)>,
 }
+
+/// How many DELTA intervals an original series remembers: a client retries its latest
+/// requests, not old ones.
+pub const RECENT_INTERVALS: usize = 8;
 
 /// Why points produced no sample (counted per destination, shown by `/status`).
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct Ignored {
     /// In a record at or before the applied position: a batch sent again.
     pub already_applied: u64,
+    /// A DELTA point whose original series had a point of the very same interval (start and
+    /// time, to the nanosecond): a client sent a request again that the agent had accepted.
+    pub duplicate_interval: u64,
     /// A CUMULATIVE point older than its original series' last point, or a merged gauge point
     /// older than its merged series' newest.
     pub older_than_series: u64,
@@ -294,11 +318,15 @@ pub struct Ignored {
 
 impl Ignored {
     pub fn total(&self) -> u64 {
-        self.already_applied + self.older_than_series + self.stale_marker_of_merged_series
+        self.already_applied
+            + self.duplicate_interval
+            + self.older_than_series
+            + self.stale_marker_of_merged_series
     }
 
     pub fn add(&mut self, other: &Ignored) {
         self.already_applied += other.already_applied;
+        self.duplicate_interval += other.duplicate_interval;
         self.older_than_series += other.older_than_series;
         self.stale_marker_of_merged_series += other.stale_marker_of_merged_series;
     }
@@ -526,7 +554,7 @@ impl<'a> Txn<'a> {
 
     /// Adds one delta point to the aggregated series `key`; its new running total, or `None`
     /// when a tree of the old format says the point was applied already. The series' time is
-    /// the later of the point's and its own: samples never go back in time.
+    /// the point's, or a millisecond after its own when that is not earlier ([`after`]).
     pub fn add(&mut self, key: &str, start_ns: u64, time_ns: u64, delta: Value) -> Option<&Series> {
         let start_ns = if start_ns == 0 || start_ns > time_ns {
             time_ns
@@ -549,7 +577,7 @@ impl<'a> Txn<'a> {
             }
             Some(s) => {
                 let mut next = s.clone();
-                next.last_ns = next.last_ns.max(time_ns);
+                next.last_ns = after(s.last_ns, time_ns);
                 if !next.value.add(&delta) {
                     // The layout changed (histogram bounds): start over.
                     next = Series {
@@ -612,15 +640,54 @@ impl<'a> Txn<'a> {
             start_ns,
             last_ns,
             value,
+            recent: Vec::new(),
         };
         self.changes.originals.insert(original.to_string(), next);
     }
 
-    /// Sets the merged gauge series `key` to `value` unless it holds a newer point; the
-    /// series, or `None` when the point is older (ignored).
-    pub fn newest(&mut self, key: &str, time_ns: u64, value: f64) -> Option<&Series> {
-        if self.get(key).is_some_and(|s| time_ns < s.last_ns) {
-            self.ignored.older_than_series += 1;
+    /// Notes a DELTA point of the original series `original`; `false` (counted) when that
+    /// series had a point of this very interval already.
+    pub fn new_interval(
+        &mut self,
+        original: &str,
+        into: &str,
+        start_ns: u64,
+        time_ns: u64,
+    ) -> bool {
+        let mut recent = self
+            .original(original)
+            .map_or(Vec::new(), |o| o.recent.clone());
+        if recent.contains(&(start_ns, time_ns)) {
+            self.ignored.duplicate_interval += 1;
+            return false;
+        }
+        if recent.len() == RECENT_INTERVALS {
+            recent.remove(0);
+        }
+        recent.push((start_ns, time_ns));
+        self.remember(original, into, start_ns, time_ns, None);
+        if let Some(o) = self.changes.originals.get_mut(original) {
+            o.recent = recent;
+        }
+        true
+    }
+
+    /// Sets the merged gauge series `key` to `value` unless it holds a point of the same
+    /// millisecond or a newer one; the series, or `None` when the point is ignored (`counted`
+    /// in [`Ignored::older_than_series`], or not: a `target_info` sample is no data point).
+    pub fn newest(
+        &mut self,
+        key: &str,
+        time_ns: u64,
+        value: f64,
+        counted: bool,
+    ) -> Option<&Series> {
+        // Not a later millisecond: Prometheus would refuse a second value at one timestamp.
+        if self
+            .get(key)
+            .is_some_and(|s| time_ns / MS <= s.last_ns / MS)
+        {
+            self.ignored.older_than_series += u64::from(counted);
             return None;
         }
         let next = Series {
@@ -674,9 +741,9 @@ mod tests {
             let state = c.lock().unwrap();
             let mut txn = Txn::new(&state);
             assert!(txn.fresh(Some((1, 0)), 1));
-            assert!(txn.add("a", 10, 20, Value::Sum(1.0)).is_some());
+            assert!(txn.add("a", 10 * MS, 20 * MS, Value::Sum(1.0)).is_some());
             assert!(txn.fresh(Some((2, 0)), 1));
-            assert!(txn.add("a", 20, 30, Value::Sum(2.0)).is_some());
+            assert!(txn.add("a", 20 * MS, 30 * MS, Value::Sum(2.0)).is_some());
             txn.into_changes()
         };
         // Not committed yet: nothing visible.
@@ -689,10 +756,11 @@ mod tests {
             assert!(!txn.fresh(Some((1, 7)), 2));
             assert!(!txn.fresh(None, 1));
             // A new record whose point is older than the series (another session, or an SDK
-            // retrying late): added, and the series' time does not go back.
+            // retrying late): added, and the series' sample moves a millisecond on, neither back
+            // in time nor onto the last sample's timestamp.
             assert!(txn.fresh(Some((2, 1)), 1));
-            let s = txn.add("a", 5, 15, Value::Sum(4.0)).unwrap();
-            assert_eq!((s.last_ns, s.value.clone()), (30, Value::Sum(7.0)));
+            let s = txn.add("a", 5 * MS, 15 * MS, Value::Sum(4.0)).unwrap();
+            assert_eq!((s.last_ns, s.value.clone()), (31 * MS, Value::Sum(7.0)));
         });
         assert_eq!(ignored.already_applied, 4);
         let awkward = 1.8084509999999994_f64;
@@ -709,7 +777,7 @@ mod tests {
             "saved totals read back bit for bit"
         );
         let s = c.lock().unwrap().series["a"].clone();
-        assert_eq!((s.start_ns, s.last_ns), (10, 30));
+        assert_eq!((s.start_ns, s.last_ns), (10 * MS, 31 * MS));
         assert_eq!(c.lock().unwrap().applied, Some((3, 0)));
     }
 
@@ -788,7 +856,7 @@ mod tests {
 
     #[test]
     fn histogram_bounds_change_starts_over_and_idle_series_are_evicted() {
-        let c = Cumulative::new(None, Duration::from_nanos(100));
+        let c = Cumulative::new(None, Duration::from_millis(100));
         let h = |bounds: Vec<f64>, counts: Vec<u64>| Value::Histogram {
             sum: 1.0,
             count: counts.iter().sum(),
@@ -798,8 +866,10 @@ mod tests {
         let changes = {
             let state = c.lock().unwrap();
             let mut txn = Txn::new(&state);
-            txn.add("h", 1, 2, h(vec![1.0], vec![1, 1]));
-            let s = txn.add("h", 2, 3, h(vec![1.0], vec![0, 2])).unwrap();
+            txn.add("h", MS, 2 * MS, h(vec![1.0], vec![1, 1]));
+            let s = txn
+                .add("h", 2 * MS, 3 * MS, h(vec![1.0], vec![0, 2]))
+                .unwrap();
             assert_eq!(
                 s.value,
                 Value::Histogram {
@@ -809,9 +879,11 @@ mod tests {
                     count: 4
                 }
             );
-            let s = txn.add("h", 3, 4, h(vec![2.0], vec![5, 0])).unwrap();
-            assert_eq!(s.start_ns, 3, "new bounds: a new start");
-            txn.add("old", 1, 5, Value::Sum(1.0));
+            let s = txn
+                .add("h", 3 * MS, 4 * MS, h(vec![2.0], vec![5, 0]))
+                .unwrap();
+            assert_eq!(s.start_ns, 3 * MS, "new bounds: a new start");
+            txn.add("old", MS, 5 * MS, Value::Sum(1.0));
             txn.into_changes()
         };
         c.commit(changes);
@@ -819,7 +891,7 @@ mod tests {
         let changes = {
             let state = c.lock().unwrap();
             let mut txn = Txn::new(&state);
-            txn.add("h", 4, 500, h(vec![2.0], vec![1, 0]));
+            txn.add("h", 4 * MS, 500 * MS, h(vec![2.0], vec![1, 0]));
             txn.into_changes()
         };
         c.commit(changes);

@@ -155,9 +155,10 @@ impl PrometheusRemoteWrite {
             let kept = translated.gauge_points_kept_labels;
             (body, txn.into_changes(), series, ignored, kept)
         };
-        if ignored.already_applied > 0 {
+        if ignored.already_applied + ignored.duplicate_interval > 0 {
             tracing::info!(
-                points = ignored.already_applied,
+                resent_by_the_agent = ignored.already_applied,
+                resent_by_a_client = ignored.duplicate_interval,
                 "delta points already counted (a batch sent again): ignored"
             );
         }
@@ -229,6 +230,8 @@ impl PrometheusRemoteWrite {
         }
         s.ignored_already_applied
             .fetch_add(ignored.already_applied, Relaxed);
+        s.ignored_duplicate_interval
+            .fetch_add(ignored.duplicate_interval, Relaxed);
         s.ignored_older_than_series
             .fetch_add(ignored.older_than_series, Relaxed);
         s.ignored_stale_marker_of_merged_series

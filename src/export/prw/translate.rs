@@ -194,13 +194,16 @@ pub fn translate(
         if let (Some(time_ns), false) = (newest, info.is_empty()) {
             let mut labels = info;
             labels.extend(out.identity.clone());
-            if out.merging() {
-                // One merged series of many resources: it must not go back in time either.
-                let what = Accumulate::Newest(1.0);
-                out.defer("target_info", (labels, None), 0, time_ns, what, false);
-            } else {
-                out.push("target_info", &labels, None, ms(time_ns), 1.0);
-            }
+            // Resources of many processes (sessions) share one target_info series: its sample
+            // must not go back in time (Prometheus refuses the whole request then).
+            out.defer(
+                "target_info",
+                (labels, None),
+                0,
+                time_ns,
+                Accumulate::Info,
+                false,
+            );
         }
     }
     out.accumulate(txn);
@@ -509,6 +512,8 @@ enum Accumulate {
     Cumulative(Value),
     /// A gauge point of a merged series: the newest point (by data time) wins.
     Newest(f64),
+    /// A resource's `target_info` sample (value 1): written unless the series has one as new.
+    Info,
 }
 
 /// A point that goes through the state, handled once the whole request is walked: points of
@@ -591,11 +596,15 @@ impl Out<'_> {
             let original = d.original.as_ref().map(|l| state_key(&d.name, l));
             let (start, time) = (d.start_ns, d.time_ns);
             let delta = match d.what {
-                Accumulate::Newest(v) => {
+                Accumulate::Newest(_) | Accumulate::Info => {
+                    let (v, counted) = match d.what {
+                        Accumulate::Newest(v) => (v, true),
+                        _ => (1.0, false),
+                    };
                     if let Some(o) = &original {
                         txn.remember(o, &key, start, time, None);
                     }
-                    if let Some(series) = txn.newest(&key, time, v) {
+                    if let Some(series) = txn.newest(&key, time, v, counted) {
                         let ts = ms(series.last_ns);
                         self.push(&d.name, &d.labels, None, ts, v);
                     }
@@ -603,8 +612,9 @@ impl Out<'_> {
                 }
                 _ if !txn.fresh(d.position, 1) => continue,
                 Accumulate::Delta(v) => {
-                    if let Some(o) = &original {
-                        txn.remember(o, &key, start, time, None);
+                    let o = original.as_deref().unwrap_or(&key);
+                    if !txn.new_interval(o, &key, start, time) {
+                        continue;
                     }
                     v
                 }
