@@ -525,6 +525,70 @@ fn fixture_request(body: &[u8], gzip: bool, json: bool) -> ExportMetricsServiceR
     ExportMetricsServiceRequest::decode(&msg.encode_to_vec()[..]).unwrap()
 }
 
+/// One metrics request of a capture folder (`tests/fixtures/*/`): its body as sent, the
+/// headers to send it with, and what it holds.
+struct Captured {
+    name: String,
+    body: Vec<u8>,
+    headers: Vec<(&'static str, &'static str)>,
+    request: ExportMetricsServiceRequest,
+}
+
+impl Captured {
+    async fn post(&self, addr: std::net::SocketAddr) {
+        let (status, text) = post(addr, "/v1/metrics", &self.headers, self.body.clone()).await;
+        assert_eq!(status, 200, "{}: {text}", self.name);
+    }
+
+    fn newest_ns(&self) -> u64 {
+        let metrics = self.request.resource_metrics.iter();
+        let metrics = metrics.flat_map(|rm| rm.scope_metrics.iter().flat_map(|sm| &sm.metrics));
+        let times = metrics.flat_map(|m| -> Vec<u64> {
+            match m.data.as_ref().unwrap() {
+                Data::Gauge(g) => g.data_points.iter().map(|p| p.time_unix_nano).collect(),
+                Data::Sum(s) => s.data_points.iter().map(|p| p.time_unix_nano).collect(),
+                Data::Histogram(h) => h.data_points.iter().map(|p| p.time_unix_nano).collect(),
+                Data::ExponentialHistogram(h) => {
+                    h.data_points.iter().map(|p| p.time_unix_nano).collect()
+                }
+                Data::Summary(s) => s.data_points.iter().map(|p| p.time_unix_nano).collect(),
+            }
+        });
+        times.max().unwrap()
+    }
+}
+
+/// A capture folder's `expected.json` and its metrics requests, in order.
+fn captured_metrics(folder: &Path) -> (Value, Vec<Captured>) {
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(folder.join("expected.json")).unwrap()).unwrap();
+    let folder_name = folder.file_name().unwrap().to_string_lossy();
+    let mut requests = Vec::new();
+    for req in expected["requests"].as_array().unwrap() {
+        if req["path"] != "/v1/metrics" {
+            continue;
+        }
+        let id = req["request"].as_str().unwrap();
+        let body = std::fs::read(folder.join(format!("{id}.req"))).unwrap();
+        let gzip = req["content_encoding"] == "gzip";
+        let json = req["content_type"]
+            .as_str()
+            .unwrap()
+            .starts_with("application/json");
+        let mut headers = vec![if json { JSON } else { PROTOBUF }];
+        if gzip {
+            headers.push(("content-encoding", "gzip"));
+        }
+        requests.push(Captured {
+            name: format!("{folder_name}/{id}"),
+            request: fixture_request(&body, gzip, json),
+            body,
+            headers,
+        });
+    }
+    (expected, requests)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixture_metrics_arrive_in_prometheus_as_computed() {
     let Some(bin) = require_prometheus("fixture_metrics_arrive_in_prometheus_as_computed") else {
@@ -543,36 +607,12 @@ async fn fixture_metrics_arrive_in_prometheus_as_computed() {
             ),
         );
         let agent = start_agent(&toml).await;
-        let addr = agent.http_addrs()[0];
-        let expected: Value =
-            serde_json::from_slice(&std::fs::read(folder.join("expected.json")).unwrap()).unwrap();
         let mut model = Model::default();
         let common: Labels = [("fixture".to_string(), name.clone())].into();
-        for req in expected["requests"].as_array().unwrap() {
-            if req["path"] != "/v1/metrics" {
-                continue;
-            }
-            let id = req["request"].as_str().unwrap();
-            let body = std::fs::read(folder.join(format!("{id}.req"))).unwrap();
-            let gzip = req["content_encoding"] == "gzip";
-            let json = req["content_type"]
-                .as_str()
-                .unwrap()
-                .starts_with("application/json");
-            model.add(&fixture_request(&body, gzip, json), &common);
-            let mut headers = vec![(
-                "content-type",
-                if json {
-                    "application/json"
-                } else {
-                    "application/x-protobuf"
-                },
-            )];
-            if gzip {
-                headers.push(("content-encoding", "gzip"));
-            }
-            let (status, text) = post(addr, "/v1/metrics", &headers, body).await;
-            assert_eq!(status, 200, "{name}/{id}: {text}");
+        let (_, requests) = captured_metrics(&folder);
+        for captured in &requests {
+            model.add(&captured.request, &common);
+            captured.post(agent.http_addrs()[0]).await;
         }
         drained(&agent).await;
         agent.shutdown().await;
@@ -1091,6 +1131,245 @@ async fn cumulative_sessions_merged_by_drop_labels_survive_a_reset() {
     // Two sessions' series of each of the two metrics, merged into one each.
     assert_eq!(rw["series_aggregated_away"], 2, "{rw}");
     agent.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The AI coding CLIs' own metrics (`tests/fixtures/ai-cli/`), three sessions each
+
+/// One capture folder per tool, and the `expected.json` variant whose labels
+/// `drop_labels` removes: `session.id`, and for Copilot CLI (no `session.id` on its points; a
+/// process is its `service.instance.id`) that too.
+const AI_CLI: [(&str, &str); 3] = [
+    ("claude-code-2.1.332-http-protobuf", "without_session_id"),
+    (
+        "copilot-cli-1.0.102-http-protobuf",
+        "without_session_id_and_instance",
+    ),
+    ("gemini-cli-0.61.0-grpc-gzip", "without_session_id"),
+];
+
+fn ai_cli_folder(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/ai-cli")
+        .join(name)
+}
+
+/// Label text as `expected.py` wrote it: strings, numbers and booleans.
+fn json_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `expected.json`'s labels of a series (OpenTelemetry keys, identity resource attributes
+/// included) as Prometheus labels.
+fn prometheus_labels(labels: &Value, common: &Labels) -> Labels {
+    let labels = labels.as_object().unwrap();
+    let mut out = common.clone();
+    for (k, v) in labels {
+        match k.as_str() {
+            // An attribute without a value is no label (Prometheus has no empty labels).
+            _ if v.is_null() || v == "" => {}
+            "service.namespace" => {}
+            "service.name" => {
+                let job = match labels.get("service.namespace") {
+                    Some(ns) => format!("{}/{}", json_text(ns), json_text(v)),
+                    None => json_text(v),
+                };
+                out.insert("job".into(), job);
+            }
+            "service.instance.id" => {
+                out.insert("instance".into(), json_text(v));
+            }
+            k => {
+                out.insert(k.replace('.', "_"), json_text(v));
+            }
+        }
+    }
+    out
+}
+
+/// The one Prometheus metric name of OpenTelemetry metric `otel` among `names` that ends with
+/// `suffix` (the unit suffix in between is the translation's business, checked elsewhere).
+fn name_of<'a>(otel: &str, suffix: &str, names: &'a [String]) -> &'a str {
+    let base: String = otel
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let found: Vec<&String> = names
+        .iter()
+        .filter(|n| n.ends_with(suffix) && (**n == base || n.starts_with(&format!("{base}_"))))
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "{otel}{suffix}: one name expected among {names:?}"
+    );
+    found[0]
+}
+
+/// Compares what Prometheus holds for `common` at `at_ms` with `expected.json`'s `variant`
+/// (`None`: every label kept, series counts only): per metric the number of series, and with a
+/// variant each series' total (sums) or count and sum (histograms), to the bit.
+/// Returns the number of Prometheus series (target_info left out).
+async fn assert_capture(
+    prom: &Prometheus,
+    expected: &Value,
+    variant: Option<&str>,
+    common: &Labels,
+    at_ms: i64,
+) -> usize {
+    let selector: Vec<String> = common.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let got: Vec<(Labels, f64)> = prom
+        .query(&format!("{{{}}}", selector.join(",")), at_ms)
+        .await
+        .into_iter()
+        .filter(|(l, _)| l["__name__"] != "target_info")
+        .collect();
+    let mut names: Vec<String> = got.iter().map(|(l, _)| l["__name__"].clone()).collect();
+    names.sort();
+    names.dedup();
+    let values = |name: &str| -> BTreeMap<Labels, f64> {
+        got.iter()
+            .filter(|(l, _)| l["__name__"] == name)
+            .map(|(l, v)| {
+                let mut l = l.clone();
+                l.remove("__name__");
+                (l, *v)
+            })
+            .collect()
+    };
+    let mut claimed = 0;
+    for (metric, m) in expected["series"].as_object().unwrap() {
+        let histogram = m["kind"] == "histogram";
+        let (suffix, fields) = if histogram {
+            ("_count", &[("_count", "count"), ("_sum", "sum")][..])
+        } else {
+            ("_total", &[("_total", "sum")][..])
+        };
+        let base = name_of(metric, suffix, &names);
+        let base = &base[..base.len() - suffix.len()];
+        for (suffix, field) in fields {
+            let got = values(&format!("{base}{suffix}"));
+            claimed += got.len();
+            let Some(variant) = variant else {
+                assert_eq!(
+                    got.len() as u64,
+                    m["series"].as_u64().unwrap(),
+                    "{metric}: series"
+                );
+                continue;
+            };
+            let v = &m[variant];
+            assert_eq!(
+                got.len() as u64,
+                v["series"].as_u64().unwrap(),
+                "{metric}: series after {variant}"
+            );
+            for total in v["totals"].as_array().unwrap() {
+                let labels = prometheus_labels(&total["labels"], common);
+                let want = total[*field].as_f64().unwrap();
+                let value = got.get(&labels).unwrap_or_else(|| {
+                    panic!(
+                        "{metric}{suffix}: no series {labels:?}; Prometheus has {:?}",
+                        got.keys()
+                    )
+                });
+                assert_eq!(
+                    value.to_bits(),
+                    want.to_bits(),
+                    "{metric}{suffix} {labels:?}: {value}, expected {want}"
+                );
+            }
+        }
+        if histogram {
+            // The buckets of each histogram series are there too.
+            claimed += got
+                .iter()
+                .filter(|(l, _)| l["__name__"] == format!("{base}_bucket"))
+                .count();
+        }
+    }
+    assert_eq!(
+        claimed,
+        got.len(),
+        "series of no expected metric: {names:?}"
+    );
+    got.len()
+}
+
+/// Each tool's three captured sessions, replayed as recorded: without `drop_labels` the series
+/// are as many as `expected.json` counts with every label; with it, as many as it counts
+/// without the dropped ones, and each merged series holds the independent total (sums,
+/// histogram counts and sums, bit for bit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ai_cli_captures_merge_sessions_with_drop_labels() {
+    let Some(bin) = require_prometheus("ai_cli_captures_merge_sessions_with_drop_labels") else {
+        return;
+    };
+    let prom = Prometheus::start(&bin).await;
+    let mut tools: Vec<_> = AI_CLI
+        .iter()
+        .map(|(folder, variant)| {
+            let (expected, requests) = captured_metrics(&ai_cli_folder(folder));
+            (folder, variant, expected, requests)
+        })
+        .collect();
+    // In the order they were recorded: Prometheus takes no sample over an hour older than its
+    // newest.
+    tools.sort_by_key(|t| t.3[0].newest_ns());
+    for (folder, variant, expected, requests) in &tools {
+        let dropped: Vec<String> = expected["series"]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()[variant]["dropped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| format!("{d}"))
+            .collect();
+        let at_ms =
+            (requests.iter().map(Captured::newest_ns).max().unwrap() / 1_000_000) as i64 + 1000;
+        let mut counts = Vec::new();
+        for drop in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let run = if drop { "dropped" } else { "all" };
+            let mut extra =
+                format!("external_labels = {{ tool = \"{folder}\", run = \"{run}\" }}\n");
+            if drop {
+                extra += &format!(
+                    "drop_labels = [{}]\ndrop_labels_gauges = \"keep\"\n",
+                    dropped.join(", ")
+                );
+            }
+            let toml = config_toml(dir.path(), &prw_destination(&prom.write_url(), &extra));
+            let agent = start_agent(&toml).await;
+            for captured in requests {
+                captured.post(agent.http_addrs()[0]).await;
+            }
+            drained(&agent).await;
+            let metrics = &agent.status()["destinations"][0]["signals"]["metrics"];
+            assert_eq!(metrics["dead_lettered_items"], 0, "{folder}: {metrics}");
+            agent.shutdown().await;
+            let common: Labels = [
+                ("tool".to_string(), folder.to_string()),
+                ("run".to_string(), run.to_string()),
+            ]
+            .into();
+            let variant = drop.then_some(**variant);
+            counts.push(assert_capture(&prom, expected, variant, &common, at_ms).await);
+        }
+        eprintln!(
+            "{folder}: {} Prometheus series with every label, {} with drop_labels = [{}]",
+            counts[0],
+            counts[1],
+            dropped.join(", ")
+        );
+        assert!(counts[1] < counts[0], "{folder}: {counts:?}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
