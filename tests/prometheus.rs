@@ -1192,7 +1192,7 @@ fn prometheus_labels(labels: &Value, common: &Labels) -> Labels {
 
 /// The one Prometheus metric name of OpenTelemetry metric `otel` among `names` that ends with
 /// `suffix` (the unit suffix in between is the translation's business, checked elsewhere).
-fn name_of<'a>(otel: &str, suffix: &str, names: &'a [String]) -> &'a str {
+fn name_of<'a>(otel: &str, suffix: &str, names: &'a [String]) -> Result<&'a str, String> {
     let base: String = otel
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
@@ -1201,25 +1201,23 @@ fn name_of<'a>(otel: &str, suffix: &str, names: &'a [String]) -> &'a str {
         .iter()
         .filter(|n| n.ends_with(suffix) && (**n == base || n.starts_with(&format!("{base}_"))))
         .collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "{otel}{suffix}: one name expected among {names:?}"
-    );
-    found[0]
+    match found[..] {
+        [name] => Ok(name),
+        _ => Err(format!("{otel}{suffix}: one name expected among {names:?}")),
+    }
 }
 
 /// Compares what Prometheus holds for `common` at `at_ms` with `expected.json`'s `variant`
 /// (`None`: every label kept, series counts only): per metric the number of series, and with a
 /// variant each series' total (sums) or count and sum (histograms), to the bit.
-/// Returns the number of Prometheus series (target_info left out).
-async fn assert_capture(
+/// `Ok`: the number of Prometheus series (target_info left out); `Err`: the first difference.
+async fn check_capture(
     prom: &Prometheus,
     expected: &Value,
     variant: Option<&str>,
     common: &Labels,
     at_ms: i64,
-) -> usize {
+) -> Result<usize, String> {
     let selector: Vec<String> = common.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
     let got: Vec<(Labels, f64)> = prom
         .query(&format!("{{{}}}", selector.join(",")), at_ms)
@@ -1248,39 +1246,36 @@ async fn assert_capture(
         } else {
             ("_total", &[("_total", "sum")][..])
         };
-        let base = name_of(metric, suffix, &names);
+        let base = name_of(metric, suffix, &names)?;
         let base = &base[..base.len() - suffix.len()];
         for (suffix, field) in fields {
             let got = values(&format!("{base}{suffix}"));
             claimed += got.len();
-            let Some(variant) = variant else {
-                assert_eq!(
-                    got.len() as u64,
-                    m["series"].as_u64().unwrap(),
-                    "{metric}: series"
-                );
-                continue;
+            let (want, what) = match variant {
+                None => (&m["series"], "every label"),
+                Some(variant) => (&m[variant]["series"], variant),
             };
-            let v = &m[variant];
-            assert_eq!(
-                got.len() as u64,
-                v["series"].as_u64().unwrap(),
-                "{metric}: series after {variant}"
-            );
-            for total in v["totals"].as_array().unwrap() {
+            if got.len() as u64 != want.as_u64().unwrap() {
+                let n = got.len();
+                return Err(format!(
+                    "{metric}{suffix}: {n} series with {what}, expected {want}"
+                ));
+            }
+            let Some(variant) = variant else { continue };
+            for total in m[variant]["totals"].as_array().unwrap() {
                 let labels = prometheus_labels(&total["labels"], common);
                 let want = total[*field].as_f64().unwrap();
-                let value = got.get(&labels).unwrap_or_else(|| {
-                    panic!(
-                        "{metric}{suffix}: no series {labels:?}; Prometheus has {:?}",
-                        got.keys()
-                    )
-                });
-                assert_eq!(
-                    value.to_bits(),
-                    want.to_bits(),
-                    "{metric}{suffix} {labels:?}: {value}, expected {want}"
-                );
+                let Some(value) = got.get(&labels) else {
+                    let has = got.keys().collect::<Vec<_>>();
+                    return Err(format!(
+                        "{metric}{suffix}: no series {labels:?}; there are {has:?}"
+                    ));
+                };
+                if value.to_bits() != want.to_bits() {
+                    return Err(format!(
+                        "{metric}{suffix} {labels:?}: {value}, expected {want}"
+                    ));
+                }
             }
         }
         if histogram {
@@ -1291,12 +1286,10 @@ async fn assert_capture(
                 .count();
         }
     }
-    assert_eq!(
-        claimed,
-        got.len(),
-        "series of no expected metric: {names:?}"
-    );
-    got.len()
+    if claimed != got.len() {
+        return Err(format!("series of no expected metric among {names:?}"));
+    }
+    Ok(got.len())
 }
 
 /// Each tool's three captured sessions, replayed as recorded: without `drop_labels` the series
@@ -1360,7 +1353,8 @@ async fn ai_cli_captures_merge_sessions_with_drop_labels() {
             ]
             .into();
             let variant = drop.then_some(**variant);
-            counts.push(assert_capture(&prom, expected, variant, &common, at_ms).await);
+            let checked = check_capture(&prom, expected, variant, &common, at_ms).await;
+            counts.push(checked.unwrap_or_else(|e| panic!("{folder}: {e}")));
         }
         eprintln!(
             "{folder}: {} Prometheus series with every label, {} with drop_labels = [{}]",
@@ -1727,33 +1721,125 @@ fn prometheus_remote_write_config_rules() {
 // ---------------------------------------------------------------------------------------------
 // kill -9 mid-stream
 
+/// A request to send: its headers and body.
+type Sent = (Vec<(&'static str, &'static str)>, Vec<u8>);
+
+/// Runs the real binary (spool and config in `dir`, one `destination`) once per round: starts
+/// it, sends the round's requests, and SIGKILLs it 0–60 ms later (while the worker lingers,
+/// sends, or has just been answered). Returns an agent started after the last kill, the
+/// number of kills, and the agents' log.
+async fn kill_during_delivery(
+    dir: &Path,
+    destination: &str,
+    rounds: &[Vec<Sent>],
+) -> (AgentProcess, usize, PathBuf) {
+    use rand::Rng;
+    let port = free_port();
+    let config = dir.join("config.toml");
+    let toml = agent_config(port, None, "", &dir.join("spool"), destination);
+    std::fs::write(&config, toml).unwrap();
+    let log = dir.join("agent.log");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let start = || AgentProcess::start_retrying(|| agent_command(&config), port, &log);
+    let mut rng = rand::rng();
+    for round in rounds {
+        let agent = start().await;
+        for (headers, body) in round {
+            let (status, text) = post(addr, "/v1/metrics", headers, body.clone()).await;
+            assert_eq!(status, 200, "{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..60))).await;
+        drop(agent);
+    }
+    (start().await, rounds.len(), log)
+}
+
+/// The AI CLI captures (nine metrics requests: three sessions of each tool) through the real
+/// binary with `drop_labels`, SIGKILLed after each: every merged total bit-exact (nothing
+/// counted twice, nothing lost), and no counter reset in Prometheus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_capture_totals_survive_nine_sigkills() {
+    let Some(bin) = require_prometheus("merged_capture_totals_survive_nine_sigkills") else {
+        return;
+    };
+    let prom = Prometheus::start(&bin).await;
+    let dir = tempfile::tempdir().unwrap();
+    let variant = "without_session_id_and_instance";
+    let mut tools: Vec<(Value, Vec<Captured>)> = AI_CLI
+        .iter()
+        .map(|(folder, _)| captured_metrics(&ai_cli_folder(folder)))
+        .collect();
+    tools.sort_by_key(|t| t.1[0].newest_ns());
+    let rounds: Vec<Vec<Sent>> = tools
+        .iter()
+        .flat_map(|(_, requests)| requests)
+        .map(|c| vec![(c.headers.clone(), c.body.clone())])
+        .collect();
+    let destination = prw_destination(
+        &prom.write_url(),
+        "external_labels = { run = \"kill\" }\ndrop_labels = [\"session.id\", \"service.instance.id\"]\ndrop_labels_gauges = \"keep\"",
+    );
+    let (agent, kills, log) = kill_during_delivery(dir.path(), &destination, &rounds).await;
+    assert_eq!(kills, 9);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (expected, requests) in &tools {
+        let at_ms =
+            (requests.iter().map(Captured::newest_ns).max().unwrap() / 1_000_000) as i64 + 1000;
+        let service = &expected["series"]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()[variant]["totals"][0]["labels"]["service.name"];
+        let common: Labels = [
+            ("run".to_string(), "kill".to_string()),
+            ("job".to_string(), json_text(service)),
+        ]
+        .into();
+        // Wait for the last agent to deliver what the killed ones left.
+        loop {
+            match check_capture(&prom, expected, Some(variant), &common, at_ms).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() > deadline => panic!("after {kills} kills: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let got = prom
+            .query(
+                &format!("{{run=\"kill\",job=\"{}\"}}", common["job"]),
+                at_ms,
+            )
+            .await;
+        for (labels, _) in got {
+            let name = &labels["__name__"];
+            let resets = prom
+                .query(&format!("resets({name}{{run=\"kill\"}}[1h])"), at_ms)
+                .await;
+            assert!(
+                resets.iter().all(|(_, v)| *v == 0.0),
+                "{name}: counter resets: {resets:?}"
+            );
+        }
+    }
+    drop(agent);
+    let resent = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches("already counted")
+        .count();
+    eprintln!("sigkill with drop_labels: {kills} kills, {resent} batches found already counted after a restart");
+}
+
 /// An agent process, SIGKILLed and reaped when dropped (also when a test panics).
 /// The real binary, SIGKILLed at random moments while it forwards a DELTA stream (so some
 /// kills land between Prometheus accepting a batch and the cursor moving, and the batch goes
 /// again): the totals in Prometheus are still exact and no counter ever resets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delta_totals_survive_sigkill_at_random_moments() {
-    use rand::Rng;
     let Some(bin) = require_prometheus("delta_totals_survive_sigkill_at_random_moments") else {
         return;
     };
     let prom = Prometheus::start(&bin).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("config.toml");
-    let spool = dir.path().join("spool");
-    let toml = agent_config(
-        port,
-        None,
-        "",
-        &spool,
-        &prw_destination(&prom.write_url(), ""),
-    );
-    std::fs::write(&config, toml).unwrap();
-    let log = dir.path().join("agent.log");
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    let start = || AgentProcess::start_retrying(|| agent_command(&config), port, &log);
-
     let mut rng = rand::rng();
     let step = 5_000_000_000u64;
     let n = 36u64;
@@ -1765,21 +1851,17 @@ async fn delta_totals_survive_sigkill_at_random_moments() {
     for r in &intervals {
         model.add(r, &Labels::new());
     }
-    let mut kills = 0;
-    let mut next = 0;
-    while next < intervals.len() {
-        let agent = start().await;
-        for r in &intervals[next..(next + 4).min(intervals.len())] {
-            let (status, text) = post(addr, "/v1/metrics", &[PROTOBUF], r.encode_to_vec()).await;
-            assert_eq!(status, 200, "{text}");
-            next += 1;
-        }
-        // Kill while the worker lingers, sends, or has just been answered.
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..60))).await;
-        drop(agent);
-        kills += 1;
-    }
-    let agent = start().await;
+    let rounds: Vec<Vec<Sent>> = intervals
+        .chunks(4)
+        .map(|round| {
+            round
+                .iter()
+                .map(|r| (vec![PROTOBUF], r.encode_to_vec()))
+                .collect()
+        })
+        .collect();
+    let destination = prw_destination(&prom.write_url(), "");
+    let (agent, kills, log) = kill_during_delivery(dir.path(), &destination, &rounds).await;
     let end_ms = ((t0 + n * step) / 1_000_000) as i64;
     let want: Expected = model
         .latest
