@@ -563,6 +563,55 @@ impl Stats {
             };
             metric(&name, help, kind, samples);
         }
+        let remote_writes: Vec<(&str, &Value)> = status["destinations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| Some((d["name"].as_str()?, d.get("remote_write")?)))
+            .collect();
+        if remote_writes.is_empty() {
+            return out;
+        }
+        for (key, help, kind) in [
+            (
+                "series_written",
+                "Series in the last remote-write request.",
+                "gauge",
+            ),
+            (
+                "series_aggregated_away",
+                "Original series summed into another by drop_labels.",
+                "gauge",
+            ),
+            (
+                "gauge_points_kept_labels",
+                "Gauge and summary points written with a label drop_labels names.",
+                "counter",
+            ),
+        ] {
+            let samples = remote_writes
+                .iter()
+                .map(|(d, rw)| (format!("{{destination=\"{d}\"}}"), num(&rw[key])))
+                .collect();
+            let name = match kind {
+                "counter" => format!("remote_write_{key}_total"),
+                _ => format!("remote_write_{key}"),
+            };
+            metric(&name, help, kind, samples);
+        }
+        let mut ignored = Vec::new();
+        for (d, rw) in &remote_writes {
+            for (reason, n) in rw["points_ignored"].as_object().into_iter().flatten() {
+                let labels = format!("{{destination=\"{d}\",reason=\"{reason}\"}}");
+                ignored.push((labels, num(n)));
+            }
+        }
+        metric(
+            "remote_write_points_ignored_total",
+            "Points that produced no remote-write sample, by reason.",
+            "counter",
+            ignored,
+        );
         out
     }
 }

@@ -1130,6 +1130,14 @@ async fn cumulative_sessions_merged_by_drop_labels_survive_a_reset() {
     let rw = &status["destinations"][0]["remote_write"];
     // Two sessions' series of each of the two metrics, merged into one each.
     assert_eq!(rw["series_aggregated_away"], 2, "{rw}");
+    let url = format!("http://{}/metrics", agent.http_addrs()[0]);
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    for sample in [
+        "otlp_spool_remote_write_series_aggregated_away{destination=\"prom\"} 2\n",
+        "otlp_spool_remote_write_points_ignored_total{destination=\"prom\",reason=\"already_applied\"} 0\n",
+    ] {
+        assert!(text.contains(sample), "no {sample:?} in\n{text}");
+    }
     agent.shutdown().await;
 }
 
@@ -1711,10 +1719,55 @@ fn prometheus_remote_write_config_rules() {
         e.contains("external_labels applies to type = \"prometheus_remote_write\""),
         "{e}"
     );
-    let all = Config::parse(
-        "[[destination]]\nname = \"o\"\ntype = \"otlp_http\"\nendpoint = \"http://127.0.0.1:9\"\n",
-    )
+    // drop_labels: remote write only, with the gauge choice made, and no label the
+    // translation makes.
+    let c = Config::parse(&format!(
+        "{base}drop_labels = [\"session.id\"]\ndrop_labels_gauges = \"last\"\n"
+    ))
     .unwrap();
+    c.validate("test").unwrap();
+    assert_eq!(
+        c.destinations[0].drop_labels,
+        vec!["session.id".to_string()]
+    );
+    for (extra, key, words) in [
+        (
+            "drop_labels = [\"session.id\"]\n",
+            "drop_labels_gauges",
+            "\"keep\"",
+        ),
+        (
+            "drop_labels_gauges = \"keep\"\n",
+            "drop_labels_gauges",
+            "with drop_labels only",
+        ),
+        (
+            "drop_labels = [\"le\"]\ndrop_labels_gauges = \"keep\"\n",
+            "drop_labels",
+            "made by the translation",
+        ),
+    ] {
+        let e = Config::parse(&format!("{base}{extra}"))
+            .unwrap()
+            .validate("test")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key) && e.contains(words), "{extra}: {e}");
+    }
+    let e = Config::parse(&format!("{base}drop_labels_gauges = \"sum\"\n")).unwrap_err();
+    assert!(e.to_string().contains("sum"), "{e}");
+    let otlp =
+        "[[destination]]\nname = \"o\"\ntype = \"otlp_http\"\nendpoint = \"http://127.0.0.1:9\"\n";
+    let e = Config::parse(&format!("{otlp}drop_labels = [\"session.id\"]\n"))
+        .unwrap()
+        .validate("test")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("drop_labels applies to type = \"prometheus_remote_write\""),
+        "{e}"
+    );
+    let all = Config::parse(otlp).unwrap();
     assert_eq!(all.destinations[0].signals, Signal::ALL.to_vec());
 }
 

@@ -22,6 +22,9 @@
 //! A backoff or 401/403 wait ends early when the machine was suspended during it or the network
 //! changed ([`pause_unless_woken`]), so a laptop that wakes or joins a network retries at once.
 //!
+//! Each attempt tells the upstream where its bytes came from ([`Source`]: the records' sequence
+//! numbers and offsets, or a replay), for a destination that keeps state per spool position.
+//!
 //! Each attempt re-reads the batch from the spool, so records expired or evicted while the
 //! worker waited are not sent. With nothing to send the worker sleeps on the spool's durable
 //! sequence (no polling). Owns no data: the spool and the cursor are the state.

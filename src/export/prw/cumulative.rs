@@ -1,30 +1,56 @@
-//! Delta → cumulative: the running totals of DELTA sums and histograms, per series, for one
-//! `prometheus_remote_write` destination. Remote write carries cumulative counters only, and
-//! Claude Code exports every metric as DELTA.
+//! The state of one `prometheus_remote_write` destination: running totals of DELTA sums and
+//! histograms, CUMULATIVE series merged by `drop_labels`, and merged gauges. Remote write
+//! carries cumulative counters only, Claude Code exports every metric as DELTA, and a fleet
+//! wants series summed across sessions.
 //!
-//! A series is keyed by its Prometheus identity (metric name and labels, external labels
-//! excepted; see [`super::translate`]). Its state is a stable start time (the first delta's
-//! start), the time of the last point added, and the running value (a sum, or a histogram's
-//! bucket counts, sum and count).
-//!
-//! Rules, as OpenTelemetry Collector's `deltatocumulative` processor has them:
-//! - a point whose time is at or before the series' last time is a duplicate (a batch sent again
-//!   after a crash) or arrived out of order: it is ignored, counted, and produces no sample;
-//! - a point that starts before the series' start belongs to an older run: ignored, counted;
-//! - a histogram whose bucket bounds change starts the series over (the new start is the point's
-//!   start), which Prometheus sees as a counter reset — the honest reading of a changed layout.
+//! The accumulation rule:
+//! - **A point is applied once, by where it is in the spool, whatever its time.** The state
+//!   keeps the [`Position`] (record sequence number, byte offset of the resource in the record)
+//!   of the last resource applied, committed with the totals in one atomic write. A resource at
+//!   or before it belongs to a batch sent again after a crash: its points are ignored
+//!   ([`Ignored::already_applied`]). Every other point is added, even one older than its
+//!   series (another session's, or an SDK's late retry): time decides nothing.
+//! - **A sample never goes back in time.** A series' sample is at the point's time if that is a
+//!   later millisecond than its last sample, else a millisecond after the last one
+//!   (Prometheus refuses a whole request with an out-of-order sample, or a second value at one
+//!   timestamp).
+//! - **Series are summed over the labels `drop_labels` names.** An original series (every
+//!   label) goes into the aggregated one (labels dropped). DELTA points add directly.
+//!   CUMULATIVE points are first turned into deltas per original series: the state remembers
+//!   each original's last value; the delta is the difference, or the whole value for an
+//!   original not seen before, after a drop in value or a new start time (a reset: the process
+//!   restarted and counts from zero). Histograms likewise, bucket by bucket; exponential ones at
+//!   the coarser scale.
+//! - **A DELTA interval counts once per original series.** Each original DELTA series remembers
+//!   the (start, time) of its last [`RECENT_INTERVALS`] points; the same interval again is a
+//!   request a client re-sent after the agent had accepted it ([`Ignored::duplicate_interval`]).
+//!   Two sessions sharing labels never send the same nanosecond interval.
+//! - **A histogram whose bucket bounds change starts the series over**, which Prometheus sees
+//!   as a counter reset: the honest reading of a changed layout.
+//! - **Gauges are not summed.** With `drop_labels_gauges = "last"` a merged gauge holds the value
+//!   of its newest point (a point not in a later millisecond is ignored,
+//!   [`Ignored::older_than_series`]); with `"keep"` it keeps its labels and never comes here.
 //!
 //! Transactions: [`Txn`] reads through to the committed state and records its changes apart, so
 //! an attempt that fails (retry, 401) leaves the state as it was and the same batch can be
 //! translated again. [`Cumulative::commit`] applies the changes once the upstream accepted (or
-//! refused as malformed) the batch, and writes them to the spool's state tree *before* the
-//! worker moves its cursor: a crash between the two re-sends a batch whose points are then
-//! duplicates, never a double count. Entries written to the tree become durable with the
-//! spool's next group commit (the cursor's, at the latest: sled persists a prefix of its log).
+//! refused as malformed) the batch, and writes them, the applied position with them, to the
+//! spool's state tree in one batch *before* the worker moves its cursor: a crash between the
+//! two re-sends a batch that the position recognises, never a double count; a crash before the
+//! write re-sends it against the old state, which yields the same samples again. Entries
+//! written become durable with the spool's next group commit (the cursor's, at the latest: sled
+//! persists a prefix of its log).
 //!
-//! Memory is bounded: a series with no point for `stale_after` of *data* time (the newest point
-//! time seen, not the wall clock, so a weekend's backlog draining does not evict everything) is
-//! dropped from memory and the tree; its next point starts it over.
+//! The tree holds one entry per aggregated series (its key: metric name and labels), one per
+//! original series (prefix `\x01o\x00`) and the applied position (`\x01applied`). A tree
+//! written before positions were kept (series entries only) loads as it is: until its first
+//! commit writes a position, a point at or before a loaded series' last time counts as applied,
+//! the rule that format was written under.
+//!
+//! Memory is bounded: an aggregated or original series with no point for `stale_after` of
+//! *data* time (the newest point time seen, not the wall clock, so a weekend's backlog draining
+//! does not evict everything) is dropped from memory and the tree; its next point starts it
+//! over (an original CUMULATIVE series then counts its whole value again).
 //!
 //! Owns the state tree it is given (one per destination); touches no other part of the spool. It
 //! looks the tree up on each use ([`StateTree`]) and keeps no handle: a handle would keep the
@@ -554,7 +580,7 @@ impl<'a> Txn<'a> {
 
     /// Adds one delta point to the aggregated series `key`; its new running total, or `None`
     /// when a tree of the old format says the point was applied already. The series' time is
-    /// the point's, or a millisecond after its own when that is not earlier ([`after`]).
+    /// the point's, or a millisecond after its own when that is not earlier (`after`).
     pub fn add(&mut self, key: &str, start_ns: u64, time_ns: u64, delta: Value) -> Option<&Series> {
         let start_ns = if start_ns == 0 || start_ns > time_ns {
             time_ns

@@ -13,8 +13,11 @@
 //! (out of order, out of bounds), so retrying those would never end.
 //!
 //! Invariants: the delta state moves only when a batch is settled — delivered, or refused and
-//! dead-lettered — and is saved before the worker acknowledges the batch (see
-//! [`cumulative`]). Labels are sorted by name and samples time-ordered in every series sent.
+//! dead-lettered — and is saved, with the spool position of the last resource applied, before
+//! the worker acknowledges the batch (see [`cumulative`]); the worker says where each record
+//! of the batch starts ([`Source`]), so each resource's position is known without decoding
+//! twice. A replayed dead letter's points were applied when it was refused: they are not
+//! added again. Labels are sorted by name and samples time-ordered in every series sent.
 //! Metrics only: the config refuses other signals for this type, and a batch of another signal
 //! is refused here. Touches only its own state tree in the spool.
 

@@ -41,16 +41,26 @@
 //!   [`super::cumulative::Exponential`]); when a delta of a coarser scale arrives the running
 //!   total moves to that scale, and the `le` series change with it (the old ones go stale).
 //!   Nothing is dropped.
-//! - DELTA sums and histograms go through [`super::cumulative`], all of a batch's DELTA points
-//!   in time order (a batch holds several stored requests, so one series' deltas can sit in
-//!   several resources); a point that is a duplicate or out of order there produces no sample.
+//! - DELTA sums and histograms go through [`super::cumulative`] (its rules: applied once by
+//!   spool position, samples never back in time), all of a batch's points that go there in time
+//!   order (a batch holds several stored requests, so one series' points can sit in several
+//!   resources); a point the state ignores produces no sample. `target_info` goes there too
+//!   (its newest sample wins): the resources of many processes share it.
+//! - `drop_labels` removes the point and resource attributes it names (OpenTelemetry keys, so
+//!   `service.instance.id` removes `instance`) before series are formed. Then CUMULATIVE
+//!   monotonic sums and histograms go through [`super::cumulative`] too (turned into deltas per
+//!   original series, summed); so do gauges and non-monotonic sums with
+//!   `drop_labels_gauges = "last"` (the newest value wins), while with `"keep"` they keep every
+//!   label, as summaries always do (quantiles cannot be merged); such points are counted. A
+//!   `NoRecordedValue` point of a merged series is dropped: the other originals still report.
 //! - A point flagged `NoRecordedValue` becomes Prometheus's stale marker (NaN with bits
 //!   `0x7ff0000000000002`) on each of its series.
 //! - Timestamps are milliseconds (the point's `time_unix_nano` / 10⁶). Within a series samples
 //!   are sorted by time; two samples at one millisecond keep the later-translated one.
 //! - Not sent: exemplars, metadata, `otel_scope_*` labels, created timestamps.
 //!
-//! Owns nothing: a pure function of the request, the external labels and the delta state.
+//! Owns nothing: a pure function of the request, the resources' spool positions, the options
+//! and the delta state.
 
 use std::collections::BTreeMap;
 
