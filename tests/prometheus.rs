@@ -80,6 +80,11 @@ struct Prometheus {
 }
 
 impl Prometheus {
+    /// A started Prometheus for `test`, or `None` after a loud SKIP (a failure under CI).
+    async fn start_for(test: &str) -> Option<Prometheus> {
+        Some(Prometheus::start(&require_prometheus(test)?).await)
+    }
+
     async fn start(bin: &Path) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
@@ -591,10 +596,11 @@ fn captured_metrics(folder: &Path) -> (Value, Vec<Captured>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixture_metrics_arrive_in_prometheus_as_computed() {
-    let Some(bin) = require_prometheus("fixture_metrics_arrive_in_prometheus_as_computed") else {
+    let Some(prom) =
+        Prometheus::start_for("fixture_metrics_arrive_in_prometheus_as_computed").await
+    else {
         return;
     };
-    let prom = Prometheus::start(&bin).await;
     let mut series_checked = 0;
     for folder in otlp_http_fixture_folders() {
         let name = folder.file_name().unwrap().to_string_lossy().into_owned();
@@ -728,10 +734,9 @@ fn claude_interval(start: u64, end: u64, rng: &mut impl rand::Rng) -> ExportMetr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claude_code_delta_stream_is_cumulative_in_prometheus_across_a_restart() {
-    let Some(bin) = require_prometheus("claude_code_delta_stream") else {
+    let Some(prom) = Prometheus::start_for("claude_code_delta_stream").await else {
         return;
     };
-    let prom = Prometheus::start(&bin).await;
     let dir = tempfile::tempdir().unwrap();
     let toml = config_toml(
         dir.path(),
@@ -910,10 +915,11 @@ fn delta_sums(requests: &[&ExportMetricsServiceRequest], common: &Labels) -> Exp
 /// apart by `session.id` that `drop_labels` removes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_out_of_order_delta_sessions_sum_exactly() {
-    let Some(bin) = require_prometheus("concurrent_out_of_order_delta_sessions_sum_exactly") else {
+    let Some(prom) =
+        Prometheus::start_for("concurrent_out_of_order_delta_sessions_sum_exactly").await
+    else {
         return;
     };
-    let prom = Prometheus::start(&bin).await;
     let mut rng = rand::rng();
     let step = 10_000_000_000u64;
     let n = 8;
@@ -1005,11 +1011,11 @@ async fn concurrent_out_of_order_delta_sessions_sum_exactly() {
 /// value (the original-series memory is in the spool).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cumulative_sessions_merged_by_drop_labels_survive_a_reset() {
-    let Some(bin) = require_prometheus("cumulative_sessions_merged_by_drop_labels_survive_a_reset")
+    let Some(prom) =
+        Prometheus::start_for("cumulative_sessions_merged_by_drop_labels_survive_a_reset").await
     else {
         return;
     };
-    let prom = Prometheus::start(&bin).await;
     let dir = tempfile::tempdir().unwrap();
     let toml = config_toml(
         dir.path(),
@@ -1306,10 +1312,10 @@ async fn check_capture(
 /// histogram counts and sums, bit for bit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ai_cli_captures_merge_sessions_with_drop_labels() {
-    let Some(bin) = require_prometheus("ai_cli_captures_merge_sessions_with_drop_labels") else {
+    let Some(prom) = Prometheus::start_for("ai_cli_captures_merge_sessions_with_drop_labels").await
+    else {
         return;
     };
-    let prom = Prometheus::start(&bin).await;
     let mut tools: Vec<_> = AI_CLI
         .iter()
         .map(|(folder, variant)| {
@@ -1379,10 +1385,11 @@ async fn ai_cli_captures_merge_sessions_with_drop_labels() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histograms_summaries_and_stale_points_round_trip() {
-    let Some(bin) = require_prometheus("histograms_summaries_and_stale_points_round_trip") else {
+    let Some(prom) =
+        Prometheus::start_for("histograms_summaries_and_stale_points_round_trip").await
+    else {
         return;
     };
-    let prom = Prometheus::start(&bin).await;
     let dir = tempfile::tempdir().unwrap();
     let agent = start_agent(&config_toml(
         dir.path(),
@@ -1807,15 +1814,23 @@ async fn kill_during_delivery(
     (start().await, rounds.len(), log)
 }
 
+/// How many batches the agents of `log` found already counted after a restart.
+fn already_counted(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches("already counted")
+        .count()
+}
+
 /// The AI CLI captures (nine metrics requests: three sessions of each tool) through the real
 /// binary with `drop_labels`, SIGKILLed after each: every merged total bit-exact (nothing
 /// counted twice, nothing lost), and no counter reset in Prometheus.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merged_capture_totals_survive_nine_sigkills() {
-    let Some(bin) = require_prometheus("merged_capture_totals_survive_nine_sigkills") else {
+    let Some(prom) = Prometheus::start_for("merged_capture_totals_survive_nine_sigkills").await
+    else {
         return;
     };
-    let prom = Prometheus::start(&bin).await;
     let dir = tempfile::tempdir().unwrap();
     let variant = "without_session_id_and_instance";
     let mut tools: Vec<(Value, Vec<Captured>)> = AI_CLI
@@ -1875,10 +1890,7 @@ async fn merged_capture_totals_survive_nine_sigkills() {
         }
     }
     drop(agent);
-    let resent = std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .matches("already counted")
-        .count();
+    let resent = already_counted(&log);
     eprintln!("sigkill with drop_labels: {kills} kills, {resent} batches found already counted after a restart");
 }
 
@@ -1888,10 +1900,10 @@ async fn merged_capture_totals_survive_nine_sigkills() {
 /// again): the totals in Prometheus are still exact and no counter ever resets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delta_totals_survive_sigkill_at_random_moments() {
-    let Some(bin) = require_prometheus("delta_totals_survive_sigkill_at_random_moments") else {
+    let Some(prom) = Prometheus::start_for("delta_totals_survive_sigkill_at_random_moments").await
+    else {
         return;
     };
-    let prom = Prometheus::start(&bin).await;
     let dir = tempfile::tempdir().unwrap();
     let mut rng = rand::rng();
     let step = 5_000_000_000u64;
@@ -1947,10 +1959,7 @@ async fn delta_totals_survive_sigkill_at_random_moments() {
         "counter resets after kill -9: {resets:?}"
     );
     drop(agent);
-    let resent = std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .matches("already counted")
-        .count();
+    let resent = already_counted(&log);
     eprintln!(
         "sigkill: {kills} kills, {} series exact, {resent} batches found already counted after a restart",
         want.len()

@@ -701,13 +701,8 @@ fn translate_metric(metric: &Metric, out: &mut Out) -> Option<u64> {
                     sum: p.sum.unwrap_or(0.0),
                     count: p.count,
                 };
-                let point = Point {
-                    labels: out.point_labels(&p.attributes),
-                    start_ns: p.start_time_unix_nano,
-                    time_ns: p.time_unix_nano,
-                    no_value: p.flags & NO_RECORDED_VALUE != 0,
-                    has_sum: p.sum.is_some(),
-                };
+                let times = (p.start_time_unix_nano, p.time_unix_nano);
+                let point = Point::new(out, &p.attributes, times, p.flags, p.sum.is_some());
                 histogram_point(&name, point, temporality, value, out);
             }
         }
@@ -716,13 +711,8 @@ fn translate_metric(metric: &Metric, out: &mut Out) -> Option<u64> {
             let temporality = Temporality::of(h.aggregation_temporality);
             for p in &h.data_points {
                 newest = newest.max(Some(p.time_unix_nano));
-                let point = Point {
-                    labels: out.point_labels(&p.attributes),
-                    start_ns: p.start_time_unix_nano,
-                    time_ns: p.time_unix_nano,
-                    no_value: p.flags & NO_RECORDED_VALUE != 0,
-                    has_sum: p.sum.is_some(),
-                };
+                let times = (p.start_time_unix_nano, p.time_unix_nano);
+                let point = Point::new(out, &p.attributes, times, p.flags, p.sum.is_some());
                 let value = Value::Exponential(exponential(p));
                 histogram_point(&name, point, temporality, value, out);
             }
@@ -758,6 +748,24 @@ struct Point {
     time_ns: u64,
     no_value: bool,
     has_sum: bool,
+}
+
+impl Point {
+    fn new(
+        out: &Out,
+        attributes: &[KeyValue],
+        (start_ns, time_ns): (u64, u64),
+        flags: u32,
+        has_sum: bool,
+    ) -> Point {
+        Point {
+            labels: out.point_labels(attributes),
+            start_ns,
+            time_ns,
+            no_value: flags & NO_RECORDED_VALUE != 0,
+            has_sum,
+        }
+    }
 }
 
 fn number_point(name: &str, p: &NumberDataPoint, temporality: Temporality, out: &mut Out) {
