@@ -274,6 +274,28 @@ fn destination(out: &mut String, dest: &Value, width: u16) {
         }
     }
     push_table(out, &rows);
+    let rw = &dest["remote_write"];
+    if rw.is_object() {
+        let ignored: Vec<String> = rw["points_ignored"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, n)| n.as_u64().is_some_and(|n| n > 0))
+            .map(|(why, n)| format!("{n} {}", why.replace('_', " ")))
+            .collect();
+        let ignored = match ignored.is_empty() {
+            true => "none".to_string(),
+            false => ignored.join(", "),
+        };
+        let line = format!(
+            "remote write: {} series in the last request, {} aggregated away (drop_labels); \
+             points ignored: {ignored}; gauge points that kept a dropped label: {}",
+            count(&rw["series_written"]),
+            count(&rw["series_aggregated_away"]),
+            count(&rw["gauge_points_kept_labels"]),
+        );
+        let _ = writeln!(out, "{}", wrapped(&line, width));
+    }
     for a in advice {
         let _ = writeln!(out, "{}", wrapped(&format!("what to do: {a}"), width));
     }

@@ -1,7 +1,8 @@
 //! `otlp-spool status` as a person reads it, held to golden files: the table rendered from a
-//! fixed `/status` document (`tests/golden/status-<case>.json`: a healthy agent, a destination
-//! in backoff with a 300-character error and dead letters the bound dropped, one whose
-//! credentials are refused) at 80 and 200 columns (`tests/golden/status-<case>-<width>.txt`).
+//! fixed `/status` document (`tests/golden/status-<case>.json`: a healthy agent, whose
+//! remote-write destination shows its `drop_labels` counts; a destination in backoff with a
+//! 300-character error and dead letters the bound dropped; one whose credentials are refused)
+//! at 80 and 200 columns (`tests/golden/status-<case>-<width>.txt`).
 //! Besides the goldens: no line is wider than asked, the columns of each table line up (every
 //! row's cells start where the header's do), and each destination in trouble ends with its
 //! advice. `UPDATE_GOLDEN=1 cargo test --test status_render` rewrites the goldens; read the
@@ -84,9 +85,11 @@ fn lines_fit_and_columns_line_up() {
                     let at = line.find(name).unwrap();
                     assert!(starts.iter().any(|&s| s <= at), "{case}: {name}");
                 }
-                for row in lines[i + 2..].iter().take_while(|l| {
-                    !l.is_empty() && !l.starts_with("what to do") && !l.starts_with("destination")
-                }) {
+                let below = ["what to do", "destination", "remote write"];
+                for row in lines[i + 2..]
+                    .iter()
+                    .take_while(|l| !l.is_empty() && !below.iter().any(|b| l.starts_with(b)))
+                {
                     for &start in &starts[1..] {
                         assert!(
                             row.len() <= start || row.as_bytes()[start - 1] == b' ',
