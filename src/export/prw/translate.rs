@@ -721,9 +721,13 @@ fn translate_metric(metric: &Metric, out: &mut Out) -> Option<u64> {
             let name = metric_name(&metric.name, &metric.unit, Kind::Summary);
             for p in &s.data_points {
                 // Quantiles cannot be merged: a summary keeps every label (counted).
-                let labels = out.point_labels(&p.attributes);
-                out.merges(&labels, Temporality::Gauge);
-                let labels = labels.1.unwrap_or(labels.0);
+                let labels = match out.point_labels(&p.attributes) {
+                    (kept, Some(original)) => {
+                        out.gauge_points_kept_labels += u64::from(original != kept);
+                        original
+                    }
+                    (labels, None) => labels,
+                };
                 let ts = ms(p.time_unix_nano);
                 let no_value = p.flags & NO_RECORDED_VALUE != 0;
                 let v = |x: f64| if no_value { stale() } else { x };
@@ -1074,6 +1078,136 @@ mod tests {
             "__name__=target_info,cluster=c,host_name=h,instance=i-9,job=ns/svc"
         );
         assert_eq!((info.samples[0].timestamp, info.samples[0].value), (2, 1.0));
+    }
+
+    #[test]
+    fn drop_labels_merges_counters_and_gauges_as_told_and_keeps_summaries() {
+        use opentelemetry_proto::tonic::metrics::v1::{
+            Gauge, ResourceMetrics, ScopeMetrics, Sum, Summary, SummaryDataPoint,
+        };
+        use opentelemetry_proto::tonic::resource::v1::Resource;
+        const MS: u64 = 1_000_000;
+        let number = |session: &str, time, v, flags| NumberDataPoint {
+            attributes: vec![kv("session.id", session), kv("k", "v")],
+            start_time_unix_nano: MS,
+            time_unix_nano: time,
+            flags,
+            value: Some(Number::AsInt(v)),
+            ..Default::default()
+        };
+        let metric = |name: &str, data| Metric {
+            name: name.into(),
+            data: Some(data),
+            ..Default::default()
+        };
+        let sum = |points, temporality: AggregationTemporality| {
+            Data::Sum(Sum {
+                data_points: points,
+                aggregation_temporality: temporality as i32,
+                is_monotonic: true,
+            })
+        };
+        let req = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: vec![
+                        kv("service.name", "svc"),
+                        kv("session.id", "r"),
+                        kv("host.arch", "arm64"),
+                    ],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![
+                        metric(
+                            "g",
+                            Data::Gauge(Gauge {
+                                data_points: vec![number("a", MS, 1, 0), number("b", 2 * MS, 2, 0)],
+                            }),
+                        ),
+                        metric(
+                            "c",
+                            sum(
+                                vec![number("a", MS, 5, 0), number("b", 2 * MS, 7, 0)],
+                                AggregationTemporality::Cumulative,
+                            ),
+                        ),
+                        metric(
+                            "d",
+                            sum(vec![number("a", MS, 0, 1)], AggregationTemporality::Delta),
+                        ),
+                        metric(
+                            "q",
+                            Data::Summary(Summary {
+                                data_points: vec![SummaryDataPoint {
+                                    attributes: vec![kv("session.id", "a")],
+                                    time_unix_nano: MS,
+                                    ..Default::default()
+                                }],
+                            }),
+                        ),
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        for merge_gauges in [false, true] {
+            let options = Options {
+                external: Vec::new(),
+                drop_labels: vec!["session.id".into()],
+                merge_gauges,
+            };
+            let state = super::super::cumulative::Cumulative::new(None, Default::default());
+            let guard = state.lock().unwrap();
+            let mut txn = Txn::new(&guard);
+            let t = translate(&req, &[Some((1, 0))], &options, &mut txn);
+            let show: Vec<String> = t
+                .series
+                .iter()
+                .map(|ts| {
+                    let labels: Vec<String> = ts
+                        .labels
+                        .iter()
+                        .map(|l| format!("{}={}", l.name, l.value))
+                        .collect();
+                    let samples: Vec<String> = ts
+                        .samples
+                        .iter()
+                        .map(|s| format!("{}@{}", s.value, s.timestamp))
+                        .collect();
+                    format!("{} {}", labels.join(","), samples.join(" "))
+                })
+                .filter(|s| !s.starts_with("__name__=q"))
+                .collect();
+            let gauges = if merge_gauges {
+                vec!["__name__=g,job=svc,k=v 1@1 2@2"]
+            } else {
+                vec![
+                    "__name__=g,job=svc,k=v,session_id=a 1@1",
+                    "__name__=g,job=svc,k=v,session_id=b 2@2",
+                ]
+            };
+            let mut want = vec!["__name__=c_total,job=svc,k=v 5@1 12@2"];
+            want.extend(gauges);
+            want.push("__name__=target_info,host_arch=arm64,job=svc 1@2");
+            assert_eq!(show, want, "merge_gauges = {merge_gauges}");
+            let q = t
+                .series
+                .iter()
+                .find(|ts| ts.labels[0].value == "q_count")
+                .unwrap();
+            assert!(q.labels.iter().any(|l| l.name == "session_id"), "{q:?}");
+            let kept = if merge_gauges { 1 } else { 3 };
+            assert_eq!(
+                t.gauge_points_kept_labels, kept,
+                "the summary, and unmerged gauges"
+            );
+            assert_eq!(
+                txn.ignored.stale_marker_of_merged_series, 1,
+                "d's stale point"
+            );
+        }
     }
 
     #[test]
