@@ -1004,6 +1004,61 @@ async fn concurrent_out_of_order_delta_sessions_sum_exactly() {
     }
 }
 
+/// The state saved, the cursor not (the crash `kill -9` rarely hits: between the two writes):
+/// the batches go again and are recognised by their spool position. Made exact here: another
+/// destination that never delivers keeps the records, the cursor is set back, and a reload
+/// restarts the worker from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_sent_again_after_the_state_was_saved_count_once() {
+    let Some(prom) =
+        Prometheus::start_for("batches_sent_again_after_the_state_was_saved_count_once").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let witness = "[[destination]]\nname = \"witness\"\ntype = \"otlp_http\"\nendpoint = \"http://127.0.0.1:9\"\nsignals = [\"metrics\"]\n";
+    let toml = |extra: &str| {
+        let prw = prw_destination(&prom.write_url(), extra);
+        config_toml(dir.path(), &format!("{prw}{witness}"))
+    };
+    let mut rng = rand::rng();
+    let step = 10_000_000_000u64;
+    let t0 = now_ns() - 10 * step;
+    let intervals: Vec<_> = (0..6)
+        .map(|i| {
+            let r = claude_interval(t0 + i * step, t0 + (i + 1) * step, &mut rng);
+            with_session(r, None)
+        })
+        .collect();
+    let mut agent = start_agent(&toml("")).await;
+    for r in &intervals {
+        let addr = agent.http_addrs()[0];
+        let (status, text) = post(addr, "/v1/metrics", &[PROTOBUF], r.encode_to_vec()).await;
+        assert_eq!(status, 200, "{text}");
+        drained(&agent).await;
+    }
+    let metrics = otlp_spool::otlp::Signal::Metrics;
+    agent.spool().ack("prom", metrics, 0).unwrap();
+    let config = otlp_spool::config::Config::parse(&toml("stale_after = \"2h\"")).unwrap();
+    agent.reload(config).await.unwrap();
+    drained(&agent).await;
+    let points: u64 = intervals
+        .iter()
+        .flat_map(|r| &r.resource_metrics[0].scope_metrics[0].metrics)
+        .map(|m| match &m.data {
+            Some(Data::Sum(s)) => s.data_points.len() as u64,
+            _ => 0,
+        })
+        .sum();
+    let rw = &agent.status()["destinations"][0]["remote_write"];
+    assert_eq!(rw["points_ignored"]["already_applied"], points, "{rw}");
+    let end_ms = ((t0 + 6 * step) / 1_000_000) as i64;
+    let want = delta_sums(&intervals.iter().collect::<Vec<_>>(), &Labels::new());
+    let query = "{__name__=~\"claude_code_.*\"}";
+    assert_matches(prom.query(query, end_ms + 1000).await, &want, "sent again");
+    agent.shutdown().await;
+}
+
 /// A Copilot-CLI-shaped CUMULATIVE counter and histogram from two sessions, merged by
 /// `drop_labels = ["session.id"]`; one session's process restarts mid-stream (new start time,
 /// values from zero again). The merged series keeps rising by exactly what the sessions
