@@ -12,6 +12,14 @@
 //! - a DELTA stream shaped like Claude Code's (`claude_code.token.usage` by `type` and `model`,
 //!   `claude_code.cost.usage`), with an agent restart mid-way and a batch sent twice:
 //!   totals exact, `resets()` = 0;
+//! - two Claude Code sessions whose batches arrive out of order (and one late): every delta
+//!   summed, with shared labels and with `session.id` dropped by `drop_labels`;
+//! - CUMULATIVE sessions merged by `drop_labels` across a process restart (a reset) and an agent
+//!   restart; batches sent again after their state was saved: counted once;
+//! - the captured metrics of Claude Code, Copilot CLI and Gemini CLI (`tests/fixtures/ai-cli/`,
+//!   three sessions each) with and without `drop_labels`: series counts and every merged total
+//!   as `expected.json` computed them, bit for bit; the same through the real binary
+//!   SIGKILLed nine times;
 //! - the real binary SIGKILLed at random moments mid-stream: totals bit-exact, no resets;
 //! - histograms, summaries, exponential histograms and a stale (`NoRecordedValue`) gauge;
 //! - retries (503, 429) and dead letters (400) against the fault-injecting sink, with the wire
