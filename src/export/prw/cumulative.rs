@@ -342,22 +342,6 @@ pub struct Ignored {
     pub stale_marker_of_merged_series: u64,
 }
 
-impl Ignored {
-    pub fn total(&self) -> u64 {
-        self.already_applied
-            + self.duplicate_interval
-            + self.older_than_series
-            + self.stale_marker_of_merged_series
-    }
-
-    pub fn add(&mut self, other: &Ignored) {
-        self.already_applied += other.already_applied;
-        self.duplicate_interval += other.duplicate_interval;
-        self.older_than_series += other.older_than_series;
-        self.stale_marker_of_merged_series += other.stale_marker_of_merged_series;
-    }
-}
-
 /// The committed state.
 pub struct State {
     series: HashMap<String, Series>,
@@ -373,14 +357,11 @@ pub struct State {
 }
 
 impl State {
-    /// Aggregated series held, and original series merged into another (`drop_labels`).
-    pub fn series_counts(&self) -> (usize, usize) {
-        let merged_into: std::collections::HashSet<&str> =
+    /// Original series held beyond the series they are summed into (`drop_labels`).
+    pub fn aggregated_away(&self) -> usize {
+        let into: std::collections::HashSet<&str> =
             self.originals.values().map(|o| o.into.as_str()).collect();
-        (
-            self.series.len(),
-            self.originals.len().saturating_sub(merged_into.len()),
-        )
+        self.originals.len() - into.len()
     }
 }
 
@@ -565,15 +546,15 @@ impl<'a> Txn<'a> {
             .or_else(|| self.base.originals.get(key))
     }
 
-    /// Whether the points of the resource at `position` are still to be applied (`None`: a
-    /// dead letter replayed, whose points were applied when it was refused). Counts the ones
-    /// that are not; the applied position moves to the newest fresh one at commit.
-    pub fn fresh(&mut self, position: Option<Position>, points: u64) -> bool {
+    /// Whether a point of the resource at `position` is still to be applied (`None`: a dead
+    /// letter replayed, whose points were applied when it was refused). Counts it if not; the
+    /// applied position moves to the newest fresh one at commit.
+    pub fn fresh(&mut self, position: Option<Position>) -> bool {
         let fresh = position.is_some_and(|p| self.base.applied.is_none_or(|mark| p > mark));
         if fresh {
             self.changes.applied = self.changes.applied.max(position);
         } else {
-            self.ignored.already_applied += points;
+            self.ignored.already_applied += 1;
         }
         fresh
     }
@@ -766,9 +747,9 @@ mod tests {
         let changes = {
             let state = c.lock().unwrap();
             let mut txn = Txn::new(&state);
-            assert!(txn.fresh(Some((1, 0)), 1));
+            assert!(txn.fresh(Some((1, 0))));
             assert!(txn.add("a", 10 * MS, 20 * MS, Value::Sum(1.0)).is_some());
-            assert!(txn.fresh(Some((2, 0)), 1));
+            assert!(txn.fresh(Some((2, 0))));
             assert!(txn.add("a", 20 * MS, 30 * MS, Value::Sum(2.0)).is_some());
             txn.into_changes()
         };
@@ -778,20 +759,20 @@ mod tests {
         assert_eq!(total(&c, "a"), Some(3.0));
         let ignored = commit_with(&c, |txn| {
             // The batch again (a crash before the cursor moved), and a replayed dead letter.
-            assert!(!txn.fresh(Some((2, 0)), 1));
-            assert!(!txn.fresh(Some((1, 7)), 2));
-            assert!(!txn.fresh(None, 1));
+            assert!(!txn.fresh(Some((2, 0))));
+            assert!(!txn.fresh(Some((1, 7))));
+            assert!(!txn.fresh(None));
             // A new record whose point is older than the series (another session, or an SDK
             // retrying late): added, and the series' sample moves a millisecond on, neither back
             // in time nor onto the last sample's timestamp.
-            assert!(txn.fresh(Some((2, 1)), 1));
+            assert!(txn.fresh(Some((2, 1))));
             let s = txn.add("a", 5 * MS, 15 * MS, Value::Sum(4.0)).unwrap();
             assert_eq!((s.last_ns, s.value.clone()), (31 * MS, Value::Sum(7.0)));
         });
-        assert_eq!(ignored.already_applied, 4);
+        assert_eq!(ignored.already_applied, 3);
         let awkward = 1.8084509999999994_f64;
         commit_with(&c, |txn| {
-            assert!(txn.fresh(Some((3, 0)), 1));
+            assert!(txn.fresh(Some((3, 0))));
             txn.add("b", 1, 2, Value::Sum(awkward));
         });
         drop(c);
@@ -817,7 +798,7 @@ mod tests {
         let c = Cumulative::new(Some(state_tree(&tree)), DEFAULT_STALE_AFTER);
         assert_eq!(total(&c, "a"), Some(3.0));
         let ignored = commit_with(&c, |txn| {
-            assert!(txn.fresh(Some((9, 0)), 1));
+            assert!(txn.fresh(Some((9, 0))));
             assert!(
                 txn.add("a", 20, 30, Value::Sum(2.0)).is_none(),
                 "sent before"
@@ -827,7 +808,7 @@ mod tests {
         assert_eq!(ignored.already_applied, 1);
         assert_eq!(total(&c, "a"), Some(4.0));
         commit_with(&c, |txn| {
-            assert!(txn.fresh(Some((10, 0)), 1));
+            assert!(txn.fresh(Some((10, 0))));
             assert!(
                 txn.add("a", 20, 30, Value::Sum(2.0)).is_some(),
                 "with a position saved, time no longer decides"
@@ -857,8 +838,8 @@ mod tests {
         let sums = [Some(5.0), Some(7.0), Some(3.0), None, Some(2.0)].map(|v| v.map(Value::Sum));
         assert_eq!(deltas, sums);
         assert_eq!(
-            c.lock().unwrap().series_counts(),
-            (0, 1),
+            c.lock().unwrap().aggregated_away(),
+            1,
             "s1 and s2 go into m"
         );
         drop(c);

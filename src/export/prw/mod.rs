@@ -171,7 +171,7 @@ impl PrometheusRemoteWrite {
                 "cumulative or merged gauge points older than their series' last point: ignored"
             );
         }
-        // Counted once per settled attempt (the commits below): a retried attempt counts again.
+        // Counted when the batch is settled (its changes committed), not per attempt.
         let settle = |changes| {
             self.cumulative.commit(changes);
             self.count(series, &ignored, kept_labels);
@@ -228,8 +228,8 @@ impl PrometheusRemoteWrite {
         let s = &self.stats;
         s.series_written.store(series as u64, Relaxed);
         if let Ok(state) = self.cumulative.lock() {
-            let (_, away) = state.series_counts();
-            s.series_aggregated_away.store(away as u64, Relaxed);
+            let away = state.aggregated_away() as u64;
+            s.series_aggregated_away.store(away, Relaxed);
         }
         s.ignored_already_applied
             .fetch_add(ignored.already_applied, Relaxed);

@@ -620,7 +620,7 @@ impl Out<'_> {
                     }
                     continue;
                 }
-                _ if !txn.fresh(d.position, 1) => continue,
+                _ if !txn.fresh(d.position) => continue,
                 Accumulate::Delta(v) => {
                     let o = original.as_deref().unwrap_or(&key);
                     if !txn.new_interval(o, &key, start, time) {
