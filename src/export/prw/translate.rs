@@ -42,10 +42,12 @@
 //!   total moves to that scale, and the `le` series change with it (the old ones go stale).
 //!   Nothing is dropped.
 //! - DELTA sums and histograms go through [`super::cumulative`] (its rules: applied once by
-//!   spool position, samples never back in time), all of a batch's points that go there in time
-//!   order (a batch holds several stored requests, so one series' points can sit in several
-//!   resources); a point the state ignores produces no sample. `target_info` goes there too
-//!   (its newest sample wins): the resources of many processes share it.
+//!   spool position, samples never back in time), in spool order, not time order: the samples
+//!   of a batch then depend only on the state and the points before them, so a batch sent again
+//!   after a crash that lost its state yields the very samples Prometheus already holds, even
+//!   with newer (or older) points batched behind it. A point the state ignores produces no
+//!   sample. `target_info` goes there too (its newest sample wins): the resources of many
+//!   processes share it.
 //! - `drop_labels` removes the point and resource attributes it names (OpenTelemetry keys, so
 //!   `service.instance.id` removes `instance`) before series are formed. Then CUMULATIVE
 //!   monotonic sums and histograms go through [`super::cumulative`] too (turned into deltas per
@@ -526,9 +528,8 @@ enum Accumulate {
     Info,
 }
 
-/// A point that goes through the state, handled once the whole request is walked: points of
-/// one series may sit in several resources of a batch (one per stored request), and are taken
-/// in time order.
+/// A point that goes through the state, handled once the whole request is walked, in the order
+/// it was walked (the spool's).
 struct Deferred {
     name: String,
     /// The series' labels, and its original series' (before `drop_labels`) when that is set.
@@ -596,12 +597,10 @@ impl Out<'_> {
         true
     }
 
-    /// Runs the deferred points through the state, in time order (stable), and emits their
-    /// series' samples, at the series' time (which never goes back).
+    /// Runs the deferred points through the state, in spool order, and emits their series'
+    /// samples, at the series' time (which never goes back).
     fn accumulate(&mut self, txn: &mut Txn) {
-        let mut deferred = std::mem::take(&mut self.deferred);
-        deferred.sort_by_key(|d| d.time_ns);
-        for d in deferred {
+        for d in std::mem::take(&mut self.deferred) {
             let key = state_key(&d.name, &d.labels);
             let original = d.original.as_ref().map(|l| state_key(&d.name, l));
             let (start, time) = (d.start_ns, d.time_ns);
