@@ -222,6 +222,10 @@ pub struct DestinationConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub stale_after: Option<Duration>,
+    /// `[destination.redact]`: what is deleted, hashed and cut from what this destination is
+    /// sent (see `crate::redact`). Checked by [`Config::validate`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redact: Option<crate::redact::RedactConfig>,
 }
 
 impl DestinationConfig {
@@ -1338,6 +1342,12 @@ impl Config {
                     d.bearer_token
                         .iter()
                         .map(|v| ("bearer_token".to_string(), v)),
+                )
+                .chain(
+                    d.redact
+                        .iter()
+                        .filter_map(|r| r.hmac_key.as_ref())
+                        .map(|v| ("redact.hmac_key".to_string(), v)),
                 );
             for (key, secret) in secrets {
                 if secret.written_in_file {
@@ -1423,6 +1433,7 @@ impl Config {
         for (i, d) in self.destinations.iter().enumerate() {
             d.validate_aws()
                 .and_then(|()| d.validate_ca_file())
+                .and_then(|()| d.redact.as_ref().map_or(Ok(()), |r| r.validate()))
                 .map_err(|(key, message)| {
                     rule(
                         &format!("destination.{i}.{key}"),

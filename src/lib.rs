@@ -16,6 +16,7 @@ pub mod export;
 pub mod observe;
 pub mod otlp;
 pub mod receiver;
+pub mod redact;
 pub mod spool;
 pub mod tables;
 
