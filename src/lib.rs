@@ -34,6 +34,7 @@ use observe::{DestinationStats, Stats};
 use receiver::grpc::GrpcReceiver;
 use receiver::http::HttpReceiver;
 use receiver::Ingest;
+use redact::Redactor;
 use spool::{Limits, Spool};
 
 #[derive(Debug, thiserror::Error)]
@@ -82,8 +83,8 @@ impl Agent {
         let mut destinations = Vec::new();
         let mut destination_stats = Vec::new();
         for d in &config.destinations {
-            let upstream = Upstream::new(d, &spool).map_err(StartError::Destination)?;
-            let (running, d_stats) = start_destination(d, upstream, &spool, &stats, &stop);
+            let built = Built::new(d, &spool).map_err(StartError::Destination)?;
+            let (running, d_stats) = start_destination(d, built, &spool, &stats, &stop);
             destinations.push(running);
             destination_stats.push(d_stats);
         }
@@ -207,7 +208,7 @@ impl Agent {
             .zip(&keep)
             .map(|(d, k)| match k {
                 Some(_) => Ok(None),
-                None => Upstream::new(d, &self.spool).map(Some),
+                None => Built::new(d, &self.spool).map(Some),
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(StartError::Destination)?;
@@ -238,8 +239,8 @@ impl Agent {
                     destination_stats_of(d, &self.stats),
                 ),
                 None => {
-                    let upstream = built[i].take().expect("built above");
-                    start_destination(d, upstream, &self.spool, &self.stats, &self.stop)
+                    let b = built[i].take().expect("built above");
+                    start_destination(d, b, &self.spool, &self.stats, &self.stop)
                 }
             };
             self.destinations.push(r);
@@ -325,11 +326,34 @@ fn warn_if_holding(config: &Config) {
     }
 }
 
-/// Starts one worker per signal of `d`, sending through `upstream`, each stopping with the agent
-/// or on its own.
+/// What a destination's workers share: its client and its redaction rules.
+struct Built {
+    upstream: Upstream,
+    redactor: Option<Arc<Redactor>>,
+}
+
+impl Built {
+    fn new(d: &DestinationConfig, spool: &Spool) -> Result<Built, String> {
+        let redactor = match &d.redact {
+            Some(r) => {
+                Some(Arc::new(Redactor::new(r).map_err(|e| {
+                    format!("destination {:?}: {e}", d.name.as_str())
+                })?))
+            }
+            None => None,
+        };
+        Ok(Built {
+            upstream: Upstream::new(d, spool)?,
+            redactor,
+        })
+    }
+}
+
+/// Starts one worker per signal of `d`, sending through its client and redaction rules, each
+/// stopping with the agent or on its own.
 fn start_destination(
     d: &DestinationConfig,
-    upstream: Upstream,
+    Built { upstream, redactor }: Built,
     spool: &Spool,
     stats: &Stats,
     agent_stop: &CancellationToken,
@@ -344,6 +368,7 @@ fn start_destination(
             signal: *signal,
             spool: spool.clone(),
             upstream: Arc::clone(&upstream),
+            redactor: redactor.clone(),
             batch: d.batch_for(*signal),
             retry: (&d.retry).into(),
             stats: Arc::clone(worker_stats),

@@ -88,6 +88,10 @@ pub struct WorkerStats {
     pub partial_rejected_items: AtomicU64,
     pub dead_lettered_items: AtomicU64,
     pub last_success_ms: AtomicU64,
+    /// Values the destination's redact rules deleted, hashed and cut in what was sent.
+    redacted_deleted: AtomicU64,
+    redacted_hashed: AtomicU64,
+    redacted_cut: AtomicU64,
     last_error: Mutex<Option<String>>,
     retry: Mutex<RetryState>,
 }
@@ -99,6 +103,13 @@ impl WorkerStats {
 
     pub fn set_retry(&self, state: RetryState) {
         *self.retry.lock().expect("stats lock") = state;
+    }
+
+    /// Counts what redaction did to a batch that was sent.
+    pub fn redacted(&self, counts: crate::redact::Counts) {
+        self.redacted_deleted.fetch_add(counts.deleted, Relaxed);
+        self.redacted_hashed.fetch_add(counts.hashed, Relaxed);
+        self.redacted_cut.fetch_add(counts.cut, Relaxed);
     }
 }
 
@@ -283,6 +294,9 @@ impl Stats {
                                 "failed_attempts": w.failed_attempts.load(Relaxed),
                                 "partial_rejected_items": w.partial_rejected_items.load(Relaxed),
                                 "dead_lettered_items": dead_lettered,
+                                "redacted_deleted": w.redacted_deleted.load(Relaxed),
+                                "redacted_hashed": w.redacted_hashed.load(Relaxed),
+                                "redacted_cut": w.redacted_cut.load(Relaxed),
                                 "last_success_ms": (last_success > 0).then_some(last_success),
                                 "last_error": last_error,
                                 "retry": retry,
@@ -498,6 +512,21 @@ impl Stats {
                 "dead_lettered_items",
                 "counter",
                 "Items an upstream refused as malformed (dead-lettered).",
+            ),
+            (
+                "redacted_deleted",
+                "counter",
+                "Attribute values the destination's redact rules deleted from what it was sent.",
+            ),
+            (
+                "redacted_hashed",
+                "counter",
+                "Attribute values the destination's redact rules replaced by a keyed token.",
+            ),
+            (
+                "redacted_cut",
+                "counter",
+                "String values the destination's redact rules cut to max_string.",
             ),
         ] {
             let mut samples = Vec::new();

@@ -26,6 +26,7 @@
 //! worker waited are not sent. With nothing to send the worker sleeps on the spool's durable
 //! sequence (no polling). Owns no data: the spool and the cursor are the state.
 
+use std::borrow::Cow;
 use std::ops::{Range, RangeInclusive};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -38,6 +39,7 @@ use super::{Outcome, Refusal, Upstream};
 use crate::config::BatchConfig;
 use crate::observe::{now_ms, RetryState, WorkerStats};
 use crate::otlp::{count_items, split_in_two, Signal};
+use crate::redact::{Counts, Redactor};
 use crate::spool::{DeadLetter, Record, Spool};
 
 pub struct Worker {
@@ -45,6 +47,9 @@ pub struct Worker {
     pub signal: Signal,
     pub spool: Spool,
     pub upstream: Arc<Upstream>,
+    /// The destination's `[destination.redact]` rules, applied to every batch before it is
+    /// sent (and split); dead letters keep what was sent.
+    pub redactor: Option<Arc<Redactor>>,
     pub batch: BatchConfig,
     pub retry: RetryPolicy,
     pub stats: Arc<WorkerStats>,
@@ -227,16 +232,41 @@ impl Worker {
         self.send_payload(&payload, items, &origin).await
     }
 
-    /// Sends `payload` (`items` items, from `origin`), dead-lettering the pieces the upstream
-    /// refuses; counts what was delivered. `Ok` when nothing is left to retry.
+    /// Sends `payload` (`items` items, from `origin`) with the destination's redaction rules
+    /// applied, dead-lettering the pieces the upstream refuses; counts what was delivered and
+    /// redacted. `Ok` when nothing is left to retry.
     async fn send_payload(
         &self,
         payload: &[u8],
         items: u64,
         origin: &Origin,
     ) -> Result<(), Outcome> {
+        let (payload, redacted) = match &self.redactor {
+            None => (Cow::Borrowed(payload), Counts::default()),
+            Some(redactor) => match redactor.apply(self.signal, payload) {
+                Ok(done) => done,
+                // The spool validated it at ingest, so only damage the CRC missed gets here;
+                // sending it unredacted is not an option.
+                Err(e) => {
+                    let error = format!(
+                        "the batch does not decode as {} ({e}), so this destination's redact                          rules cannot be applied; it is kept as a dead letter, not sent",
+                        self.signal.name()
+                    );
+                    let piece = RefusedPiece::new(
+                        self.signal,
+                        payload,
+                        0..payload.len(),
+                        Refusal::local(error),
+                    );
+                    self.dead_letter(payload, &piece, origin).await;
+                    return Ok(());
+                }
+            },
+        };
+        let payload = &*payload;
         let mut sent = Sent::default();
         self.send_splitting(payload, 0, &mut sent).await?;
+        self.stats.redacted(redacted);
         let refused_items: u64 = sent.refused.iter().map(|p| p.items).sum();
         let delivered_items = items.saturating_sub(refused_items);
         if sent.requests > 0 {
