@@ -11,6 +11,7 @@
 //! have buffered.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod captures;
 pub mod lazyfs;
 pub mod process;
 
