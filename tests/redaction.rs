@@ -28,6 +28,7 @@ use prost::Message;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use support::captures::*;
+use support::prometheus::{require_prometheus, Labels, Prometheus};
 use support::*;
 
 const FLEET_KEY: &str = "fleet-key-0123456789abcdef0123456789";
@@ -484,4 +485,101 @@ async fn a_long_string_is_cut_to_max_string_and_marked() {
         "{metrics}"
     );
     agent.shutdown().await;
+}
+
+/// The newest data point time in metric trees, in milliseconds.
+fn newest_point_ms(trees: &[Value]) -> i64 {
+    fn walk(v: &Value, newest: &mut u64) {
+        match v {
+            Value::Object(o) => {
+                if let Some(t) = o.get("timeUnixNano").and_then(Value::as_str) {
+                    *newest = (*newest).max(t.parse().unwrap());
+                }
+                o.values().for_each(|e| walk(e, newest));
+            }
+            Value::Array(a) => a.iter().for_each(|e| walk(e, newest)),
+            _ => {}
+        }
+    }
+    let mut newest = 0;
+    trees.iter().for_each(|t| walk(t, &mut newest));
+    (newest / 1_000_000) as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_write_gets_the_same_series_and_totals_with_tokens_for_labels() {
+    let test = "remote_write_gets_the_same_series_and_totals_with_tokens_for_labels";
+    let Some(bin) = require_prometheus(test) else {
+        return;
+    };
+    let prom = Prometheus::start(&bin).await;
+    let prw = |name: &str, redact: &str| {
+        format!(
+            "[[destination]]\nname = \"{name}\"\ntype = \"prometheus_remote_write\"\nendpoint = \"{}\"\nbatch = {{ linger = \"20ms\" }}\nretry = {{ initial = \"50ms\", max = \"500ms\" }}\nexternal_labels = {{ dest = \"{name}\" }}\n{redact}\n",
+            prom.write_url()
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config_toml(
+        dir.path(),
+        &[
+            prw("plain", ""),
+            prw(
+                "red",
+                &format!("[destination.redact]\npreset = \"ai-cli\"\nhmac_key = \"{FLEET_KEY}\""),
+            ),
+        ]
+        .concat(),
+    );
+    let agent = start_agent(&toml).await;
+    let mut sent = Vec::new();
+    for folder in gemini_folders() {
+        replay_capture(agent.http_addrs()[0], &folder).await;
+        for req in expected(&folder)["requests"].as_array().unwrap() {
+            if req["path"] == "/v1/metrics" {
+                sent.push(captured_tree(&folder, req["request"].as_str().unwrap()));
+            }
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for dest in ["plain", "red"] {
+        while agent
+            .spool()
+            .pending(dest, otlp_spool::otlp::Signal::Metrics)
+            .records
+            > 0
+        {
+            assert!(std::time::Instant::now() < deadline, "{:#}", agent.status());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    agent.shutdown().await;
+    // Every series' last value within the captures' hour (the sessions are minutes apart).
+    let at = newest_point_ms(&sent) + 1000;
+    let series = |dest: &str| {
+        let prom = &prom;
+        let query = format!("last_over_time({{dest=\"{dest}\"}}[1h])");
+        async move { prom.query(&query, at).await }
+    };
+    let (plain, red) = (series("plain").await, series("red").await);
+    assert!(plain.len() > 20, "{} series in Prometheus", plain.len());
+    assert_eq!(red.len(), plain.len(), "series with and without redaction");
+    let values = |got: &[(Labels, f64)]| {
+        let mut v: Vec<f64> = got.iter().map(|(_, v)| *v).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    assert_eq!(values(&red), values(&plain), "each series' value");
+    let emails = |got: &[(Labels, f64)]| -> BTreeSet<String> {
+        got.iter()
+            .filter_map(|(l, _)| l.get("user_email").cloned())
+            .collect()
+    };
+    assert_eq!(
+        emails(&plain),
+        BTreeSet::from(["dev.one@example.com".to_string()])
+    );
+    let red_emails = emails(&red);
+    assert_eq!(red_emails.len(), 1, "{red_emails:?}");
+    assert!(red_emails.iter().all(|e| is_token(e)), "{red_emails:?}");
 }

@@ -274,3 +274,22 @@ fn check_refuses_tables_that_would_not_do_what_they_say() {
     let unknown = check_error("presets = \"ai-cli\"");
     assert!(unknown.contains("unknown field `presets`"), "{unknown}");
 }
+
+#[test]
+fn the_example_config_shows_a_valid_table() {
+    let example = include_str!("../../config.example.toml");
+    let start = example
+        .find("# [destination.redact]\n")
+        .expect("config.example.toml shows [destination.redact]");
+    let text: String = example[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with("# "))
+        .map(|l| format!("{}\n", &l[2..]))
+        .collect();
+    std::env::set_var("OTLP_SPOOL_REDACT_KEY", KEY);
+    let config = table(&text);
+    assert_eq!(config.preset, Some(Preset::AiCli));
+    assert_eq!(config.max_string, Some(crate::config::ByteSize(2048)));
+    config.validate().unwrap();
+}

@@ -14,6 +14,7 @@
 pub mod captures;
 pub mod lazyfs;
 pub mod process;
+pub mod prometheus;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
