@@ -293,3 +293,28 @@ fn the_example_config_shows_a_valid_table() {
     assert_eq!(config.max_string, Some(crate::config::ByteSize(2048)));
     config.validate().unwrap();
 }
+
+#[test]
+fn a_key_written_in_a_readable_file_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let destination = "[[destination]]\nname = \"up\"\ntype = \"otlp_http\"\nendpoint = \"http://127.0.0.1:1\"\n[destination.redact]\npreset = \"ai-cli\"\n";
+    std::env::set_var("OTLP_SPOOL_TEST_REDACT_KEY", KEY);
+    for (key, warned) in [
+        (KEY.to_string(), true),
+        ("${OTLP_SPOOL_TEST_REDACT_KEY}".to_string(), false),
+    ] {
+        std::fs::write(&path, format!("{destination}hmac_key = \"{key}\"\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let config = Config::load(&path).unwrap();
+        let warning = config.exposure_warning(&path);
+        assert_eq!(
+            warning
+                .as_deref()
+                .is_some_and(|w| w.contains("destination \"up\" redact.hmac_key")),
+            warned,
+            "{key}: {warning:?}"
+        );
+    }
+}
