@@ -3,14 +3,17 @@
 //! in-process agent to sinks that decode what they get without the agent's code
 //! (`tests/support/captures.rs`).
 //!
-//! - No leak: every Gemini CLI capture (gRPC protobuf gzip and HTTP JSON) sent through the
-//!   `ai-cli` preset, protobuf and JSON out: no 16-byte piece of any value the preset deletes or
-//!   hashes, and none of the prompt's known phrases, reaches the sink; a destination without
-//!   rules, fed from the same spool, gets them all (so the check can fail).
+//! - No leak: every capture (Gemini CLI over gRPC protobuf gzip and HTTP JSON, Claude Code over
+//!   four transports, Copilot CLI over two) sent through the `ai-cli` preset, protobuf and JSON
+//!   out: no 16-byte piece of any value the preset deletes or hashes, and none of the known
+//!   phrases of the prompt and of the file the tools read, reaches the sink; a destination
+//!   without rules, fed from the same spool, gets them all (so the check can fail).
 //! - Nothing else changes: items and names per signal as `expected.json` lists them, the same
 //!   number of distinct (metric, attributes) pairs, every hashed value `h1:` + 32 hex.
-//! - Keyed: one `host.name` gives one token across sessions and transports and output
-//!   encodings; another key another token; the token is not the value's plain SHA-256.
+//! - Keyed: one `host.name` gives one token across sessions, transports and output encodings;
+//!   another key another token; the token is not the value's plain SHA-256. The email on Claude
+//!   Code's metric labels and on Gemini CLI's log records gives one token.
+//! - Remote write to a real Prometheus: the same series and values with and without the preset.
 //! - A request no rule touches arrives byte for byte as a destination without rules gets it.
 //! - A 40 KB string is cut to `max_string` and marked; `/status` counts what was done.
 
@@ -36,11 +39,25 @@ const OTHER_KEY: &str = "other-key-0123456789abcdef0123456789";
 /// The shortest piece of a removed value the sinks must not get.
 const PIECE: usize = 16;
 
-fn gemini_folders() -> Vec<PathBuf> {
-    ["gemini-cli-0.61.0-grpc-gzip", "gemini-cli-0.61.0-http-json"]
-        .iter()
-        .map(|f| fixture_folder(&format!("ai-cli/{f}")))
-        .collect()
+/// Every capture folder of `tests/fixtures/ai-cli/` (Claude Code, Copilot CLI, Gemini CLI; its
+/// README says how each was made), sorted; Gemini CLI's, whose size the test measures, first.
+fn ai_cli_folders() -> Vec<PathBuf> {
+    let mut folders: Vec<PathBuf> = std::fs::read_dir(fixture_folder("ai-cli"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("expected.json").is_file())
+        .collect();
+    folders.sort_by_key(|f| (!is_gemini(f), f.clone()));
+    assert!(folders.len() >= 8, "{folders:?}");
+    folders
+}
+
+fn is_gemini(folder: &std::path::Path) -> bool {
+    folder
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("gemini-cli-")
 }
 
 /// A destination block for `sink` with the `ai-cli` preset keyed with `key`, and `extra` keys
@@ -133,7 +150,7 @@ fn without_preset_keys(tree: &Value) -> Value {
     let listed = |v: &Value| {
         v["key"]
             .as_str()
-            .is_some_and(|k| rules.iter().any(|(r, _)| *r == k))
+            .is_some_and(|k| rules.iter().any(|(r, _)| r.matches(k)))
     };
     match tree {
         Value::Array(a) => Value::Array(
@@ -169,8 +186,35 @@ fn tokens_of(trees: &[(String, Value)], key: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// The `user.email` values on `path` under resources whose `service.name` is `service`.
+fn emails_of(trees: &[(String, Value)], path: &str, service: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (_, t) in trees.iter().filter(|(p, _)| p == path) {
+        for resource in t
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|v| v.as_array().unwrap())
+        {
+            let attrs = attributes(resource);
+            let ours = attrs
+                .iter()
+                .any(|a| a.key == "service.name" && a.string() == Some(service));
+            if ours {
+                out.extend(
+                    attrs
+                        .iter()
+                        .filter(|a| a.key == "user.email")
+                        .filter_map(|a| a.string().map(str::to_string)),
+                );
+            }
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gemini_captures_leak_nothing_and_lose_nothing() {
+async fn ai_cli_captures_leak_nothing_and_lose_nothing() {
     let (plain, pb, json, other) = (
         Sink::start().await,
         Sink::start().await,
@@ -190,9 +234,29 @@ async fn gemini_captures_leak_nothing_and_lose_nothing() {
     );
     let agent = start_agent(&toml).await;
     let addr = agent.http_addrs()[0];
-    let folders = gemini_folders();
+    let folders = ai_cli_folders();
+    // Gemini CLI's first, alone, for the size of its logs (README "Privacy").
     let mut expected_requests = Vec::new();
-    for folder in &folders {
+    for folder in folders.iter().filter(|f| is_gemini(f)) {
+        replay_capture(addr, folder).await;
+        expected_requests.extend(expected(folder)["requests"].as_array().unwrap().clone());
+    }
+    wait_all(&plain, &expected_requests).await;
+    wait_all(&pb, &expected_requests).await;
+    let logs_bytes = |sink: &Sink| -> usize {
+        sink.received()
+            .iter()
+            .filter(|r| r.path == "/v1/logs")
+            .map(|r| plain_body(r).len())
+            .sum()
+    };
+    let (before, after) = (logs_bytes(&plain), logs_bytes(&pb));
+    println!(
+        "gemini logs, protobuf uncompressed: {before} bytes plain, {after} with the preset ({:.1}x smaller)",
+        before as f64 / after as f64
+    );
+    assert!(after * 5 < before, "{before} → {after} bytes");
+    for folder in folders.iter().filter(|f| !is_gemini(f)) {
         replay_capture(addr, folder).await;
         expected_requests.extend(expected(folder)["requests"].as_array().unwrap().clone());
     }
@@ -210,7 +274,7 @@ async fn gemini_captures_leak_nothing_and_lose_nothing() {
             let tree = captured_tree(folder, req["request"].as_str().unwrap());
             strings_in(&without_preset_keys(&tree), &mut kept);
             for a in attributes(&tree) {
-                if let Some((_, action)) = rules.iter().find(|(k, _)| *k == a.key) {
+                if let Some((_, action)) = rules.iter().find(|(k, _)| k.matches(&a.key)) {
                     removed.extend(a.strings().into_iter().filter(|s| !s.is_empty()));
                     if *action == Action::Hash {
                         hashed_keys_seen.insert(a.key.clone());
@@ -222,12 +286,12 @@ async fn gemini_captures_leak_nothing_and_lose_nothing() {
     let phrases: Value =
         serde_json::from_slice(&std::fs::read(fixture_folder("ai-cli/phrases.json")).unwrap())
             .unwrap();
-    let phrases: Vec<&str> = phrases["prompt_phrases"]
-        .as_array()
-        .unwrap()
+    let phrases: Vec<&str> = ["prompt_phrases", "file_phrases"]
         .iter()
+        .flat_map(|list| phrases[list].as_array().unwrap())
         .map(|p| p.as_str().unwrap())
         .collect();
+    assert!(phrases.len() >= 7, "{phrases:?}");
     assert!(
         removed.iter().any(|v| v.contains("ZEBRA-QUARTZ-4417")) && removed.len() > 20,
         "the captures hold the prompt in keys the preset removes: {} values",
@@ -276,7 +340,10 @@ async fn gemini_captures_leak_nothing_and_lose_nothing() {
         // Deleted keys are gone except on data points; hashed ones (and deleted ones on data
         // points) are tokens; nothing else is.
         for a in trees.iter().flat_map(|(_, t)| attributes(t)) {
-            let action = rules.iter().find(|(k, _)| *k == a.key).map(|(_, x)| *x);
+            let action = rules
+                .iter()
+                .find(|(k, _)| k.matches(&a.key))
+                .map(|(_, x)| *x);
             match action {
                 Some(Action::Delete) if !a.on_data_point() => {
                     panic!("{name}: deleted key {} was sent at {}", a.key, a.path)
@@ -339,21 +406,22 @@ async fn gemini_captures_leak_nothing_and_lose_nothing() {
     let email = tokens_of(&pb_trees, "user.email");
     assert_eq!(email.len(), 1, "user.email tokens: {email:?}");
     assert_eq!(tokens_of(&json_trees, "user.email"), email);
-
-    // The size change of the logs, the bulk of what Gemini CLI sends (README "Privacy").
-    let logs_bytes = |sink: &Sink| -> usize {
-        sink.received()
-            .iter()
-            .filter(|r| r.path == "/v1/logs")
-            .map(|r| plain_body(r).len())
-            .sum()
-    };
-    let (before, after) = (logs_bytes(&plain), logs_bytes(&pb));
-    println!(
-        "gemini logs, protobuf uncompressed: {before} bytes plain, {after} with the preset ({:.1}x smaller)",
-        before as f64 / after as f64
-    );
-    assert!(after * 5 < before, "{before} → {after} bytes");
+    // The same email as a Claude Code metric label and on Gemini CLI log records: one token.
+    for (trees, want) in [
+        (
+            &plain_trees,
+            BTreeSet::from(["dev.one@example.com".to_string()]),
+        ),
+        (&pb_trees, email),
+    ] {
+        let claude = emails_of(trees, "/v1/metrics", "claude-code");
+        assert_eq!(claude, want, "Claude Code metric labels");
+        assert_eq!(
+            emails_of(trees, "/v1/logs", "gemini-cli"),
+            want,
+            "Gemini CLI logs"
+        );
+    }
 
     // /status counts per destination; none for the destination without rules.
     let status = agent.status();
@@ -533,7 +601,7 @@ async fn remote_write_gets_the_same_series_and_totals_with_tokens_for_labels() {
     );
     let agent = start_agent(&toml).await;
     let mut sent = Vec::new();
-    for folder in gemini_folders() {
+    for folder in ai_cli_folders() {
         replay_capture(agent.http_addrs()[0], &folder).await;
         for req in expected(&folder)["requests"].as_array().unwrap() {
             if req["path"] == "/v1/metrics" {

@@ -197,7 +197,10 @@ impl RedactConfig {
             }
         }
         for pattern in &self.keep {
-            if !preset_keys.iter().any(|(k, _)| pattern.matches(k)) {
+            if !preset_keys
+                .iter()
+                .any(|(p, _)| pattern.within(p) || p.within(pattern))
+            {
                 let preset = self.preset.map_or("no preset is set", Preset::name);
                 return Err((
                     "redact.keep",
@@ -220,10 +223,5 @@ impl RedactConfig {
             }
         }
         Ok(())
-    }
-
-    /// Whether `keep` takes preset key `key` out.
-    pub fn kept(&self, key: &str) -> bool {
-        self.keep.iter().any(|p| p.matches(key))
     }
 }

@@ -40,6 +40,7 @@ pub enum Action {
 const AI_CLI: &[(&str, Action)] = &[
     // Content: prompts, conversations, files and tool arguments.
     ("prompt", Action::Delete),
+    ("prompt_text", Action::Delete),
     ("response", Action::Delete),
     ("user_prompt", Action::Delete),
     ("request_text", Action::Delete),
@@ -58,6 +59,7 @@ const AI_CLI: &[(&str, Action)] = &[
     ("gen_ai.tool.call.arguments", Action::Delete),
     ("gen_ai.tool.call.result", Action::Delete),
     ("workspace.host_paths", Action::Delete),
+    ("github.copilot.tool.parameters.*", Action::Delete),
     // The command line (`gemini -p <prompt>`), on resources.
     ("process.command_args", Action::Delete),
     ("process.command_line", Action::Delete),
@@ -79,10 +81,16 @@ const AI_CLI: &[(&str, Action)] = &[
 ];
 
 /// A preset's keys and what is done to each.
-pub fn preset(preset: Preset) -> Vec<(&'static str, Action)> {
-    match preset {
-        Preset::AiCli => AI_CLI.to_vec(),
-    }
+pub fn preset(preset: Preset) -> Vec<(KeyPattern, Action)> {
+    let keys = match preset {
+        Preset::AiCli => AI_CLI,
+    };
+    keys.iter()
+        .map(|(key, action)| {
+            let pattern = KeyPattern::parse(key).expect("a preset's keys are valid patterns");
+            (pattern, *action)
+        })
+        .collect()
 }
 
 /// How many values one application deleted, hashed and cut.
@@ -99,17 +107,18 @@ impl Counts {
     }
 }
 
-/// One rule in force: a key pattern and its action.
+/// One rule in force: a key pattern and its action; none for a `keep`, which shields the keys
+/// it matches from the preset's rules after it.
 #[derive(Debug, Clone)]
 struct Rule {
     pattern: KeyPattern,
-    action: Action,
+    action: Option<Action>,
 }
 
 /// A destination's compiled redaction rules.
 pub struct Redactor {
-    /// In order of precedence: the table's own `delete` and `hash`, then the preset's keys
-    /// minus `keep`. The first rule that matches a key decides.
+    /// In order of precedence: the table's own `delete` and `hash`, its `keep`, then the
+    /// preset's keys. The first rule that matches a key decides.
     rules: Vec<Rule>,
     key: Option<Hmac<Sha256>>,
     max_string: Option<usize>,
@@ -140,18 +149,18 @@ impl Redactor {
                 })
                 .collect::<Vec<_>>()
         };
-        let mut rules = own(&config.delete, Action::Delete);
-        rules.extend(own(&config.hash, Action::Hash));
+        let mut rules = own(&config.delete, Some(Action::Delete));
+        rules.extend(own(&config.hash, Some(Action::Hash)));
+        rules.extend(own(&config.keep, None));
         rules.extend(
             config
                 .preset
                 .map(preset)
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|(key, _)| !config.kept(key))
-                .map(|(key, action)| Rule {
-                    pattern: KeyPattern::Exact(key.to_string()),
-                    action,
+                .map(|(pattern, action)| Rule {
+                    pattern,
+                    action: Some(action),
                 }),
         );
         let key = match &config.hmac_key {
@@ -159,7 +168,7 @@ impl Redactor {
                 Hmac::<Sha256>::new_from_slice(k.expose().as_bytes())
                     .map_err(|e| format!("redact.hmac_key cannot key HMAC-SHA256: {e}"))?,
             ),
-            None if !rules.is_empty() => return Err(
+            None if rules.iter().any(|r| r.action.is_some()) => return Err(
                 "redact: key rules need hmac_key (delete rules hash metric data point attributes)"
                     .into(),
             ),
@@ -175,7 +184,7 @@ impl Redactor {
 
     /// The rules in force, in one line each, for `check`.
     pub fn describe(&self) -> Vec<String> {
-        let list = |action: Action| {
+        let list = |action: Option<Action>| {
             let keys: Vec<String> = self
                 .rules
                 .iter()
@@ -192,9 +201,10 @@ impl Redactor {
             format!("preset: {}", self.preset.map_or("none", |p| p.name()),),
             format!(
                 "delete (metric data point attributes are hashed instead): {}",
-                list(Action::Delete)
+                list(Some(Action::Delete))
             ),
-            format!("hash (h1: + HMAC-SHA256): {}", list(Action::Hash)),
+            format!("hash (h1: + HMAC-SHA256): {}", list(Some(Action::Hash))),
+            format!("keep (out of the preset): {}", list(None)),
         ];
         let mut cut = String::from("cut log, span and event strings longer than ");
         match self.max_string {
@@ -328,7 +338,7 @@ impl Redactor {
         self.rules
             .iter()
             .find(|r| r.pattern.matches(key))
-            .map(|r| r.action)
+            .and_then(|r| r.action)
     }
 
     fn attributes(&self, attributes: &mut Vec<KeyValue>, place: Place, counts: &mut Counts) {

@@ -318,3 +318,53 @@ fn a_key_written_in_a_readable_file_is_warned_about() {
         );
     }
 }
+
+#[test]
+fn keep_shields_one_key_of_a_preset_prefix() {
+    let r = redactor(&format!(
+        "preset = \"ai-cli\"\nhmac_key = \"{KEY}\"\nkeep = [\"github.copilot.tool.parameters.timeout\"]"
+    ));
+    let payload = logs(
+        vec![],
+        vec![
+            text("github.copilot.tool.parameters.command", "rm -rf build"),
+            text("github.copilot.tool.parameters.timeout", "30"),
+        ],
+        "x",
+    );
+    let (out, counts) = r.apply(Signal::Logs, &payload).unwrap();
+    assert_eq!(counts.deleted, 1);
+    let request = ExportLogsServiceRequest::decode(&*out).unwrap();
+    let record = &request.resource_logs[0].scope_logs[0].log_records[0];
+    let keys: Vec<&str> = record.attributes.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(keys, ["github.copilot.tool.parameters.timeout"]);
+}
+
+#[test]
+fn the_readme_lists_the_preset_as_the_code_applies_it() {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("**The `ai-cli` preset**")
+        .expect("README.md has the preset's table");
+    let mut listed = Vec::new();
+    for row in readme[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+    {
+        // | what | keys | done |
+        let columns: Vec<&str> = row.split('|').map(str::trim).collect();
+        let action = match columns[3] {
+            "deleted" => Action::Delete,
+            "hashed" => Action::Hash,
+            _ => continue,
+        };
+        let keys = columns[2].split('`').skip(1).step_by(2);
+        listed.extend(keys.map(|k| (k.to_string(), action)));
+    }
+    let applied: Vec<(String, Action)> = preset(Preset::AiCli)
+        .into_iter()
+        .map(|(p, a)| (p.to_string(), a))
+        .collect();
+    assert_eq!(listed, applied);
+}
