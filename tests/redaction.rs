@@ -651,3 +651,56 @@ async fn remote_write_gets_the_same_series_and_totals_with_tokens_for_labels() {
     assert_eq!(red_emails.len(), 1, "{red_emails:?}");
     assert!(red_emails.iter().all(|e| is_token(e)), "{red_emails:?}");
 }
+
+#[test]
+fn check_prints_the_rules_in_force_and_refuses_a_short_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[[destination]]\nname = \"central\"\ntype = \"otlp_http\"\nendpoint = \"http://127.0.0.1:9\"\nredact = { preset = \"ai-cli\", hmac_key = \"${OTLP_SPOOL_REDACT_KEY}\", keep = [\"host.name\"] }\n",
+    )
+    .unwrap();
+    let check = |key: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_otlp-spool"))
+            .args(["check", "--config"])
+            .arg(&config)
+            .env("OTLP_SPOOL_REDACT_KEY", key)
+            .output()
+            .unwrap()
+    };
+    let out = check(FLEET_KEY);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        support::process::describe_output(&out)
+    );
+    let rules: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("# destination central: redact "))
+        .collect();
+    assert_eq!(rules.len(), 5, "{stdout}");
+    assert!(rules[1].contains(": prompt, prompt_text,"), "{}", rules[1]);
+    assert!(
+        rules[2].contains(": user.email,") && !rules[2].contains("host.name"),
+        "{}",
+        rules[2]
+    );
+    assert!(
+        rules[3].ends_with("keep (out of the preset): host.name"),
+        "{}",
+        rules[3]
+    );
+    assert!(!stdout.contains(FLEET_KEY), "the key is masked: {stdout}");
+
+    let out = check("too-short");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 5, column ")
+            && stderr.contains("key destination.redact.hmac_key")
+            && stderr.contains("the key is 9 bytes long"),
+        "{stderr}"
+    );
+}

@@ -105,7 +105,7 @@ impl KeyPattern {
     }
 
     /// Whether every key this pattern matches is matched by `other` too.
-    fn within(&self, other: &KeyPattern) -> bool {
+    pub fn within(&self, other: &KeyPattern) -> bool {
         match self {
             KeyPattern::Exact(k) => other.matches(k),
             KeyPattern::Prefix(p) => {

@@ -185,11 +185,18 @@ impl Redactor {
     /// The rules in force, in one line each, for `check`.
     pub fn describe(&self) -> Vec<String> {
         let list = |action: Option<Action>| {
+            // A rule an earlier one covers whole (a preset key under `keep`) is not in force.
             let keys: Vec<String> = self
                 .rules
                 .iter()
-                .filter(|r| r.action == action)
-                .map(|r| r.pattern.to_string())
+                .enumerate()
+                .filter(|(i, r)| {
+                    r.action == action
+                        && !self.rules[..*i]
+                            .iter()
+                            .any(|earlier| r.pattern.within(&earlier.pattern))
+                })
+                .map(|(_, r)| r.pattern.to_string())
                 .collect();
             if keys.is_empty() {
                 "nothing".to_string()
