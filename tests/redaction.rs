@@ -5,7 +5,7 @@
 //!
 //! - No leak: every capture (Gemini CLI over gRPC protobuf gzip and HTTP JSON, Claude Code over
 //!   four transports, Copilot CLI over two) sent through the `ai-cli` preset, protobuf and JSON
-//!   out: no 16-byte piece of any value the preset deletes or hashes, and none of the known
+//!   out, and to a `cloudwatch` logs destination: no 16-byte piece of any value the preset deletes or hashes, and none of the known
 //!   phrases of the prompt and of the file the tools read, reaches the sink; a destination
 //!   without rules, fed from the same spool, gets them all (so the check can fail).
 //! - Nothing else changes: items and names per signal as `expected.json` lists them, the same
@@ -215,11 +215,17 @@ fn emails_of(trees: &[(String, Value)], path: &str, service: &str) -> BTreeSet<S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ai_cli_captures_leak_nothing_and_lose_nothing() {
-    let (plain, pb, json, other) = (
+    let (plain, pb, json, other, cw) = (
         Sink::start().await,
         Sink::start().await,
         Sink::start().await,
         Sink::start().await,
+        Sink::start().await,
+    );
+    // CloudWatch Logs with an API key (no AWS credentials to set up), the preset on it too.
+    let cloudwatch = format!(
+        "[[destination]]\nname = \"cw\"\ntype = \"cloudwatch\"\nregion = \"us-west-2\"\nsignals = [\"logs\"]\nlog_group = \"g\"\nlog_stream = \"s\"\nauth = \"bearer\"\nbearer_token = \"test-logs-api-key\"\nendpoints = {{ logs = \"{}/v1/logs\" }}\nbatch = {{ linger = \"20ms\" }}\n[destination.redact]\npreset = \"ai-cli\"\nhmac_key = \"{FLEET_KEY}\"\nmax_string = \"2KiB\"\n",
+        cw.endpoint()
     );
     let dir = tempfile::tempdir().unwrap();
     let toml = config_toml(
@@ -229,6 +235,7 @@ async fn ai_cli_captures_leak_nothing_and_lose_nothing() {
             redacted("pb", &pb, "", FLEET_KEY),
             redacted("json", &json, "encoding = \"json\"", FLEET_KEY),
             redacted("other", &other, "", OTHER_KEY),
+            cloudwatch,
         ]
         .concat(),
     );
@@ -307,6 +314,13 @@ async fn ai_cli_captures_leak_nothing_and_lose_nothing() {
         got.push(trees(sink));
     }
     let [plain_trees, pb_trees, json_trees, other_trees] = <[_; 4]>::try_from(got).unwrap();
+    let logs: Vec<Value> = expected_requests
+        .iter()
+        .filter(|r| r["path"] == "/v1/logs")
+        .cloned()
+        .collect();
+    wait_all(&cw, &logs).await;
+    let cw_trees = trees(&cw);
 
     // The destination without rules gets what the tools sent: the check below can fail.
     let plain_text = sent_text(&plain_trees);
@@ -316,7 +330,7 @@ async fn ai_cli_captures_leak_nothing_and_lose_nothing() {
             "plain destination lacks {phrase:?}"
         );
     }
-    for (name, trees) in [("pb", &pb_trees), ("json", &json_trees)] {
+    for (name, trees) in [("pb", &pb_trees), ("json", &json_trees), ("cw", &cw_trees)] {
         let text = sent_text(trees);
         for phrase in &phrases {
             assert!(
