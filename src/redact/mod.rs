@@ -13,7 +13,6 @@
 pub mod config;
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 use hmac::{Hmac, KeyInit, Mac};
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
@@ -204,24 +203,22 @@ impl Redactor {
                 keys.join(", ")
             }
         };
-        let mut lines = vec![
-            format!("preset: {}", self.preset.map_or("none", |p| p.name()),),
+        vec![
+            format!("preset: {}", self.preset.map_or("none", Preset::name)),
             format!(
                 "delete (metric data point attributes are hashed instead): {}",
                 list(Some(Action::Delete))
             ),
             format!("hash (h1: + HMAC-SHA256): {}", list(Some(Action::Hash))),
             format!("keep (out of the preset): {}", list(None)),
-        ];
-        let mut cut = String::from("cut log, span and event strings longer than ");
-        match self.max_string {
-            Some(max) => {
-                let _ = write!(cut, "{}", crate::config::ByteSize(max as u64));
-            }
-            None => cut = "cut: nothing (no max_string)".into(),
-        }
-        lines.push(cut);
-        lines
+            match self.max_string {
+                Some(max) => format!(
+                    "cut: log, span and event strings longer than {}",
+                    crate::config::ByteSize(max as u64)
+                ),
+                None => "cut: nothing (no max_string)".into(),
+            },
+        ]
     }
 
     /// `payload` (an `Export*ServiceRequest` of `signal`) with the rules applied, and what they
