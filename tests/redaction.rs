@@ -10,7 +10,8 @@
 //!   without rules, fed from the same spool, gets them all (so the check can fail).
 //! - Nothing else changes: items and names per signal as `expected.json` lists them, the same
 //!   number of distinct (metric, attributes) pairs, every hashed value `h1:` + 32 hex.
-//! - Keyed: one `host.name` gives one token across sessions, transports and output encodings;
+//! - Keyed: one `host.name` gives one token across sessions, tools (the test adds it to a Claude
+//!   Code request, which has none), transports and output encodings;
 //!   another key another token; the token is not the value's plain SHA-256. The email on Claude
 //!   Code's metric labels and on Gemini CLI's log records gives one token.
 //! - Remote write to a real Prometheus: the same series and values with and without the preset.
@@ -24,6 +25,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use otlp_spool::redact::{preset, Action, Preset};
@@ -186,8 +188,8 @@ fn tokens_of(trees: &[(String, Value)], key: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The `user.email` values on `path` under resources whose `service.name` is `service`.
-fn emails_of(trees: &[(String, Value)], path: &str, service: &str) -> BTreeSet<String> {
+/// The string values of `key` on `path` under resources whose `service.name` is `service`.
+fn values_of(trees: &[(String, Value)], path: &str, service: &str, key: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for (_, t) in trees.iter().filter(|(p, _)| p == path) {
         for resource in t
@@ -204,7 +206,7 @@ fn emails_of(trees: &[(String, Value)], path: &str, service: &str) -> BTreeSet<S
                 out.extend(
                     attrs
                         .iter()
-                        .filter(|a| a.key == "user.email")
+                        .filter(|a| a.key == key)
                         .filter_map(|a| a.string().map(str::to_string)),
                 );
             }
@@ -267,6 +269,22 @@ async fn ai_cli_captures_leak_nothing_and_lose_nothing() {
         replay_capture(addr, folder).await;
         expected_requests.extend(expected(folder)["requests"].as_array().unwrap().clone());
     }
+    // Claude Code sends no host name: this test adds Gemini CLI's (`vm`) to the resource of one
+    // of its captured metric requests, to see one host give one token across the two tools.
+    let claude = fixture_folder("ai-cli/claude-code-2.1.332-http-protobuf");
+    let mut request =
+        ExportMetricsServiceRequest::decode(&captured_request(&claude, "003").1[..]).unwrap();
+    let resource = request.resource_metrics[0].resource.as_mut().unwrap();
+    resource.attributes.push(KeyValue {
+        key: "host.name".into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue("vm".into())),
+        }),
+        ..Default::default()
+    });
+    let (status, text) = post(addr, "/v1/metrics", &[PROTOBUF], request.encode_to_vec()).await;
+    assert_eq!(status, 200, "{text}");
+    expected_requests.push(expected(&claude)["requests"][2].clone());
 
     // What the preset removes, as the captures hold it (decoded here, not by the agent), and
     // the prompt's known phrases.
@@ -404,10 +422,14 @@ async fn ai_cli_captures_leak_nothing_and_lose_nothing() {
         "json: distinct series"
     );
 
-    // Keyed: one host.name, one token across sessions, transports and output encodings;
-    // another key, another token; not the plain SHA-256.
+    // Keyed: one host.name, one token across sessions, tools, transports and output
+    // encodings; another key, another token; not the plain SHA-256.
     let host = tokens_of(&pb_trees, "host.name");
     assert_eq!(host.len(), 1, "host.name tokens: {host:?}");
+    for service in ["claude-code", "gemini-cli"] {
+        let on = values_of(&pb_trees, "/v1/metrics", service, "host.name");
+        assert_eq!(on, host, "host.name on {service} metrics");
+    }
     assert_eq!(tokens_of(&json_trees, "host.name"), host);
     let other_host = tokens_of(&other_trees, "host.name");
     assert_eq!(other_host.len(), 1);
@@ -428,10 +450,10 @@ async fn ai_cli_captures_leak_nothing_and_lose_nothing() {
         ),
         (&pb_trees, email),
     ] {
-        let claude = emails_of(trees, "/v1/metrics", "claude-code");
+        let claude = values_of(trees, "/v1/metrics", "claude-code", "user.email");
         assert_eq!(claude, want, "Claude Code metric labels");
         assert_eq!(
-            emails_of(trees, "/v1/logs", "gemini-cli"),
+            values_of(trees, "/v1/logs", "gemini-cli", "user.email"),
             want,
             "Gemini CLI logs"
         );
