@@ -314,7 +314,7 @@ impl DestinationConfig {
         let Some(path) = &self.ca_file else {
             return Ok(());
         };
-        crate::export::http::ca_certificates(path)
+        crate::tls::ca_certificates(path)
             .map(drop)
             .map_err(|why| ("ca_file", why))
     }

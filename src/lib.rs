@@ -12,12 +12,14 @@
 pub mod aws;
 pub mod config;
 pub mod dead_letters;
+pub mod error;
 pub mod export;
 pub mod observe;
 pub mod otlp;
 pub mod receiver;
 pub mod spool;
 pub mod tables;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -289,22 +291,6 @@ impl Agent {
         }
         while self.background.join_next().await.is_some() {}
     }
-}
-
-/// An error with its causes, on one line: reqwest's and the AWS SDK's top levels say only "error
-/// sending request" or "dispatch failure". A cause its parent already quotes is left out.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string().trim().replace('\n', " ");
-    let mut source = e.source();
-    while let Some(s) = source {
-        let next = s.to_string().trim().replace('\n', " ");
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// Which destinations read each signal.

@@ -28,7 +28,7 @@ use aws_credential_types::Credentials;
 use tokio::sync::Mutex;
 
 use crate::config::{AwsAuth, DestinationConfig, DestinationKind};
-use crate::error_chain;
+use crate::error::error_chain;
 
 /// Credentials are renewed this long before they expire at most (less for short leases).
 const REFRESH_AHEAD: Duration = Duration::from_secs(5 * 60);
