@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use config::{Config, DestinationConfig};
+use config::{Config, Destination};
 use export::worker::Worker;
 use export::Upstream;
 use observe::{DestinationStats, Stats};
@@ -177,8 +177,7 @@ impl Agent {
             .iter()
             .map(|d| self.config.destinations.iter().position(|old| old == d))
             .collect();
-        let had =
-            |name: &str, among: &[DestinationConfig]| among.iter().any(|d| d.name.as_str() == name);
+        let had = |name: &str, among: &[Destination]| among.iter().any(|d| d.name.as_str() == name);
         let (mut added, mut changed) = (Vec::new(), Vec::new());
         for (d, _) in config
             .destinations
@@ -313,7 +312,7 @@ fn warn_if_holding(config: &Config) {
 /// Starts one worker per signal of `d`, sending through `upstream`, each stopping with the agent
 /// or on its own.
 fn start_destination(
-    d: &DestinationConfig,
+    d: &Destination,
     upstream: Upstream,
     spool: &Spool,
     stats: &Stats,
@@ -339,10 +338,10 @@ fn start_destination(
 }
 
 /// The counters of `d`'s workers: the running ones' (across a reload), or new ones.
-fn destination_stats_of(d: &DestinationConfig, stats: &Stats) -> DestinationStats {
+fn destination_stats_of(d: &Destination, stats: &Stats) -> DestinationStats {
     DestinationStats {
         name: d.name.to_string(),
-        kind: d.kind.name(),
+        kind: d.type_name(),
         endpoint: d.endpoint_display(),
         workers: d
             .signals

@@ -6,9 +6,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::span::{duplicate_destination, key_path_at, line_column, span_of_key};
-use super::Config;
-
-use crate::otlp::Signal;
+use super::{Config, RawConfig};
 
 /// Where a configuration came from, for `check` and the startup log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,17 +126,27 @@ impl Config {
             origin,
             source,
         })?;
-        let source_name = path.display().to_string();
+        Config::from_text(&text, &path.display().to_string(), RawConfig::validate)
+    }
+
+    /// Parses `text`, read from `source_name`, and makes it a [`Config`] with `finish`
+    /// ([`RawConfig::validate`] or [`RawConfig::typed`]): errors carry the line and column of the
+    /// key at fault.
+    pub(super) fn from_text(
+        text: &str,
+        source_name: &str,
+        finish: fn(&RawConfig, &str) -> Result<Config, ConfigError>,
+    ) -> Result<Config, ConfigError> {
         let invalid =
             |offset: Option<usize>, key: Option<String>, message: String| ConfigError::Invalid {
-                source_name: source_name.clone(),
-                position: offset.map(|o| line_column(&text, o)),
+                source_name: source_name.to_string(),
+                position: offset.map(|o| line_column(text, o)),
                 key,
                 message,
             };
         // The spanned document locates what serde's errors cannot: the second of two
         // destinations with one name, and the keys of cross-key rules.
-        let doc = toml::de::DeTable::parse(&text).ok();
+        let doc = toml::de::DeTable::parse(text).ok();
         if let Some(doc) = &doc {
             if let Some((name, first, second)) = duplicate_destination(doc.get_ref()) {
                 return Err(invalid(
@@ -148,12 +156,12 @@ impl Config {
                         "two destinations are named {name:?} (the other one is at line {}); \
                          each destination needs its own name (it keys the destination's place \
                          in the spool)",
-                        line_column(&text, first).0
+                        line_column(text, first).0
                     ),
                 ));
             }
         }
-        let config = Config::parse(&text).map_err(|e| {
+        let raw = RawConfig::parse(text).map_err(|e| {
             let offset = e.span().map(|span| span.start);
             let key = match (&doc, offset) {
                 (Some(doc), Some(offset)) => key_path_at(doc.get_ref(), offset),
@@ -161,7 +169,7 @@ impl Config {
             };
             invalid(offset, key, explain(e.message().trim()))
         })?;
-        config.validate(&source_name).map_err(|e| match e {
+        finish(&raw, source_name).map_err(|e| match e {
             ConfigError::Invalid {
                 key: Some(key),
                 message,
@@ -181,8 +189,7 @@ impl Config {
                 invalid(offset, Some(shown), message)
             }
             other => other,
-        })?;
-        Ok(config)
+        })
     }
 
     /// The keys whose secrets are written in the file itself (not `${VAR}` references).
@@ -198,35 +205,11 @@ impl Config {
         }
         for d in &self.destinations {
             let name = d.name.as_str();
-            if d.endpoint.credentials_in_file {
-                keys.push(format!("destination {name:?} endpoint credentials"));
-            }
-            for signal in Signal::ALL {
-                if d.endpoints
-                    .get(signal)
-                    .is_some_and(|e| e.credentials_in_file)
-                {
-                    keys.push(format!(
-                        "destination {name:?} endpoints.{} credentials",
-                        signal.name()
-                    ));
-                }
-            }
-            let secrets = d
-                .headers
-                .iter()
-                .map(|(h, v)| (format!("headers.{h}"), v))
-                .chain(d.external_id.iter().map(|v| ("external_id".to_string(), v)))
-                .chain(
-                    d.bearer_token
-                        .iter()
-                        .map(|v| ("bearer_token".to_string(), v)),
-                );
-            for (key, secret) in secrets {
-                if secret.written_in_file {
-                    keys.push(format!("destination {name:?} {key}"));
-                }
-            }
+            keys.extend(
+                d.secrets_written_in_file()
+                    .into_iter()
+                    .map(|key| format!("destination {name:?} {key}")),
+            );
         }
         keys
     }

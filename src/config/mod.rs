@@ -14,12 +14,14 @@
 //! secrets, endpoints, listen addresses), `env` (`${VAR}` expansion), `load` (finding and
 //! reading a file, [`ConfigError`]) and `span` (where a key is written in the TOML text).
 
+mod destination;
 mod env;
 mod load;
 mod schema;
 mod span;
 mod values;
 
+pub use destination::*;
 pub use env::*;
 pub use load::*;
 pub use schema::*;
@@ -29,9 +31,23 @@ pub use values::*;
 /// must not be guessable.
 const MIN_REMOTE_TOKEN: usize = 16;
 
-impl Config {
-    /// Rules that span several keys (one key's parser cannot see them).
-    pub fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+/// The configuration the agent runs with: valid, each destination typed.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub spool: SpoolConfig,
+    pub destinations: Vec<Destination>,
+}
+
+impl RawConfig {
+    /// Reads config text; only what one key's parser sees is checked.
+    pub fn parse(text: &str) -> Result<RawConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Checks the rules that span several keys (one key's parser cannot see them) and makes the
+    /// typed configuration.
+    pub fn validate(&self, source_name: &str) -> Result<Config, ConfigError> {
         let rule = |key: &str, message: String| ConfigError::Invalid {
             source_name: source_name.to_string(),
             position: None,
@@ -83,15 +99,10 @@ impl Config {
                 "no listen address: set server.listen or server.grpc_listen".into(),
             ));
         }
+        let mut destinations = Vec::with_capacity(self.destinations.len());
         for (i, d) in self.destinations.iter().enumerate() {
-            d.validate_aws()
-                .and_then(|()| d.validate_ca_file())
-                .map_err(|(key, message)| {
-                    rule(
-                        &format!("destination.{i}.{key}"),
-                        format!("destination {:?}: {message}", d.name.as_str()),
-                    )
-                })?;
+            let typed = Destination::check(d).and_then(|()| Destination::from_raw(d));
+            destinations.push(typed.map_err(|refusal| refused(source_name, i, d, refusal))?);
         }
         if self.server.max_decompressed < self.server.max_body {
             return Err(rule(
@@ -102,16 +113,65 @@ impl Config {
                 ),
             ));
         }
-        Ok(())
+        Ok(Config {
+            server: self.server.clone(),
+            spool: self.spool.clone(),
+            destinations,
+        })
     }
 
-    pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
-        toml::from_str(text)
+    /// The typed configuration, checking only what the types need (such as a `cloudwatch`
+    /// destination's `region`), none of [`RawConfig::validate`]'s other rules.
+    pub fn typed(&self, source_name: &str) -> Result<Config, ConfigError> {
+        let destinations = self
+            .destinations
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                Destination::from_raw(d).map_err(|refusal| refused(source_name, i, d, refusal))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Config {
+            server: self.server.clone(),
+            spool: self.spool.clone(),
+            destinations,
+        })
+    }
+}
+
+/// The error of destination `i` (`raw`) breaking a rule: the key located in the file as
+/// `destination.<i>.<key>`.
+fn refused(
+    source_name: &str,
+    i: usize,
+    raw: &DestinationConfig,
+    (key, message): destination::Refusal,
+) -> ConfigError {
+    ConfigError::Invalid {
+        source_name: source_name.to_string(),
+        position: None,
+        key: Some(format!("destination.{i}.{key}")),
+        message: format!("destination {:?}: {message}", raw.name.as_str()),
+    }
+}
+
+impl Config {
+    /// Reads config text and types it with [`RawConfig::typed`], not [`RawConfig::validate`]:
+    /// tests build configs no file could pass, such as per-signal overrides for signals a
+    /// destination does not route. Errors name the source `text`.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_text(text, "text", RawConfig::typed)
     }
 
-    /// The resolved configuration as TOML, secrets masked.
+    /// The resolved configuration as TOML, secrets masked: what a file saying the same would
+    /// hold.
     pub fn to_masked_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("the config schema always serializes")
+        let raw = RawConfig {
+            server: self.server.clone(),
+            spool: self.spool.clone(),
+            destinations: self.destinations.iter().map(Destination::to_raw).collect(),
+        };
+        toml::to_string_pretty(&raw).expect("the config schema always serializes")
     }
 }
 
@@ -124,10 +184,19 @@ mod tests {
     use super::*;
     use crate::otlp::Signal;
 
+    /// What serde says of `text`, with the line.
     fn err(text: &str) -> String {
-        let e = Config::parse(text).unwrap_err();
+        let e = RawConfig::parse(text).unwrap_err();
         let (line, _) = line_column(text, e.span().unwrap().start);
         format!("line {line}: {}", e.message())
+    }
+
+    /// The settings of an `otlp_http` destination.
+    fn otlp(d: &Destination) -> &OtlpHttp {
+        match &d.kind {
+            Kind::OtlpHttp(k) => k,
+            other => panic!("not otlp_http: {other:?}"),
+        }
     }
 
     #[test]
@@ -175,7 +244,7 @@ mod tests {
         assert_eq!(c.spool.when_full, WhenFull::Reject);
         let d = &c.destinations[0];
         assert_eq!(
-            d.endpoint.signal_url(Signal::Logs),
+            otlp(d).endpoint.signal_url(Signal::Logs),
             "http://127.0.0.1:1/prod/v1/logs"
         );
         assert_eq!(d.headers["x-api-key"].expose(), "k3y");
@@ -184,6 +253,31 @@ mod tests {
         let shown = c.to_masked_toml();
         assert!(!shown.contains("k3y"), "{shown}");
         assert!(shown.contains("\"***\""), "{shown}");
+    }
+
+    /// `check` prints the typed config through [`Destination::to_raw`]: every key of every
+    /// type comes back as the file said it.
+    #[test]
+    fn typed_destinations_print_as_the_file_says() {
+        let text = "[[destination]]\nname = \"gw\"\ntype = \"otlp_http\"\nendpoint = \"https://u:p@h/x\"\n\
+             encoding = \"json\"\ncompression = \"none\"\nheaders = { k = \"v\" }\n\
+             sigv4 = { region = \"us-west-2\", service = \"execute-api\" }\nprofile = \"p\"\n\
+             role_arn = \"arn:aws:iam::1:role/r\"\nexternal_id = \"e\"\nsession_name = \"s\"\n\
+             [[destination]]\nname = \"cw\"\ntype = \"cloudwatch\"\nregion = \"eu-west-1\"\n\
+             signals = [\"logs\", \"traces\"]\nlog_group = \"g\"\nlog_stream = \"s\"\n\
+             endpoints = { traces = \"http://h/v1/traces\" }\nprofile = \"p\"\n\
+             [[destination]]\nname = \"key\"\ntype = \"cloudwatch\"\nregion = \"eu-west-1\"\n\
+             signals = [\"logs\"]\nlog_group = \"g\"\nlog_stream = \"s\"\nauth = \"bearer\"\n\
+             bearer_token = \"t\"\n\
+             [[destination]]\nname = \"amp\"\ntype = \"prometheus_remote_write\"\n\
+             endpoint = \"https://h/api/v1/write\"\nexternal_labels = { cluster = \"c\" }\n\
+             stale_after = \"30m\"\nsigv4 = { region = \"us-east-1\", service = \"aps\" }\n";
+        let raw = RawConfig::parse(text).unwrap();
+        let typed = raw.validate("test").unwrap();
+        assert_eq!(
+            typed.to_masked_toml(),
+            toml::to_string_pretty(&raw).unwrap()
+        );
     }
 
     #[test]
@@ -214,17 +308,20 @@ mod tests {
         .unwrap();
         let d = &c.destinations[0];
         assert_eq!(
-            d.endpoint.signal_url(Signal::Logs),
+            otlp(d).endpoint.signal_url(Signal::Logs),
             "https://u:k3y@host:1/p@x/v1/logs"
         );
-        assert_eq!(d.endpoint.masked(), "https://***@host:1/p@x");
+        assert_eq!(otlp(d).endpoint.masked(), "https://***@host:1/p@x");
         assert!(!format!("{d:?}").contains("k3y"));
         assert!(!c.to_masked_toml().contains("k3y"));
         let plain = Config::parse(
             "[[destination]]\nname = \"a\"\ntype = \"otlp_http\"\nendpoint = \"http://h/a@b\"\n",
         )
         .unwrap();
-        assert_eq!(plain.destinations[0].endpoint.masked(), "http://h/a@b");
+        assert_eq!(
+            otlp(&plain.destinations[0]).endpoint.masked(),
+            "http://h/a@b"
+        );
     }
 
     /// The config-permission warning names secrets written in the file, not `${VAR}` references

@@ -1,6 +1,8 @@
 //! The raw schema: what a config file may say, as serde reads it (`deny_unknown_fields`, one
-//! key's parse error at a time, with its line and column), and the embedded defaults. The
-//! per-type rules that span several keys are checked afterwards ([`Config::validate`]).
+//! key's parse error at a time, with its line and column), and the embedded defaults. A
+//! destination is one flat [`DestinationConfig`] holding the keys of every type; the rules that
+//! span several keys (which type takes which key) are checked afterwards, when
+//! [`RawConfig::validate`] turns it into a typed [`super::Destination`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,10 +21,12 @@ use super::values::{
 
 use crate::otlp::Signal;
 
-/// The whole configuration, as resolved from a file or the embedded defaults.
+/// The whole configuration as the file says it (or the embedded defaults), before the rules that
+/// span several keys: [`RawConfig::validate`] checks those and makes the [`Config`] the agent
+/// runs with.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Config {
+pub struct RawConfig {
     pub server: ServerConfig,
     pub spool: SpoolConfig,
     #[serde(
@@ -134,7 +138,7 @@ pub struct DestinationConfig {
     pub timeout: Duration,
     /// A PEM file of CA certificates to trust besides the built-in roots when sending to this
     /// destination (an upstream behind a private CA, a corporate TLS proxy); `${VAR}`s expanded.
-    /// AWS credential requests (SSO, STS) do not use it. Checked by [`Config::validate`].
+    /// AWS credential requests (SSO, STS) do not use it. Checked by [`RawConfig::validate`].
     #[serde(
         default,
         deserialize_with = "expanded",
@@ -142,7 +146,7 @@ pub struct DestinationConfig {
     )]
     pub ca_file: Option<String>,
     // AWS keys: `sigv4` for `otlp_http` (and `prometheus_remote_write`), the credential keys
-    // for anything signed, and the `cloudwatch` type's own. All optional; `Config::validate`
+    // for anything signed, and the `cloudwatch` type's own. All optional; `RawConfig::validate`
     // says which type wants which. Strings expand `${VAR}`.
     /// `sigv4 = { region = "us-west-2", service = "execute-api" }`: sign every request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -218,21 +222,6 @@ pub struct DestinationConfig {
     pub stale_after: Option<Duration>,
 }
 
-impl DestinationConfig {
-    /// The first credential key that is set (they only make sense for signed requests).
-    fn credential_key_set(&self) -> Option<&'static str> {
-        [
-            ("profile", self.profile.is_some()),
-            ("role_arn", self.role_arn.is_some()),
-            ("external_id", self.external_id.is_some()),
-            ("session_name", self.session_name.is_some()),
-        ]
-        .into_iter()
-        .find(|(_, set)| *set)
-        .map(|(key, _)| key)
-    }
-}
-
 /// `sigv4 = { region, service }`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -264,7 +253,7 @@ impl SignalEndpoints {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         Signal::ALL.iter().all(|s| self.get(*s).is_none())
     }
 }
@@ -274,289 +263,6 @@ impl SignalEndpoints {
 pub enum AwsAuth {
     Sigv4,
     Bearer,
-}
-
-/// CloudWatch's documented per-request limits for traces: 5 MB uncompressed, 10,000 spans.
-pub const CLOUDWATCH_TRACES_MAX_BYTES: u64 = 5_000_000;
-
-pub const CLOUDWATCH_TRACES_MAX_ITEMS: u64 = 10_000;
-
-impl DestinationConfig {
-    /// The batch limits of one signal's worker: the configured ones, clamped to what the
-    /// upstream accepts (CloudWatch traces: ≤ 5 MB uncompressed, ≤ 10,000 spans).
-    pub fn batch_for(&self, signal: Signal) -> BatchConfig {
-        let mut batch = self.batch.clone();
-        if self.kind == DestinationKind::Cloudwatch && signal == Signal::Traces {
-            batch.max_bytes = ByteSize(batch.max_bytes.0.min(CLOUDWATCH_TRACES_MAX_BYTES));
-            batch.max_items = batch.max_items.min(CLOUDWATCH_TRACES_MAX_ITEMS);
-        }
-        batch
-    }
-
-    /// What `status` shows as the destination's endpoint (credentials masked).
-    pub fn endpoint_display(&self) -> String {
-        match (self.kind, &self.region) {
-            (DestinationKind::Cloudwatch, Some(region)) => format!("cloudwatch {region}"),
-            _ => self.endpoint.masked(),
-        }
-    }
-}
-
-impl DestinationConfig {
-    /// `ca_file` names a readable PEM file of usable certificates: `Err((key, why))`, like
-    /// [`DestinationConfig::validate_aws`].
-    pub(super) fn validate_ca_file(&self) -> Result<(), (&'static str, String)> {
-        let Some(path) = &self.ca_file else {
-            return Ok(());
-        };
-        crate::tls::ca_certificates(path)
-            .map(drop)
-            .map_err(|why| ("ca_file", why))
-    }
-
-    /// The per-type rules of the endpoint and AWS keys: `Err((key, why))`, the key relative to
-    /// the destination.
-    pub(super) fn validate_aws(&self) -> Result<(), (&'static str, String)> {
-        if self.kind == DestinationKind::PrometheusRemoteWrite {
-            if let Some(s) = self.signals.iter().find(|s| **s != Signal::Metrics) {
-                return Err((
-                    "signals",
-                    format!(
-                        "type = \"prometheus_remote_write\" carries metrics only, so it cannot route {0}; set signals = [\"metrics\"] (the default for this type) and send {0} to another destination",
-                        s.name()
-                    ),
-                ));
-            }
-            if let Some(name) = self.external_labels.keys().find(|k| {
-                k.as_str() == "__name__"
-                    || !k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-                    || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            }) {
-                return Err((
-                    "external_labels",
-                    format!("{name:?} cannot be an external label: a Prometheus label name matches [a-zA-Z_][a-zA-Z0-9_]* and is not __name__"),
-                ));
-            }
-        } else if let Some((key, _)) = [
-            ("external_labels", !self.external_labels.is_empty()),
-            ("stale_after", self.stale_after.is_some()),
-        ]
-        .into_iter()
-        .find(|(_, set)| *set)
-        {
-            return Err((
-                key,
-                format!(
-                    "{key} applies to type = \"prometheus_remote_write\" only; remove it (this destination is type = {:?})",
-                    self.kind.name()
-                ),
-            ));
-        }
-        let cloudwatch_only = [
-            ("region", self.region.is_some()),
-            ("log_group", self.log_group.is_some()),
-            ("log_stream", self.log_stream.is_some()),
-            ("endpoints", !self.endpoints.is_empty()),
-            ("auth", self.auth.is_some()),
-            ("bearer_token", self.bearer_token.is_some()),
-        ];
-        if let Some(sigv4) = &self.sigv4 {
-            if !valid_region(&sigv4.region) {
-                return Err((
-                    "sigv4.region",
-                    format!(
-                        "{:?} is not an AWS region: expected a region code such as \"us-west-2\"",
-                        sigv4.region
-                    ),
-                ));
-            }
-            if !valid_service(&sigv4.service) {
-                return Err((
-                    "sigv4.service",
-                    format!(
-                        "{:?} is not a SigV4 service name: expected the signing name of the service, such as \"execute-api\" (API Gateway), \"aps\" (Managed Prometheus), \"logs\", \"xray\", \"monitoring\"",
-                        sigv4.service
-                    ),
-                ));
-            }
-        }
-        if self.kind != DestinationKind::Cloudwatch {
-            if self.endpoint.is_unset() {
-                return Err((
-                    "endpoint",
-                    format!(
-                        "missing field `endpoint`, which is required for type = {:?}; add it (config.example.toml shows every key)",
-                        self.kind.name()
-                    ),
-                ));
-            }
-            if let Some((key, _)) = cloudwatch_only.iter().find(|(_, set)| *set) {
-                return Err((
-                    key,
-                    format!(
-                        "{key} applies to type = \"cloudwatch\" only; remove it (this destination is type = {:?})",
-                        self.kind.name()
-                    ),
-                ));
-            }
-            if self.sigv4.is_none() {
-                if let Some(key) = self.credential_key_set() {
-                    return Err((
-                        key,
-                        format!(
-                            "{key} selects AWS credentials, which only signed requests use; add sigv4 = {{ region = \"…\", service = \"…\" }} or remove {key}"
-                        ),
-                    ));
-                }
-            }
-            return Ok(());
-        }
-        // type = "cloudwatch"
-        if !self.endpoint.is_unset() {
-            return Err((
-                "endpoint",
-                "a cloudwatch destination has one endpoint per signal, derived from region; remove endpoint (to override one, write endpoints = { traces = \"…\" })"
-                    .into(),
-            ));
-        }
-        if self.sigv4.is_some() {
-            return Err((
-                "sigv4",
-                "a cloudwatch destination signs with the services xray, logs and monitoring of its region by itself; remove sigv4"
-                    .into(),
-            ));
-        }
-        match &self.region {
-            None => {
-                return Err((
-                    "region",
-                    "missing field `region`, which type = \"cloudwatch\" requires; add it, such as region = \"us-west-2\""
-                        .into(),
-                ))
-            }
-            Some(r) if !valid_region(r) => {
-                return Err((
-                    "region",
-                    format!("{r:?} is not an AWS region: expected a region code such as \"us-west-2\""),
-                ))
-            }
-            Some(_) => {}
-        }
-        for signal in Signal::ALL {
-            if self.endpoints.get(signal).is_some() && !self.signals.contains(&signal) {
-                return Err((
-                    "endpoints",
-                    format!(
-                        "endpoints.{} is set but signals does not route {}; add it to signals or remove the override",
-                        signal.name(),
-                        signal.name()
-                    ),
-                ));
-            }
-        }
-        let logs = self.signals.contains(&Signal::Logs);
-        if logs {
-            for (key, value) in [
-                ("log_group", &self.log_group),
-                ("log_stream", &self.log_stream),
-            ] {
-                match value {
-                    None => {
-                        return Err((
-                            key,
-                            format!(
-                                "missing field `{key}`, which CloudWatch needs to route logs (sent as x-aws-{}); add it, or remove \"logs\" from signals",
-                                key.replace('_', "-")
-                            ),
-                        ))
-                    }
-                    Some(v) if v.is_empty() || HeaderValueCheck::invalid(v) => {
-                        return Err((
-                            key,
-                            format!("{v:?} cannot be sent as an HTTP header value; use printable ASCII"),
-                        ))
-                    }
-                    Some(_) => {}
-                }
-            }
-        } else if let Some((key, _)) = [
-            ("log_group", &self.log_group),
-            ("log_stream", &self.log_stream),
-        ]
-        .iter()
-        .find(|(_, v)| v.is_some())
-        {
-            return Err((
-                key,
-                format!("{key} only applies to logs, which this destination does not route; add \"logs\" to signals or remove {key}"),
-            ));
-        }
-        match (self.auth, &self.bearer_token) {
-            (Some(AwsAuth::Bearer), None) => {
-                return Err((
-                    "bearer_token",
-                    "auth = \"bearer\" needs bearer_token, such as bearer_token = \"${CLOUDWATCH_LOGS_API_KEY}\""
-                        .into(),
-                ))
-            }
-            (Some(AwsAuth::Bearer), Some(_)) => {
-                if self.signals != [Signal::Logs] {
-                    return Err((
-                        "auth",
-                        "auth = \"bearer\" (a CloudWatch Logs API key) works for the logs endpoint only; set signals = [\"logs\"] and send traces and metrics through another destination, signed with SigV4"
-                            .into(),
-                    ));
-                }
-                if let Some(key) = self.credential_key_set() {
-                    return Err((
-                        key,
-                        format!("{key} selects AWS credentials, which auth = \"bearer\" does not use; remove it"),
-                    ));
-                }
-            }
-            (_, Some(_)) => {
-                return Err((
-                    "bearer_token",
-                    "bearer_token is used only with auth = \"bearer\"; add auth = \"bearer\" or remove bearer_token"
-                        .into(),
-                ))
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-}
-
-/// Header values the HTTP client would refuse.
-struct HeaderValueCheck;
-
-impl HeaderValueCheck {
-    fn invalid(v: &str) -> bool {
-        v.bytes().any(|b| b < 0x20 || b == 0x7f)
-    }
-}
-
-/// An AWS region's shape: `us-west-2`, `eu-central-1`, `us-gov-west-1`, `cn-north-1`.
-pub fn valid_region(region: &str) -> bool {
-    let parts: Vec<&str> = region.split('-').collect();
-    parts.len() >= 3
-        && parts[0].len() == 2
-        && parts[..parts.len() - 1]
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
-        && parts[parts.len() - 1]
-            .parse::<u8>()
-            .is_ok_and(|n| n > 0 && !parts[parts.len() - 1].starts_with('0'))
-}
-
-/// A SigV4 service name's shape (`execute-api`, `aps`, `logs`, `xray`, `monitoring`).
-pub fn valid_service(service: &str) -> bool {
-    !service.is_empty()
-        && service.len() <= 64
-        && service.starts_with(|c: char| c.is_ascii_lowercase())
-        && service
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// A destination's name: it keys the destination's cursors in the spool, so it is restricted to

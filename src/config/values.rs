@@ -77,7 +77,7 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// No `endpoint` key was written (the default; [`Config::validate`] requires one where the
+    /// No `endpoint` key was written (the default; [`super::RawConfig::validate`] requires one where the
     /// destination type needs it).
     pub fn is_unset(&self) -> bool {
         self.url.is_empty()

@@ -28,7 +28,7 @@ use reqwest::StatusCode;
 use super::retry::parse_retry_after;
 use super::Outcome;
 use crate::aws::sigv4::{SignError, Signer};
-use crate::config::{mask_url_credentials, DestinationConfig};
+use crate::config::{mask_url_credentials, Destination};
 use crate::error::error_chain;
 use crate::tls::ca_certificates;
 
@@ -41,7 +41,7 @@ const MESSAGE_CHARS: usize = 300;
 
 /// The client of one destination: no redirects, `ca_file` added to the built-in roots, a connect
 /// timeout, short-lived idle connections. The per-request `timeout` is set on each request.
-pub fn client(config: &DestinationConfig) -> Result<reqwest::Client, String> {
+pub fn client(config: &Destination) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("otlp-spool/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
