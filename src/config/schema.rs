@@ -308,6 +308,12 @@ pub enum DestinationKind {
 }
 
 impl DestinationKind {
+    pub const ALL: [DestinationKind; 3] = [
+        DestinationKind::OtlpHttp,
+        DestinationKind::Cloudwatch,
+        DestinationKind::PrometheusRemoteWrite,
+    ];
+
     /// The `type` value in the config.
     pub fn name(self) -> &'static str {
         match self {

@@ -4,11 +4,8 @@
 //! `log_stream`. Trace batches are capped at CloudWatch's request limits.
 
 use super::aws::{check_sigv4, valid_region, AwsCredentials};
-use super::prometheus_remote_write::RemoteWrite;
-use super::{refuse_keys_of, Refusal, WrittenSecrets};
-use crate::config::schema::{
-    AwsAuth, BatchConfig, DestinationConfig, DestinationKind, SignalEndpoints,
-};
+use super::{Refusal, WrittenSecrets};
+use crate::config::schema::{AwsAuth, BatchConfig, DestinationConfig, SignalEndpoints};
 use crate::config::values::{ByteSize, Secret};
 use crate::config::OtlpFormat;
 use crate::otlp::Signal;
@@ -56,8 +53,8 @@ pub(super) fn batch_for(batch: &BatchConfig, signal: Signal) -> BatchConfig {
 
 impl Cloudwatch {
     /// The keys only this type takes, and whether `raw` sets each.
-    pub(super) fn own_keys(raw: &DestinationConfig) -> [(&'static str, bool); 6] {
-        [
+    pub(super) fn own_keys(raw: &DestinationConfig) -> Vec<(&'static str, bool)> {
+        vec![
             ("region", raw.region.is_some()),
             ("log_group", raw.log_group.is_some()),
             ("log_stream", raw.log_stream.is_some()),
@@ -67,15 +64,10 @@ impl Cloudwatch {
         ]
     }
 
-    /// The rules this type adds to what its fields need: only its own keys, a well-formed
-    /// region, overrides and log keys for routed signals only, header-safe log keys, and the
-    /// bearer key for logs alone.
+    /// The rules this type adds to what its fields need: a well-formed region, overrides and
+    /// log keys for routed signals only, header-safe log keys, and the bearer key for logs
+    /// alone.
     pub(super) fn check(raw: &DestinationConfig) -> Result<(), Refusal> {
-        refuse_keys_of(
-            DestinationKind::PrometheusRemoteWrite,
-            raw,
-            &RemoteWrite::own_keys(raw),
-        )?;
         if let Some(sigv4) = &raw.sigv4 {
             check_sigv4(sigv4)?;
         }

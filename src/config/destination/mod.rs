@@ -62,6 +62,9 @@ impl Destination {
     /// of the right shape, no key that would go unused), and a usable `ca_file`: the first key
     /// that breaks one.
     pub(super) fn check(raw: &DestinationConfig) -> Result<(), Refusal> {
+        for other in DestinationKind::ALL.into_iter().filter(|k| *k != raw.kind) {
+            refuse_keys_of(other, raw, &own_keys(other, raw))?;
+        }
         match raw.kind {
             DestinationKind::OtlpHttp => OtlpHttp::check(raw)?,
             DestinationKind::Cloudwatch => Cloudwatch::check(raw)?,
@@ -214,6 +217,15 @@ impl WrittenSecrets {
         if secret.is_some_and(|s| s.written_in_file) {
             self.in_keys.push(key.to_string());
         }
+    }
+}
+
+/// The keys only type `kind` takes, and whether `raw` sets each.
+fn own_keys(kind: DestinationKind, raw: &DestinationConfig) -> Vec<(&'static str, bool)> {
+    match kind {
+        DestinationKind::OtlpHttp => OtlpHttp::own_keys(raw),
+        DestinationKind::Cloudwatch => Cloudwatch::own_keys(raw),
+        DestinationKind::PrometheusRemoteWrite => RemoteWrite::own_keys(raw),
     }
 }
 

@@ -2,10 +2,8 @@
 //! with SigV4. Its batches are the configured ones.
 
 use super::aws::SigV4;
-use super::cloudwatch::Cloudwatch;
-use super::prometheus_remote_write::RemoteWrite;
-use super::{refuse_keys_of, required_endpoint, Refusal, WrittenSecrets};
-use crate::config::schema::{Compression, DestinationConfig, DestinationKind, Encoding};
+use super::{required_endpoint, Refusal, WrittenSecrets};
+use crate::config::schema::{Compression, DestinationConfig, Encoding};
 use crate::config::values::Endpoint;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -37,14 +35,14 @@ impl OtlpFormat {
 }
 
 impl OtlpHttp {
-    /// The rules this type adds to what its fields need: only its own keys and AWS's.
+    /// The keys only this type takes (none: `encoding` and `compression` are `cloudwatch`'s
+    /// too, `sigv4` is `prometheus_remote_write`'s too).
+    pub(super) fn own_keys(_: &DestinationConfig) -> Vec<(&'static str, bool)> {
+        Vec::new()
+    }
+
+    /// The rules this type adds to what its fields need: AWS's.
     pub(super) fn check(raw: &DestinationConfig) -> Result<(), Refusal> {
-        refuse_keys_of(
-            DestinationKind::PrometheusRemoteWrite,
-            raw,
-            &RemoteWrite::own_keys(raw),
-        )?;
-        refuse_keys_of(DestinationKind::Cloudwatch, raw, &Cloudwatch::own_keys(raw))?;
         SigV4::check(raw)
     }
 

@@ -6,9 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::aws::SigV4;
-use super::cloudwatch::Cloudwatch;
-use super::{refuse_keys_of, required_endpoint, Refusal, WrittenSecrets};
-use crate::config::schema::{DestinationConfig, DestinationKind};
+use super::{required_endpoint, Refusal, WrittenSecrets};
+use crate::config::schema::DestinationConfig;
 use crate::config::values::Endpoint;
 use crate::otlp::Signal;
 
@@ -25,15 +24,14 @@ pub struct RemoteWrite {
 
 impl RemoteWrite {
     /// The keys only this type takes, and whether `raw` sets each.
-    pub(super) fn own_keys(raw: &DestinationConfig) -> [(&'static str, bool); 2] {
-        [
+    pub(super) fn own_keys(raw: &DestinationConfig) -> Vec<(&'static str, bool)> {
+        vec![
             ("external_labels", !raw.external_labels.is_empty()),
             ("stale_after", raw.stale_after.is_some()),
         ]
     }
 
-    /// The rules this type adds to what its fields need: metrics only, label names, only its
-    /// own keys and AWS's.
+    /// The rules this type adds to what its fields need: metrics only, label names, AWS's.
     pub(super) fn check(raw: &DestinationConfig) -> Result<(), Refusal> {
         if let Some(s) = raw.signals.iter().find(|s| **s != Signal::Metrics) {
             return Err((
@@ -50,7 +48,6 @@ impl RemoteWrite {
                 format!("{name:?} cannot be an external label: a Prometheus label name matches [a-zA-Z_][a-zA-Z0-9_]* and is not __name__"),
             ));
         }
-        refuse_keys_of(DestinationKind::Cloudwatch, raw, &Cloudwatch::own_keys(raw))?;
         SigV4::check(raw)
     }
 
