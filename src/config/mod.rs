@@ -280,6 +280,23 @@ mod tests {
         );
     }
 
+    /// The exporter sends external labels as they are: their names are checked on every way to
+    /// a typed destination, [`Config::parse`]'s included.
+    #[test]
+    fn external_label_names_are_checked_whenever_a_destination_is_typed() {
+        let text = "[[destination]]\nname = \"amp\"\ntype = \"prometheus_remote_write\"\n\
+                    endpoint = \"http://127.0.0.1:9/w\"\nexternal_labels = { __name__ = \"x\" }\n";
+        let e = Config::parse(text).unwrap_err().to_string();
+        assert!(
+            e.contains("\"__name__\" cannot be an external label"),
+            "{e}"
+        );
+        assert!(
+            e.contains("line 5") && e.contains("key destination.external_labels"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn unknown_key_names_key_and_line() {
         let e = err("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n");

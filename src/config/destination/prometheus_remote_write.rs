@@ -31,7 +31,7 @@ impl RemoteWrite {
         ]
     }
 
-    /// The rules this type adds to what its fields need: metrics only, label names, AWS's.
+    /// The rules this type adds to what its fields need: metrics only, and AWS's.
     pub(super) fn check(raw: &DestinationConfig) -> Result<(), Refusal> {
         if let Some(s) = raw.signals.iter().find(|s| **s != Signal::Metrics) {
             return Err((
@@ -42,16 +42,18 @@ impl RemoteWrite {
                 ),
             ));
         }
+        SigV4::check(raw)
+    }
+
+    /// Refuses an external label name the exporter could not send (the one place this rule
+    /// is checked: the exporter relies on it).
+    pub(super) fn from_raw(raw: &DestinationConfig) -> Result<RemoteWrite, Refusal> {
         if let Some(name) = raw.external_labels.keys().find(|k| !valid_label_name(k)) {
             return Err((
                 "external_labels",
                 format!("{name:?} cannot be an external label: a Prometheus label name matches [a-zA-Z_][a-zA-Z0-9_]* and is not __name__"),
             ));
         }
-        SigV4::check(raw)
-    }
-
-    pub(super) fn from_raw(raw: &DestinationConfig) -> Result<RemoteWrite, Refusal> {
         Ok(RemoteWrite {
             endpoint: required_endpoint(raw)?,
             sigv4: SigV4::from_raw(raw),
