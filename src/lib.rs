@@ -306,7 +306,7 @@ pub fn routes(config: &Config) -> spool::Routes {
     let mut routes: spool::Routes = Default::default();
     for d in &config.destinations {
         for s in &d.signals {
-            routes[s.index()].push(d.name.to_string());
+            routes[*s].push(d.name.to_string());
         }
     }
     routes

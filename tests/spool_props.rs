@@ -34,12 +34,14 @@ struct RouteMasks([u8; 3]);
 
 impl RouteMasks {
     fn routes(self) -> Routes {
-        self.0.map(|mask| {
-            (0..DESTINATIONS.len())
-                .filter(|d| mask & (1 << d) != 0)
-                .map(|d| DESTINATIONS[d].to_string())
-                .collect()
-        })
+        self.0
+            .map(|mask| {
+                (0..DESTINATIONS.len())
+                    .filter(|d| mask & (1 << d) != 0)
+                    .map(|d| DESTINATIONS[d].to_string())
+                    .collect()
+            })
+            .into()
     }
 
     fn routed(self, destination: usize, signal: usize) -> bool {

@@ -26,7 +26,7 @@ use super::otlp_http::{configured_headers, Advice, OtlpHttp, Route};
 use crate::aws::credentials::{CachedCredentials, CredentialSettings};
 use crate::aws::sigv4::Signer;
 use crate::config::{Cloudwatch, CloudwatchAuth, Destination};
-use crate::otlp::Signal;
+use crate::otlp::{PerSignal, Signal};
 
 /// The host prefix and SigV4 service of a signal's CloudWatch endpoint.
 pub fn service(signal: Signal) -> &'static str {
@@ -67,8 +67,7 @@ pub fn new(config: &Destination, settings: &Cloudwatch) -> Result<OtlpHttp, Stri
             )
         })
     };
-    let mut routes = Vec::with_capacity(3);
-    for signal in Signal::ALL {
+    let route = |signal: Signal| {
         let url = match settings.endpoints.get(signal) {
             Some(endpoint) => endpoint.as_str().to_string(),
             None => default_url(region, signal),
@@ -86,15 +85,17 @@ pub fn new(config: &Destination, settings: &Cloudwatch) -> Result<OtlpHttp, Stri
                 headers.insert(AUTHORIZATION, value);
             }
         }
-        routes.push(Route {
+        Ok::<_, String>(Route {
             url,
             headers,
             signer,
-        });
-    }
-    let routes: [Route; 3] = routes
-        .try_into()
-        .unwrap_or_else(|_| unreachable!("one route per signal"));
+        })
+    };
+    let routes = PerSignal::from([
+        route(Signal::Traces)?,
+        route(Signal::Metrics)?,
+        route(Signal::Logs)?,
+    ]);
     OtlpHttp::with_routes(config, settings.format, routes, explain)
 }
 

@@ -28,12 +28,12 @@ use crate::config::{
     mask_url_credentials, Compression, Destination, Encoding, OtlpFormat, OtlpHttp as Settings,
 };
 use crate::observe::with_advice;
-use crate::otlp::{json, RpcStatus, Signal};
+use crate::otlp::{json, PerSignal, RpcStatus, Signal};
 
 pub struct OtlpHttp {
     client: reqwest::Client,
     /// Indexed by [`Signal::index`].
-    routes: [Route; 3],
+    routes: PerSignal<Route>,
     encoding: Encoding,
     compression: Compression,
     timeout: Duration,
@@ -67,7 +67,7 @@ impl OtlpHttp {
                 &sigv4.region,
             )))
         });
-        let routes = Signal::ALL.map(|s| Route {
+        let routes = PerSignal::from_fn(|s| Route {
             url: settings.endpoint.signal_url(s),
             headers: headers.clone(),
             signer: settings
@@ -84,7 +84,7 @@ impl OtlpHttp {
     pub fn with_routes(
         config: &Destination,
         format: OtlpFormat,
-        routes: [Route; 3],
+        routes: PerSignal<Route>,
         explain: Explain,
     ) -> Result<OtlpHttp, String> {
         let client = http::client(config)?;
@@ -113,7 +113,7 @@ impl OtlpHttp {
                 }
             },
         };
-        let route = &self.routes[signal.index()];
+        let route = &self.routes[signal];
         let mut headers = route.headers.clone();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         let body = match self.compression {

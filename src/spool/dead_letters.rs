@@ -484,9 +484,10 @@ impl Spool {
             let state = self.state();
             let mut marks = self.marks();
             for letter in letters {
-                let routed = letter.info.signal().is_some_and(|signal| {
-                    state.routes[signal.index()].contains(&letter.info.destination)
-                });
+                let routed = letter
+                    .info
+                    .signal()
+                    .is_some_and(|signal| state.routes[signal].contains(&letter.info.destination));
                 if !routed {
                     result.not_routed.push(letter.id);
                     continue;
@@ -641,11 +642,11 @@ pub(super) mod tests {
             max_age: Duration::from_secs(3600),
             when_full: WhenFull::DropOldest,
         };
-        let routes: Routes = [
+        let routes = Routes::from([
             vec!["a".into()],
             Vec::new(),
             logs.iter().map(|d| d.to_string()).collect(),
-        ];
+        ]);
         Spool::open(dir, limits, routes).unwrap()
     }
 

@@ -106,7 +106,7 @@ use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 
 use crate::config::{SpoolConfig, WhenFull};
-use crate::otlp::Signal;
+use crate::otlp::{PerSignal, Signal};
 use commit::{DiskSync, GroupCommit, Hooks, IndexFlush};
 pub use dead_letters::{DeadLetter, LetterInfo, Purged, Replayed, Selection, StoredLetter};
 use free_space::FreeSpace;
@@ -170,7 +170,7 @@ impl From<&SpoolConfig> for Limits {
 }
 
 /// Which destinations read each signal; a record is deleted once all of them have it.
-pub type Routes = [Vec<String>; 3];
+pub type Routes = PerSignal<Vec<String>>;
 
 const PERMISSION_HINT: &str = "set spool.dir to a directory this user can write, or make this \
      user the owner of the directory (otlp-spool keeps it at mode 0700)";
@@ -509,13 +509,10 @@ impl Store {
     /// that comes back starts from the oldest record held, and the state of destinations that
     /// route nothing.
     fn forget_unrouted(&self, state: &mut State) -> sled::Result<()> {
-        let wanted: Vec<String> = Signal::ALL
+        let wanted: Vec<String> = state
+            .routes
             .iter()
-            .flat_map(|s| {
-                state.routes[s.index()]
-                    .iter()
-                    .map(move |d| cursor_key(d, *s))
-            })
+            .flat_map(|(s, destinations)| destinations.iter().map(move |d| cursor_key(d, s)))
             .collect();
         let unwanted: Vec<String> = state
             .cursors
@@ -532,7 +529,7 @@ impl Store {
         let routed = |destination: &[u8]| {
             state
                 .routes
-                .iter()
+                .values()
                 .flatten()
                 .any(|d| d.as_bytes() == destination)
         };
@@ -624,7 +621,7 @@ struct Inner {
     newest_received_ms: AtomicU64,
     state: Mutex<State>,
     /// Per signal: the newest durable sequence, which export workers wait on.
-    durable: [watch::Sender<u64>; 3],
+    durable: PerSignal<watch::Sender<u64>>,
     appended: Notify,
     /// Which dead letters are purged or to be replayed ([`dead_letters`]).
     marks: Mutex<dead_letters::Marks>,
@@ -788,7 +785,7 @@ impl Spool {
             .next_seq
             .store(resume.max(max_seq) + 1, Ordering::SeqCst);
         let durable =
-            Signal::ALL.map(|s| watch::channel(streams[s.index()].last_seq().unwrap_or(0)).0);
+            PerSignal::from_fn(|s| watch::channel(streams[s.index()].last_seq().unwrap_or(0)).0);
         let marks = dead_letters::Marks::load(&store.db, state.floors[3])
             .map_err(|e| sled_error(dir, e).into_open_error(dir))?;
         // Make forgotten cursors durable before anything else happens.
@@ -909,7 +906,7 @@ impl Spool {
         let seq = written.seq;
         crash::point("append.durable");
         self.inner.links.mark.advance(seq);
-        self.inner.durable[signal.index()].send_if_modified(|newest| {
+        self.inner.durable[signal].send_if_modified(|newest| {
             let advanced = seq > *newest;
             *newest = (*newest).max(seq);
             advanced
@@ -1050,7 +1047,7 @@ impl Spool {
 
     /// Wakes when new durable records of `signal` exist; the value is the newest sequence.
     pub fn subscribe(&self, signal: Signal) -> watch::Receiver<u64> {
-        self.inner.durable[signal.index()].subscribe()
+        self.inner.durable[signal].subscribe()
     }
 
     /// Records that `destination` has everything of `signal` up to `seq`, and deletes what every
@@ -1328,7 +1325,7 @@ impl Spool {
 fn deleted_through(state: &State, i: usize) -> u64 {
     let acknowledged = if i < 3 {
         let signal = Signal::ALL[i];
-        state.routes[i]
+        state.routes[signal]
             .iter()
             .map(|d| {
                 state
@@ -1577,11 +1574,11 @@ mod tests {
     }
 
     fn routes(traces: &[&str]) -> Routes {
-        [
+        Routes::from([
             traces.iter().map(|d| d.to_string()).collect(),
             Vec::new(),
             Vec::new(),
-        ]
+        ])
     }
 
     #[tokio::test]
@@ -1831,7 +1828,7 @@ mod tests {
 
     fn all_routes(traces: &[&str]) -> Routes {
         let names: Vec<String> = traces.iter().map(|d| d.to_string()).collect();
-        [names.clone(), names.clone(), names]
+        Routes::from([names.clone(), names.clone(), names])
     }
 
     fn seqs(spool: &Spool, signal: Signal) -> Vec<u64> {
@@ -2259,11 +2256,11 @@ mod tests {
             max_age: Duration::from_secs(100 * 365 * 86400),
             ..limits()
         };
-        let every: Routes = [
+        let every = Routes::from([
             vec!["a".into(), "b".into()],
             vec!["a".into(), "b".into(), "p".into()],
             vec!["a".into(), "b".into()],
-        ];
+        ]);
         let spool = Spool::open(&dir, limits.clone(), every.clone()).unwrap();
         assert!(!dir.join("db").exists(), "the version-1 files are gone");
         assert_eq!(
