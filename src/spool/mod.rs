@@ -232,6 +232,29 @@ pub enum AppendError {
     Storage(String),
 }
 
+/// Why reading, acknowledging, rerouting or dead-lettering failed on an open spool. The text
+/// says what failed and why; it is what logs and `status` show.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// An earlier failure made the index unusable and a reopen is under way: try again later.
+    #[error("{0}; the spool is being reopened")]
+    Reopening(String),
+    /// The index could not be read or written. When that leaves sled unusable the spool is
+    /// failed (appends refused) and reopened by itself.
+    #[error("{0}")]
+    Index(String),
+    /// A segment file could not be read, written, synced or deleted.
+    #[error("{0}")]
+    Segment(String),
+}
+
+/// For the callers that report a failure as text (the `dead-letters` documents).
+impl From<SpoolError> for String {
+    fn from(e: SpoolError) -> String {
+        e.to_string()
+    }
+}
+
 /// One stored record as read back for export.
 #[derive(Debug, Clone)]
 pub struct Record {
@@ -841,20 +864,22 @@ impl Spool {
     }
 
     /// The open index, or why there is none (a reopen is under way).
-    fn store(&self) -> Result<Arc<Store>, String> {
+    fn store(&self) -> Result<Arc<Store>, SpoolError> {
         let store = self.inner.store.read().expect("spool store lock poisoned");
         store.clone().ok_or_else(|| {
             let failure = self.inner.failure();
-            format!(
-                "{}; the spool is being reopened",
-                failure.as_deref().unwrap_or("spool storage failed")
+            SpoolError::Reopening(
+                failure
+                    .as_deref()
+                    .unwrap_or("spool storage failed")
+                    .to_string(),
             )
         })
     }
 
     /// Describes a sled error, and when it means sled is unusable until reopened (I/O errors,
     /// corruption), fails the spool: appends are refused from now on and a reopen is asked for.
-    fn fail_on_index_error(&self, store: &Store, what: &str, e: sled::Error) -> String {
+    fn fail_on_index_error(&self, store: &Store, what: &str, e: sled::Error) -> SpoolError {
         let why = format!("{what}: {e}");
         let unusable = matches!(
             e,
@@ -867,7 +892,7 @@ impl Spool {
                 why: why.clone(),
             });
         }
-        why
+        SpoolError::Index(why)
     }
 
     /// Stores one request's payload and returns its sequence number once it is durable.
@@ -958,7 +983,7 @@ impl Spool {
                 cap: limits.max_bytes,
             });
         }
-        let store = self.store().map_err(AppendError::Storage)?;
+        let store = self.store().map_err(|e| AppendError::Storage(e.into()))?;
         let mut state = self.state();
         let (mut records, mut items) = (0, 0);
         while self.held_bytes() + size > limits.max_bytes {
@@ -975,7 +1000,7 @@ impl Spool {
             let Some((_, i)) = oldest else { break };
             let evicted = self
                 .delete_first(&store, &mut state, i)
-                .map_err(AppendError::Storage)?;
+                .map_err(|e| AppendError::Storage(e.into()))?;
             let Some(header) = evicted else { break };
             records += 1;
             items += u64::from(header.items);
@@ -994,11 +1019,11 @@ impl Spool {
         store: &Store,
         state: &mut State,
         i: usize,
-    ) -> Result<Option<RecordHeader>, String> {
+    ) -> Result<Option<RecordHeader>, SpoolError> {
         let stream = &self.inner.streams[i];
-        let deleted = stream
-            .delete_first()
-            .map_err(|e| format!("deleting from the {} spool: {e}", stream_name(i)))?;
+        let deleted = stream.delete_first().map_err(|e| {
+            SpoolError::Segment(format!("deleting from the {} spool: {e}", stream_name(i)))
+        })?;
         let Some((seq, header)) = deleted else {
             return Ok(None);
         };
@@ -1029,15 +1054,15 @@ impl Spool {
         after: u64,
         max_bytes: u64,
         max_items: u64,
-    ) -> Result<Vec<Record>, String> {
+    ) -> Result<Vec<Record>, SpoolError> {
         let (records, damaged) = self.inner.streams[signal.index()]
             .read(after, max_bytes, max_items)
             .map_err(|e| {
-                format!(
+                SpoolError::Segment(format!(
                     "reading the {} spool in {}: {e}",
                     signal.name(),
                     self.inner.dir.display()
-                )
+                ))
             })?;
         if damaged > 0 {
             self.state().dropped.unreadable_records += damaged;
@@ -1052,7 +1077,7 @@ impl Spool {
 
     /// Records that `destination` has everything of `signal` up to `seq`, and deletes what every
     /// routed destination now has.
-    pub fn ack(&self, destination: &str, signal: Signal, seq: u64) -> Result<(), String> {
+    pub fn ack(&self, destination: &str, signal: Signal, seq: u64) -> Result<(), SpoolError> {
         let key = cursor_key(destination, signal);
         let mut state = self.state();
         // In memory first: if saving fails, or a reopen is under way, the reopen writes it back
@@ -1077,7 +1102,7 @@ impl Spool {
         store: &Store,
         state: &mut State,
         signal: Signal,
-    ) -> Result<(), String> {
+    ) -> Result<(), SpoolError> {
         let i = signal.index();
         let through = deleted_through(state, i);
         if through > state.floors[i] {
@@ -1088,9 +1113,12 @@ impl Spool {
                 .map_err(|e| self.fail_on_index_error(store, "saving a spool floor", e))?;
         }
         let stream = &self.inner.streams[i];
-        stream
-            .delete_through(through)
-            .map_err(|e| format!("deleting acknowledged {} records: {e}", signal.name()))?;
+        stream.delete_through(through).map_err(|e| {
+            SpoolError::Segment(format!(
+                "deleting acknowledged {} records: {e}",
+                signal.name()
+            ))
+        })?;
         self.inner.links.deletions.queue(stream.take_deletable());
         Ok(())
     }
@@ -1100,7 +1128,7 @@ impl Spool {
     /// next index flush, started here. Workers of a destination that no longer routes a signal
     /// should be stopped first: an acknowledgement from one afterwards re-creates its cursor
     /// (which the next reroute or restart forgets again).
-    pub fn reroute(&self, routes: Routes) -> Result<(), String> {
+    pub fn reroute(&self, routes: Routes) -> Result<(), SpoolError> {
         let mut state = self.state();
         // In memory first, as for `ack`: deletion follows the new routes even if the index is
         // being reopened now (forgetting cursors then waits for the next reroute or restart).
