@@ -1,18 +1,24 @@
 //! The configuration: schema, embedded defaults, `${ENV}` expansion, validation, and where the
 //! file is looked for.
 //!
-//! Invariants: a [`Config`] that exists is valid — every size, duration, address and URL was
-//! parsed, every `${VAR}` expanded, every destination name is unique. Unknown keys are errors
-//! (serde's `deny_unknown_fields`). A [`ConfigError`] from a file names the file, the dotted key
-//! (`spool.max_bytes`, `destination.retry.max`), its line and column (also for the cross-key
-//! rules of [`Config::validate`], when the key is written in the file), and what to do.
+//! Two layers: [`RawConfig`] is what a file says, as serde reads it; [`RawConfig::validate`]
+//! applies the rules that span keys and makes the typed [`Config`] the agent runs with, each
+//! destination a [`Destination`] whose [`Kind`] holds only its type's settings.
+//!
+//! Invariants: in a [`Config`] every size, duration, address and URL was parsed, every `${VAR}`
+//! expanded, every destination name is unique, and every destination has what its type needs;
+//! one that was loaded ([`Config::load`], [`Config::resolve`]) also passed every cross-key rule.
+//! Unknown keys are errors (serde's `deny_unknown_fields`). A [`ConfigError`] from a file names
+//! the file, the dotted key (`spool.max_bytes`, `destination.retry.max`), its line and column
+//! (also for the cross-key rules, when the key is written in the file), and what to do.
 //! Secrets ([`Secret`], and credentials in an [`Endpoint`] URL) never print: `Debug` and
 //! `Serialize` mask them, so `check` and logs can show a resolved config as is. This module reads
 //! files and the environment; it opens no sockets and touches no spool.
 //!
 //! Files: `schema` (what a file may say, as serde reads it), `values` (sizes, durations,
 //! secrets, endpoints, listen addresses), `env` (`${VAR}` expansion), `load` (finding and
-//! reading a file, [`ConfigError`]) and `span` (where a key is written in the TOML text).
+//! reading a file, [`ConfigError`]), `span` (where a key is written in the TOML text) and
+//! `destination/` (the typed destinations, one file per type).
 
 mod destination;
 mod env;
@@ -31,7 +37,7 @@ pub use values::*;
 /// must not be guessable.
 const MIN_REMOTE_TOKEN: usize = 16;
 
-/// The configuration the agent runs with: valid, each destination typed.
+/// The configuration the agent runs with, each destination typed.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
     pub server: ServerConfig,

@@ -22,7 +22,7 @@ use super::values::{
 use crate::otlp::Signal;
 
 /// The whole configuration as the file says it (or the embedded defaults), before the rules that
-/// span several keys: [`RawConfig::validate`] checks those and makes the [`Config`] the agent
+/// span several keys: [`RawConfig::validate`] checks those and makes the [`super::Config`] the agent
 /// runs with.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

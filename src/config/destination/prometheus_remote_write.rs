@@ -16,7 +16,7 @@ pub struct RemoteWrite {
     /// The remote-write URL, used as given.
     pub endpoint: Endpoint,
     pub sigv4: Option<SigV4>,
-    /// Names obey [`valid_label_name`].
+    /// Names are Prometheus label names, not `__name__`.
     pub external_labels: BTreeMap<String, String>,
     /// Unset: the exporter's default.
     pub stale_after: Option<Duration>,
