@@ -204,8 +204,8 @@ async fn a_remote_listener_needs_allow_remote_and_the_token() {
         )
     };
     let validated = |toml: &str| {
-        let config = otlp_spool::config::Config::parse(toml).unwrap();
-        config.validate("test").map(|()| config)
+        let config = otlp_spool::config::RawConfig::parse(toml).unwrap();
+        config.validate("test")
     };
     for extra in ["", "auth_token = \"s3cret\"", "allow_remote = true"] {
         let err = validated(&server(extra)).unwrap_err().to_string();

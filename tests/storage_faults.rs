@@ -319,7 +319,7 @@ async fn a_full_disk_refuses_data_then_recovers_by_itself_and_loses_nothing_ackn
 
 /// Writes a spool with `records` trace records through the library, then lets `corrupt` damage it.
 async fn damaged_spool(spool: &Path, records: u32, corrupt: impl Fn(&Path)) {
-    let routes: otlp_spool::spool::Routes = [vec!["up".to_string()], Vec::new(), Vec::new()];
+    let routes: otlp_spool::spool::Routes = [vec!["up".to_string()], Vec::new(), Vec::new()].into();
     let limits = otlp_spool::spool::Limits {
         max_bytes: 1 << 30,
         max_age: Duration::from_secs(3600),
