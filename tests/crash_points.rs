@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::process::{agent_command, agent_config, free_port, AgentProcess};
+use support::process::{agent_command, free_port, write_agent_config, AgentProcess};
 use support::{spans, Sink, PROTOBUF};
 
 /// Spans a request: about 18 KB, so that 1 MiB segments roll every ~55 requests.
@@ -34,23 +34,16 @@ const POINTS: &[(&str, u64)] = &[
     ("delete.flushed", 1),
 ];
 
-/// A config of the agent in `dir`: small segments (a 32 MiB cap makes them 1 MiB), one
+/// The config after `[spool]`'s `dir`: small segments (a 32 MiB cap makes them 1 MiB), one
 /// destination to `sink`, batches sent at once.
-fn write_config(dir: &Path, port: u16, sink: &Sink) -> std::path::PathBuf {
-    let config = dir.join("config.toml");
-    let rest = format!(
+fn small_segments_to(sink: &Sink) -> String {
+    format!(
         "max_bytes = \"32MiB\"\nmax_age = \"36500d\"\n\
          [[destination]]\nname = \"up\"\ntype = \"otlp_http\"\nendpoint = \"{}\"\n\
          retry = {{ initial = \"20ms\", max = \"200ms\" }}\n\
          batch = {{ linger = \"10ms\" }}\n",
         sink.endpoint()
-    );
-    std::fs::write(
-        &config,
-        agent_config(port, None, "", &dir.join("spool"), &rest),
     )
-    .unwrap();
-    config
 }
 
 /// Sends from `SENDERS` tasks until the agent stops answering (or `limit` passes); the prefixes
@@ -130,7 +123,13 @@ async fn a_crash_at_each_ordering_point_loses_nothing_acknowledged() {
         let sink = Sink::start().await;
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let config = write_config(dir.path(), port, &sink);
+        let config = write_agent_config(
+            dir.path(),
+            port,
+            None,
+            &dir.path().join("spool"),
+            &small_segments_to(&sink),
+        );
         let log = dir.path().join("agent.log");
         let mut command = agent_command(&config);
         command.env("OTLP_SPOOL_CRASH_AT", format!("{point}:{nth}"));
@@ -202,9 +201,8 @@ async fn a_migration_killed_halfway_starts_again_and_loses_nothing() {
                 )
             })
             .collect();
-        let config = dir.path().join("config.toml");
         let rest = format!("max_age = \"36500d\"\n{destinations}");
-        std::fs::write(&config, agent_config(port, None, "", &spool, &rest)).unwrap();
+        let config = write_agent_config(dir.path(), port, None, &spool, &rest);
         let log = dir.path().join("agent.log");
         let mut crashing = agent_command(&config);
         crashing.env("OTLP_SPOOL_CRASH_AT", point);

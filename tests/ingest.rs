@@ -192,12 +192,6 @@ fn records(agent: &otlp_spool::Agent) -> u64 {
     agent.spool().usage().records
 }
 
-fn refused(agent: &otlp_spool::Agent, reason: &str) -> u64 {
-    agent.status()["refused_requests"][reason]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no refused_requests.{reason} in status"))
-}
-
 fn refused_total(agent: &otlp_spool::Agent) -> u64 {
     agent.status()["refused_requests"]
         .as_object()
@@ -245,13 +239,6 @@ async fn expect_refusal(
         before + 1,
         "refusal counted as {reason}"
     );
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    enc.write_all(data).unwrap();
-    enc.finish().unwrap()
 }
 
 /// One gzip member that inflates to `mib` MiB of zeros, about 1000:1, built without running the
@@ -1083,7 +1070,7 @@ async fn held_data_is_delivered_once_a_destination_is_configured() {
         let resp = post_raw(addr, "/v1/traces", &[CT_PB], spans(&format!("held{i}"), 5)).await;
         assert_eq!(resp.status, 200);
     }
-    let resp = post_raw(addr, "/v1/logs", &[CT_PB], logs_request(4)).await;
+    let resp = post_raw(addr, "/v1/logs", &[CT_PB], logs("log", 4)).await;
     assert_eq!(resp.status, 200);
     let status = agent.status();
     assert!(
@@ -1108,7 +1095,12 @@ async fn held_data_is_delivered_once_a_destination_is_configured() {
             .await,
         4
     );
-    wait_until(|| records(&agent) == 0, "spool drains").await;
+    wait_until(
+        || records(&agent) == 0,
+        Duration::from_secs(10),
+        "spool drains",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(sink.items("/v1/traces"), 15, "exactly the held spans");
     assert_eq!(sink.items("/v1/logs"), 4, "exactly the held logs");
@@ -1116,37 +1108,6 @@ async fn held_data_is_delivered_once_a_destination_is_configured() {
     assert_eq!(names.len(), 15);
     assert!(names.iter().any(|n| n == "held0-0") && names.iter().any(|n| n == "held2-4"));
     agent.shutdown().await;
-}
-
-fn logs_request(n: usize) -> Vec<u8> {
-    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue};
-    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
-    ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            scope_logs: vec![ScopeLogs {
-                log_records: (0..n)
-                    .map(|i| LogRecord {
-                        body: Some(AnyValue {
-                            value: Some(any_value::Value::StringValue(format!("log-{i}"))),
-                        }),
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-    .encode_to_vec()
-}
-
-async fn wait_until(mut cond: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// What "a destination added later starts from the oldest held record" means in practice:
@@ -1170,7 +1131,12 @@ async fn destination_added_later_starts_from_the_oldest_held_record() {
             .await,
         3
     );
-    wait_until(|| records(&agent) == 0, "A's delivery deletes the record").await;
+    wait_until(
+        || records(&agent) == 0,
+        Duration::from_secs(10),
+        "A's delivery deletes the record",
+    )
+    .await;
     // Phase 1b: A refuses (503) so the next records stay held, pending for A.
     sink_a.set_fallback(Some(Reply::Status(503, None)));
     for i in 0..2 {
@@ -1209,7 +1175,12 @@ async fn destination_added_later_starts_from_the_oldest_held_record() {
             .await,
         5
     );
-    wait_until(|| records(&agent) == 0, "both acknowledged everything").await;
+    wait_until(
+        || records(&agent) == 0,
+        Duration::from_secs(10),
+        "both acknowledged everything",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(
         sink_b.names("/v1/traces"),

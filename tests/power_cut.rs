@@ -27,7 +27,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use prost::Message;
 use rand::Rng;
 use support::lazyfs::{self, LazyFs};
-use support::process::{agent_command, agent_config, free_port, AgentProcess};
+use support::process::{agent_command, agent_config, free_port, log_tail, AgentProcess};
 use support::{destination, skip_or_fail, trace_request_named, Reply, Sink, PROTOBUF};
 
 /// The sender with big requests, and their shape: 120 spans with a 2 KB attribute each.
@@ -149,24 +149,6 @@ async fn start(config: &Path, port: u16, log: &Path) -> (AgentProcess, bool) {
     (agent, healthy)
 }
 
-/// `GET /status` as JSON, if the agent answers.
-async fn status(agent: &AgentProcess) -> Option<serde_json::Value> {
-    let response = agent
-        .http()
-        .get(agent.url("/status"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?;
-    serde_json::from_slice(&response.bytes().await.ok()?).ok()
-}
-
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
 /// Runs the agent on a fresh [`LazyFs`] through `cuts` power cuts under load, drains, and counts
 /// acknowledged spans that never reached the sink. `None`: FUSE is not available (reported).
 async fn run_cuts(test: &str, cuts: usize, ignore_fsync: bool) -> Option<Outcome> {
@@ -255,7 +237,8 @@ async fn run_cuts(test: &str, cuts: usize, ignore_fsync: bool) -> Option<Outcome
             break;
         }
         // Lost data never arrives: stop once the spool is empty and the sink has it all.
-        records = status(&agent)
+        records = agent
+            .try_status()
             .await
             .and_then(|s| s["spool"]["records"].as_u64());
         if records == Some(0) {

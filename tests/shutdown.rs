@@ -12,13 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use support::process::{agent_command, agent_config, free_port, AgentProcess};
+use support::process::{agent_command, free_port, write_agent_config, AgentProcess};
 use support::{grpc_endpoint, spans, trace_request, Reply, Sink, PROTOBUF};
 
 const HTTP_SENDERS: usize = 8;
 const GRPC_SENDERS: usize = 4;
 const SPANS_PER_REQUEST: usize = 5;
-/// The promise: from SIGTERM to exit.
+/// From SIGTERM to exit at the most (`docs/reliability.md`, "Shutdown and reload").
 const STOP_WITHIN: Duration = Duration::from_secs(5);
 
 /// What the senders saw: the requests answered 200 / OK, and when.
@@ -28,30 +28,15 @@ struct Answers {
     refused_or_failed: u64,
 }
 
-fn write_config(
-    dir: &std::path::Path,
-    port: u16,
-    grpc_port: u16,
-    sink: &Sink,
-) -> std::path::PathBuf {
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        agent_config(
-            port,
-            Some(grpc_port),
-            "",
-            &dir.join("spool"),
-            &format!(
-                "[[destination]]\nname = \"up\"\ntype = \"otlp_http\"\nendpoint = \"{}\"\n\
-                 signals = [\"traces\"]\nbatch = {{ linger = \"10ms\" }}\n\
-                 retry = {{ initial = \"50ms\", max = \"500ms\" }}\ntimeout = \"60s\"\n",
-                sink.endpoint()
-            ),
-        ),
+/// One traces destination to `sink`, with a 60 s timeout: against a sink that never answers, a
+/// delivery is still in flight when SIGTERM comes.
+fn traces_to(sink: &Sink) -> String {
+    format!(
+        "[[destination]]\nname = \"up\"\ntype = \"otlp_http\"\nendpoint = \"{}\"\n\
+         signals = [\"traces\"]\nbatch = {{ linger = \"10ms\" }}\n\
+         retry = {{ initial = \"50ms\", max = \"500ms\" }}\ntimeout = \"60s\"\n",
+        sink.endpoint()
     )
-    .unwrap();
-    config
 }
 
 async fn http_sender(id: usize, port: u16, stop: Arc<AtomicBool>, answers: Arc<Mutex<Answers>>) {
@@ -117,7 +102,13 @@ async fn sigterm_under_load_answers_what_it_took_and_exits_within_5_s() {
     sink.set_fallback(Some(Reply::Hang));
     let dir = tempfile::tempdir().unwrap();
     let (port, grpc_port) = (free_port(), free_port());
-    let config = write_config(dir.path(), port, grpc_port, &sink);
+    let config = write_agent_config(
+        dir.path(),
+        port,
+        Some(grpc_port),
+        &dir.path().join("spool"),
+        &traces_to(&sink),
+    );
     let log = dir.path().join("agent.log");
     let mut agent = AgentProcess::start(agent_command(&config), port, &log).await;
 

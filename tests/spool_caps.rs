@@ -73,14 +73,6 @@ async fn send(addr: SocketAddr, path: &str, content_type: (&str, &str), body: Ve
     }
 }
 
-fn status_u64(agent: &otlp_spool::Agent, pointer: &str) -> u64 {
-    agent
-        .status()
-        .pointer(pointer)
-        .and_then(Value::as_u64)
-        .unwrap_or_else(|| panic!("no {pointer} in status"))
-}
-
 /// Span names of what the spool holds for `signal`, oldest first.
 fn held_names(agent: &otlp_spool::Agent) -> Vec<String> {
     agent
@@ -98,14 +90,6 @@ fn held_names(agent: &otlp_spool::Agent) -> Vec<String> {
                 .map(|s| s.name)
         })
         .collect()
-}
-
-async fn wait_until(mut cond: impl FnMut() -> bool, within: Duration, what: &str) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 const PER_REQUEST: usize = 20;

@@ -38,6 +38,11 @@ pub fn describe_output(out: &std::process::Output) -> String {
     )
 }
 
+/// A finished command's stdout, as text.
+pub fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -63,6 +68,29 @@ pub fn agent_config(
          [spool]\ndir = \"{}\"\n{rest}\n",
         spool.display()
     )
+}
+
+/// The last 40 lines of the agent log at `log` (empty if there is none yet), for a failure
+/// message.
+pub fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Writes an [`agent_config`] without `server` keys to `dir/config.toml`, where
+/// `run --config` reads it; that path.
+pub fn write_agent_config(
+    dir: &Path,
+    port: u16,
+    grpc_port: Option<u16>,
+    spool: &Path,
+    rest: &str,
+) -> PathBuf {
+    let config = dir.join("config.toml");
+    std::fs::write(&config, agent_config(port, grpc_port, "", spool, rest))
+        .unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
+    config
 }
 
 /// A field of `/proc/<pid>/status` in kB (`VmRSS`, `VmHWM`); `pid` may be `"self"`.
@@ -247,6 +275,19 @@ impl AgentProcess {
             .await
             .unwrap();
         serde_json::from_slice(&body).expect("/status is JSON")
+    }
+
+    /// `GET /status` as JSON, or `None` if the agent does not answer within 2 s (it may have
+    /// been killed, or its spool failed).
+    pub async fn try_status(&self) -> Option<serde_json::Value> {
+        let response = self
+            .http
+            .get(self.url("/status"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        serde_json::from_slice(&response.bytes().await.ok()?).ok()
     }
 
     /// The status `GET /healthz` answers, or `None` if it does not answer.
