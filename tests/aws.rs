@@ -1,12 +1,12 @@
-//! AWS destinations end to end, on loopback only (issue 3): SigV4 signatures of the `cloudwatch`
-//! type and of `otlp_http` + `sigv4`, re-verified by an independent signer (botocore's
-//! `SigV4Auth`, run by `tests/aws/verify_sigv4.py`) for all three signals, gzip on and off, with
-//! and without a session token, and failing on a flipped body byte; credentials from a
-//! `credential_process` whose leases expire in seconds (refreshed ahead, never used expired);
-//! a role assumed through a loopback fake STS; failing and missing credentials (data held,
-//! `status` says what to run, delivered once they work); 429/503 with `Retry-After`, partial
-//! success, a missing log group, the trace batch limits; bearer API keys and API Gateway's
-//! `x-api-key`; what `check` says about credentials.
+//! AWS destinations end to end, on loopback only (README, "AWS CloudWatch"): SigV4 signatures of
+//! the `cloudwatch` type and of `otlp_http` + `sigv4`, re-verified by an independent signer
+//! (botocore's `SigV4Auth`, run by `tests/aws/verify_sigv4.py`) for all three signals, gzip on and
+//! off, with and without a session token, and failing on a flipped body byte; credentials from a
+//! `credential_process` whose leases expire in seconds (refreshed ahead, never used expired); a
+//! role assumed through a loopback fake STS; failing and missing credentials (data held, `status`
+//! says what to run, delivered once they work); 429/503 with `Retry-After`, partial success, a
+//! missing log group, the trace batch limits; bearer API keys and API Gateway's `x-api-key`; what
+//! `check` says about credentials.
 //!
 //! Isolation: before any agent starts, [`setup`] points `AWS_CONFIG_FILE`,
 //! `AWS_SHARED_CREDENTIALS_FILE` at temporary files holding this file's profiles, sets static

@@ -1,7 +1,8 @@
-//! Promise 1 and 2 under `kill -9`: the real binary is SIGKILLed at random moments while eight
-//! clients send as fast as they can — five over OTLP/HTTP, three over OTLP/gRPC (every other
-//! gRPC request gzipped) — and the upstream sometimes refuses (503) or stalls, so the spool holds
-//! a backlog or a delivery is in flight when the process dies. After a last restart and a drain,
+//! "Acknowledged means durable" and "At least once to every destination" (README, "What it
+//! promises, and how") under `kill -9`: the real binary is SIGKILLed at random moments while eight
+//! clients send as fast as they can — five over OTLP/HTTP, three over OTLP/gRPC (every other gRPC
+//! request gzipped) — and the upstream sometimes refuses (503) or stalls, so the spool holds a
+//! backlog or a delivery is in flight when the process dies. After a last restart and a drain,
 //! every span whose request got a 200 or a gRPC OK must have reached the sink at least once.
 //! Duplicates are allowed (and counted); loss is not.
 

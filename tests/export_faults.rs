@@ -1,8 +1,9 @@
-//! Export under upstream faults (design.md, promises 2 and 4): an upstream that refuses
-//! connections, answers 503 with `Retry-After`, 400, 413, partial success, 401/403, or stalls
-//! past the timeout; two destinations of which one fails; JSON without compression with custom
-//! headers. Each test drives an in-process agent against the scripted test sink on loopback and
-//! checks what arrived (names exact), how often and when the agent tried, and what `/status` says.
+//! Export under upstream faults (README, "What it promises, and how": "At least once to every
+//! destination" and "Never gives up on a good batch"): an upstream that refuses connections,
+//! answers 503 with `Retry-After`, 400, 413, partial success, 401/403, or stalls past the timeout;
+//! two destinations of which one fails; JSON without compression with custom headers. Each test
+//! drives an in-process agent against the scripted test sink on loopback and checks what arrived
+//! (names exact), how often and when the agent tried, and what `/status` says.
 
 mod support;
 
@@ -289,7 +290,8 @@ async fn too_large_single_resource_is_dead_lettered() {
 }
 
 /// 413 all the way down to one oversized resource: that resource is dead-lettered, and the
-/// other resources of the same batch are still delivered (promise 4: never give up on good data).
+/// other resources of the same batch are still delivered (README: "Never gives up on a good
+/// batch").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_large_resource_does_not_sink_the_rest_of_its_batch() {
     let sink = Sink::start().await;

@@ -1,8 +1,8 @@
-//! Hostile upstreams (issue 8, item 3; design.md promises 2–4): an upstream that stalls after
-//! accepting the connection or after reading the request, resets the connection before or in the
-//! middle of its answer, trickles its answer a byte a second, sends an endless body, storms 429
-//! (with and without `Retry-After`) or 5xx, redirects (301, 302, 303, 307, 308), or presents a
-//! TLS certificate the agent must not trust.
+//! Hostile upstreams (`docs/reliability.md`, "Hostile upstreams"; README, "What it promises, and
+//! how"): an upstream that stalls after accepting the connection or after reading the request,
+//! resets the connection before or in the middle of its answer, trickles its answer a byte a
+//! second, sends an endless body, storms 429 (with and without `Retry-After`) or 5xx, redirects
+//! (301, 302, 303, 307, 308), or presents a TLS certificate the agent must not trust.
 //!
 //! Each scenario runs an in-process agent against the scripted sink of `support` on loopback and
 //! checks four things: no loss (every acknowledged span reaches the upstream, exactly once, once

@@ -11,67 +11,14 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use prost::Message;
 use serde_json::Value;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// `google.rpc.Status`, decoded independently of the agent.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-}
-
-/// One HTTP response, as read off the socket.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// The `google.rpc.Status` message, decoded per the response's content type (which must be
-    /// `want_type`).
-    fn rpc_message(&self, want_type: &str) -> String {
-        assert_eq!(
-            self.header("content-type"),
-            Some(want_type),
-            "error body content type ({} {})",
-            self.status,
-            self.text()
-        );
-        if want_type == "application/json" {
-            let v: Value = serde_json::from_slice(&self.body)
-                .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {}", self.text()));
-            assert!(v["code"].is_i64(), "no numeric code in {v}");
-            v["message"].as_str().expect("message").to_string()
-        } else {
-            let s = RpcStatus::decode(&self.body[..]).expect("protobuf google.rpc.Status");
-            assert_ne!(s.code, 0, "status code 0 (OK) in an error body");
-            s.message
-        }
-    }
-}
-
 /// Sends `head` (request line and headers, without the blank line) and `body` raw, with
 /// `Connection: close`, and reads the whole response. Writing runs beside reading, so a server
 /// that answers before reading the body (413) is heard even if it then resets the connection.
-async fn raw(addr: SocketAddr, head: &str, body: Vec<u8>) -> Resp {
+async fn raw(addr: SocketAddr, head: &str, body: Vec<u8>) -> Answer {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut rd, mut wr) = stream.into_split();
     let mut request = format!("{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n").into_bytes();
@@ -117,7 +64,7 @@ fn complete(buf: &[u8]) -> bool {
         .is_some_and(|(head, body)| content_length(head).is_some_and(|n| body.len() >= n))
 }
 
-fn parse_response(buf: &[u8]) -> Resp {
+fn parse_response(buf: &[u8]) -> Answer {
     let (head, body) = split_head(buf).unwrap_or_else(|| {
         panic!(
             "no HTTP response head in {:?}",
@@ -131,12 +78,17 @@ fn parse_response(buf: &[u8]) -> Resp {
         .and_then(|l| l.split(' ').nth(1))
         .and_then(|s| s.parse().ok())
         .expect("status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect::<Vec<_>>();
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (name, value) in lines.filter_map(|l| l.split_once(':')) {
+        headers.append(
+            reqwest::header::HeaderName::from_bytes(name.trim().as_bytes())
+                .unwrap_or_else(|e| panic!("header name {name:?}: {e}")),
+            reqwest::header::HeaderValue::from_str(value.trim())
+                .unwrap_or_else(|e| panic!("header {name}'s value {value:?}: {e}")),
+        );
+    }
     let n = content_length(head.as_bytes()).unwrap_or(body.len());
-    Resp {
+    Answer {
         status,
         headers,
         body: body[..n.min(body.len())].to_vec(),
@@ -144,7 +96,7 @@ fn parse_response(buf: &[u8]) -> Resp {
 }
 
 /// A POST with `headers` and a `Content-Length` body.
-async fn post_raw(addr: SocketAddr, path: &str, headers: &[&str], body: Vec<u8>) -> Resp {
+async fn post_raw(addr: SocketAddr, path: &str, headers: &[&str], body: Vec<u8>) -> Answer {
     let mut head = format!("POST {path} HTTP/1.1\r\nContent-Length: {}", body.len());
     for h in headers {
         head.push_str("\r\n");
@@ -160,7 +112,7 @@ async fn post_chunked(
     headers: &[&str],
     body: &[u8],
     chunk: usize,
-) -> Resp {
+) -> Answer {
     let mut head = format!("POST {path} HTTP/1.1\r\nTransfer-Encoding: chunked");
     for h in headers {
         head.push_str("\r\n");
@@ -176,7 +128,7 @@ async fn post_chunked(
     raw(addr, &head, framed).await
 }
 
-async fn get(addr: SocketAddr, path: &str, headers: &[&str]) -> Resp {
+async fn get(addr: SocketAddr, path: &str, headers: &[&str]) -> Answer {
     let mut head = format!("GET {path} HTTP/1.1");
     for h in headers {
         head.push_str("\r\n");
@@ -218,7 +170,7 @@ async fn agent_with_server(dir: &std::path::Path, server: &str) -> otlp_spool::A
 /// more refusal counted under `reason` with nothing stored.
 async fn expect_refusal(
     agent: &otlp_spool::Agent,
-    resp: Resp,
+    resp: Answer,
     status: u16,
     content_type: &str,
     reason: &str,

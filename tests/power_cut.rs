@@ -1,13 +1,13 @@
-//! Promise 1 under power cuts, not only `kill -9` (issue 14): `kill -9` leaves the page cache
-//! intact, so it cannot show a missing fsync. Here the agent's spool lives on a FUSE file system
-//! that keeps unsynced file data in memory (tests/support/lazyfs.rs); each cut SIGKILLs the real
-//! binary, throws away every unsynced byte, and starts it again on the same spool. Four clients
-//! send meanwhile — one with ~240 KB trace requests (Gemini-sized: many spans, long
-//! attributes), three with 20-span requests. The upstream takes everything, so records are
-//! delivered and deleted during the run, except in every third run (the first included), when it
-//! answers 503: that cut finds a backlog, and the next run delivers and deletes it. After the
-//! last cut and a drain, every span whose request got a 200 must have reached the sink
-//! (duplicates allowed).
+//! "Acknowledged means durable" (README, "What it promises, and how") under power cuts, not only
+//! `kill -9`: `kill -9` leaves the page cache intact, so it cannot show a missing fsync. Here the
+//! agent's spool lives on a FUSE file system that keeps unsynced file data in memory
+//! (tests/support/lazyfs.rs); each cut SIGKILLs the real binary, throws away every unsynced byte,
+//! and starts it again on the same spool. Four clients send meanwhile — one with ~240 KB trace
+//! requests (Gemini-sized: many spans, long attributes), three with 20-span requests. The upstream
+//! takes everything, so records are delivered and deleted during the run, except in every third run
+//! (the first included), when it answers 503: that cut finds a backlog, and the next run delivers
+//! and deletes it. After the last cut and a drain, every span whose request got a 200 must have
+//! reached the sink (duplicates allowed).
 //!
 //! The second test runs the same cuts with fsync made a no-op and asserts that data *was* lost:
 //! proof that the first can tell a spool that syncs from one that does not.

@@ -1,8 +1,8 @@
-//! SIGTERM under load (issue 8, "Shutdown and reload"), on the real binary: HTTP and gRPC
-//! clients sending as fast as they are answered, and an upstream that accepts each delivery and
-//! never answers (so a worker is mid-request at the stop). The agent must stop accepting, answer
-//! what it took (only once it is durable), flush, and exit 0 within 5 s; every request answered
-//! 200 / OK — before or during the stop — must be delivered after a restart.
+//! SIGTERM under load (`docs/reliability.md`, "Shutdown and reload"), on the real binary: HTTP and
+//! gRPC clients sending as fast as they are answered, and an upstream that accepts each delivery
+//! and never answers (so a worker is mid-request at the stop). The agent must stop accepting,
+//! answer what it took (only once it is durable), flush, and exit 0 within 5 s; every request
+//! answered 200 / OK — before or during the stop — must be delivered after a restart.
 
 mod support;
 

@@ -3,6 +3,7 @@
 //! - [`sink`]: the upstream sink that records and decodes what the agent sends and misbehaves on
 //!   request ([`Sink`], [`Reply`]);
 //! - [`agent`]: an agent in-process on loopback ports, its config, and clients for it;
+//! - [`answer`]: an HTTP answer of the agent, and the `google.rpc.Status` of a refusal;
 //! - [`process`]: the real binary as a child process (signals, its log, restarts after a kill);
 //! - [`requests`]: OTLP requests with predictable names, and gzip;
 //! - [`status`]: readers of the agent's `/status` document;
@@ -14,6 +15,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod agent;
+pub mod answer;
 pub mod lazyfs;
 pub mod process;
 pub mod requests;
@@ -24,7 +26,7 @@ pub mod wait;
 // The parts a test reaches for by name, as `support::spans`; a binary that uses none of one
 // module's would otherwise be warned about its re-export.
 #[allow(unused_imports)]
-pub use {agent::*, requests::*, sink::*, status::*, wait::*};
+pub use {agent::*, answer::*, requests::*, sink::*, status::*, wait::*};
 
 /// The SKIP policy for a test whose prerequisite (a tool, a privilege) is missing: under `CI`
 /// (the variable set at all) it fails the test; otherwise it writes a loud
