@@ -9,14 +9,13 @@
 
 mod support;
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::process::{agent_command, free_port, write_agent_config, AgentProcess};
-use support::{spans, Sink, PROTOBUF};
+use support::{eventually, span_names, spans, Sink, PROTOBUF};
 
 /// Spans a request: about 18 KB, so that 1 MiB segments roll every ~55 requests.
 const SPANS_PER_REQUEST: usize = 450;
@@ -90,19 +89,8 @@ async fn send_until_it_dies(agent: &AgentProcess, limit: Duration) -> Vec<String
 
 /// Waits until the sink has every span of `prefixes`; the names still missing.
 async fn wait_delivered(sink: &Sink, prefixes: &[String], within: Duration) -> Vec<String> {
-    let want: Vec<String> = prefixes
-        .iter()
-        .flat_map(|p| (0..SPANS_PER_REQUEST).map(move |i| format!("{p}-{i}")))
-        .collect();
-    let deadline = Instant::now() + within;
-    loop {
-        let got: HashSet<String> = sink.names("/v1/traces").into_iter().collect();
-        let missing: Vec<String> = want.iter().filter(|n| !got.contains(*n)).cloned().collect();
-        if missing.is_empty() || Instant::now() > deadline {
-            return missing;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let want = span_names(prefixes, SPANS_PER_REQUEST);
+    sink.wait_names("/v1/traces", &want, within).await
 }
 
 /// What a start must not report after a crash at a point the spool is built to survive.
@@ -135,10 +123,7 @@ async fn a_crash_at_each_ordering_point_loses_nothing_acknowledged() {
         command.env("OTLP_SPOOL_CRASH_AT", format!("{point}:{nth}"));
         let mut agent = AgentProcess::start(command, port, &log).await;
         let acked = send_until_it_dies(&agent, Duration::from_secs(30)).await;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while agent.running() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(Duration::from_secs(5), || !agent.running()).await;
         assert!(
             !agent.running(),
             "{point}:{nth} was never reached; log:\n{}",

@@ -10,7 +10,6 @@ mod support;
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use support::*;
@@ -33,13 +32,7 @@ fn multi_resource(prefix: &str, resources: usize, spans_each: usize) -> Vec<u8> 
                 let names = (0..spans_each).map(|i| format!("{prefix}{r}-{i}"));
                 let mut request = trace_request_named(names);
                 request.resource_spans[0].resource = Some(Resource {
-                    attributes: vec![KeyValue {
-                        key: "service.name".into(),
-                        value: Some(AnyValue {
-                            value: Some(any_value::Value::StringValue(format!("svc-{r}"))),
-                        }),
-                        ..Default::default()
-                    }],
+                    attributes: vec![kv("service.name", &format!("svc-{r}"))],
                     ..Default::default()
                 });
                 request.resource_spans

@@ -272,10 +272,10 @@ async fn expect_everything(tag: &str, sink: &Sink, agent: &otlp_spool::Agent) {
         got, want,
         "{tag}: spans delivered once the upstream behaves"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while agent.spool().usage().records > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(5), || {
+        agent.spool().usage().records == 0
+    })
+    .await;
     assert_eq!(agent.spool().usage().records, 0, "{tag}: the spool drains");
     assert_eq!(sink.names(TRACES), all_names(tag), "{tag}: every span once");
     let t = signal_status(agent, 0, "traces");

@@ -23,12 +23,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use prost::Message;
 use rand::Rng;
 use support::lazyfs::{self, LazyFs};
 use support::process::{agent_command, agent_config, free_port, log_tail, AgentProcess};
-use support::{destination, skip_or_fail, trace_request_named, Reply, Sink, PROTOBUF};
+use support::{destination, kv, skip_or_fail, trace_request_named, Reply, Sink, PROTOBUF};
 
 /// The sender with big requests, and their shape: 120 spans with a 2 KB attribute each.
 const BIG_SENDER: usize = 0;
@@ -55,16 +54,8 @@ fn request(prefix: &str, spans: usize, attribute: usize) -> Vec<u8> {
             .map(|i| (b'a' + (i % 26) as u8) as char)
             .collect();
         for span in &mut request.resource_spans[0].scope_spans[0].spans {
-            span.attributes.push(KeyValue {
-                key: "gen_ai.prompt".into(),
-                value: Some(AnyValue {
-                    value: Some(any_value::Value::StringValue(format!(
-                        "{}{text}",
-                        span.name
-                    ))),
-                }),
-                ..Default::default()
-            });
+            let prompt = format!("{}{text}", span.name);
+            span.attributes.push(kv("gen_ai.prompt", &prompt));
         }
     }
     request.encode_to_vec()

@@ -6,14 +6,13 @@
 
 mod support;
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use support::process::{agent_command, free_port, write_agent_config, AgentProcess};
-use support::{grpc_endpoint, spans, trace_request, Reply, Sink, PROTOBUF};
+use support::{grpc_endpoint, span_names, spans, trace_request, Reply, Sink, PROTOBUF};
 
 const HTTP_SENDERS: usize = 8;
 const GRPC_SENDERS: usize = 4;
@@ -184,20 +183,12 @@ async fn sigterm_under_load_answers_what_it_took_and_exits_within_5_s() {
     sink.set_fallback(None);
     drop(agent);
     let agent = AgentProcess::start(agent_command(&config), port, &log).await;
-    let want: HashSet<String> = answers
-        .acked
-        .iter()
-        .flat_map(|(p, _)| (0..SPANS_PER_REQUEST).map(move |i| format!("{p}-{i}")))
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let missing = loop {
-        let got: HashSet<String> = sink.names("/v1/traces").into_iter().collect();
-        let missing: Vec<&String> = want.iter().filter(|n| !got.contains(*n)).collect();
-        if missing.is_empty() || Instant::now() > deadline {
-            break missing.len();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let prefixes: Vec<String> = answers.acked.iter().map(|(p, _)| p.clone()).collect();
+    let want = span_names(&prefixes, SPANS_PER_REQUEST);
+    let missing = sink
+        .wait_names("/v1/traces", &want, Duration::from_secs(20))
+        .await
+        .len();
     println!(
         "SIGTERM under load: exit 0 after {took:?}; {} requests answered ({during_stop} of them \
          after the signal), {} refused or cut off; {} acknowledged spans, {missing} missing after \

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use support::process::{free_port, write_agent_config, AgentProcess};
 use support::{
-    destination, grpc_channel, skip_or_fail, spans, trace_request, Reply, Sink, PROTOBUF,
+    destination, grpc_channel, skip_or_fail, span_names, spans, trace_request, Reply, Sink,
+    PROTOBUF,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_otlp-spool");
@@ -90,14 +91,6 @@ fn mount_namespaces(test: &str) -> bool {
         &format!("needs private mount namespaces (run as root): {why}"),
     );
     false
-}
-
-/// Names of the spans in the requests `prefixes`.
-fn span_names(prefixes: &[String]) -> Vec<String> {
-    prefixes
-        .iter()
-        .flat_map(|p| (0..SPANS_PER_REQUEST).map(move |i| format!("{p}-{i}")))
-        .collect()
 }
 
 /// The disk fills: first with the agent's own data (it refuses before the file system is full,
@@ -205,15 +198,9 @@ async fn a_full_disk_refuses_data_then_recovers_by_itself_and_loses_nothing_ackn
     sink.set_fallback(None);
     let delivered =
         |sink: &Sink| -> HashSet<String> { sink.names("/v1/traces").into_iter().collect() };
-    let want: Vec<String> = span_names(&acked);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        let got = delivered(&sink);
-        if want.iter().all(|s| got.contains(s)) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let want: Vec<String> = span_names(&acked, SPANS_PER_REQUEST);
+    sink.wait_names("/v1/traces", &want, Duration::from_secs(15))
+        .await;
     let during = agent.status().await;
     let (status, retry_after) = send(&agent, "full").await;
     assert_eq!(status, 503, "an append with no space at all");
@@ -267,7 +254,7 @@ async fn a_full_disk_refuses_data_then_recovers_by_itself_and_loses_nothing_ackn
     }
 
     // Every acknowledged span reaches the sink, and the spool drains.
-    let want = span_names(&acked);
+    let want = span_names(&acked, SPANS_PER_REQUEST);
     let deadline = Instant::now() + Duration::from_secs(20);
     let missing = loop {
         let got = delivered(&sink);

@@ -70,10 +70,29 @@ pub fn logs_request(prefix: &str, n: usize) -> logs::v1::ExportLogsServiceReques
     }
 }
 
+/// An attribute `key` with the string `value`.
+pub fn kv(key: &str, value: &str) -> opentelemetry_proto::tonic::common::v1::KeyValue {
+    opentelemetry_proto::tonic::common::v1::KeyValue {
+        key: key.into(),
+        value: Some(opentelemetry_proto::tonic::common::v1::AnyValue {
+            value: Some(AnyValue::StringValue(value.into())),
+        }),
+        ..Default::default()
+    }
+}
+
 /// The names [`spans`] or [`logs`] carry for `prefix` and `n`, sorted like
 /// [`super::Sink::names`].
 pub fn names(prefix: &str, n: usize) -> Vec<String> {
     sorted((0..n).map(|i| format!("{prefix}-{i}")).collect())
+}
+
+/// The span names of the requests `spans(prefix, per_request)` for each of `prefixes`.
+pub fn span_names(prefixes: &[String], per_request: usize) -> Vec<String> {
+    prefixes
+        .iter()
+        .flat_map(|prefix| (0..per_request).map(move |i| format!("{prefix}-{i}")))
+        .collect()
 }
 
 /// `names` sorted, to compare with [`super::Sink::names`].

@@ -287,6 +287,21 @@ impl Sink {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    /// Waits until every name in `want` was accepted on `path` at least once, or `timeout`
+    /// passes; the names still missing then (none: all arrived). Polls every 100 ms: each look
+    /// copies every name received so far.
+    pub async fn wait_names(&self, path: &str, want: &[String], timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got: std::collections::HashSet<String> = self.names(path).into_iter().collect();
+            let missing: Vec<String> = want.iter().filter(|n| !got.contains(*n)).cloned().collect();
+            if missing.is_empty() || Instant::now() > deadline {
+                return missing;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// Serves one plain connection with hyper until a request's reply is [`Raw`]: then hyper is
