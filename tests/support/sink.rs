@@ -26,6 +26,8 @@ use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use prost::Message;
 use serde_json::Value;
 
+use super::eventually;
+
 /// How the sink answers one request.
 #[derive(Debug, Clone)]
 pub enum Reply {
@@ -261,31 +263,19 @@ impl Sink {
     /// Waits until the sink has received at least `n` requests in all, answered or not; panics
     /// after `timeout`.
     pub async fn wait_attempts(&self, n: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let got = self.received().len();
-            if got >= n {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{got} upstream attempt(s) within {timeout:?}, expected {n}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let arrived = eventually(timeout, || self.received().len() >= n).await;
+        let got = self.received().len();
+        assert!(
+            arrived,
+            "{got} upstream attempt(s) within {timeout:?}, expected {n}"
+        );
     }
 
     /// Waits until at least `n` items were accepted on `path`, or `timeout` passes; the count
     /// then.
     pub async fn wait_items(&self, path: &str, n: u64, timeout: Duration) -> u64 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let got = self.items(path);
-            if got >= n || Instant::now() > deadline {
-                return got;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(timeout, || self.items(path) >= n).await;
+        self.items(path)
     }
 
     /// Waits until every name in `want` was accepted on `path` at least once, or `timeout`
