@@ -4,8 +4,9 @@
 //!   request ([`Sink`], [`Reply`]);
 //! - [`agent`]: an agent in-process on loopback ports, its config, and clients for it;
 //! - [`answer`]: an HTTP answer of the agent, and the `google.rpc.Status` of a refusal;
-//! - [`process`]: the real binary as a child process (signals, its log, restarts after a kill);
-//! - [`requests`]: OTLP requests with predictable names, and gzip;
+//! - [`process`]: the real binary as a child process (its config file, signals, its log,
+//!   restarts after a kill);
+//! - [`requests`]: OTLP requests with predictable names, the names they carry, and gzip;
 //! - [`status`]: readers of the agent's `/status` document;
 //! - [`wait`]: polling for a condition with a deadline;
 //! - [`lazyfs`]: a FUSE file system that loses unsynced data (power cuts).

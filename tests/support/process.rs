@@ -1,7 +1,8 @@
 //! The real `otlp-spool` binary as a child process, for tests that need what only a process
 //! has: signals (SIGHUP, SIGTERM, SIGKILL), its own clock (libfaketime), its /proc entries.
 //! Dropping an [`AgentProcess`] SIGKILLs and reaps it, so a failing test leaves no process (and
-//! no spool lock) behind.
+//! no spool lock) behind. Also here: the config file such a process reads, and what a test
+//! shows of a finished command or of the agent's log when it fails.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! OTLP request builders for tests: spans and log records with predictable names
 //! (`<prefix>-<i>`, what [`super::Sink::names`] reports), those names as the sink returns them
-//! (sorted), and gzip. Built from the prost types alone, never from the agent's code.
+//! (sorted), string attributes, and gzip. Built from the prost types alone, never from the
+//! agent's code.
 
 use std::io::Write;
 
