@@ -18,8 +18,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use rand::Rng;
-use support::process::{agent_command, free_port, log_tail, write_agent_config, AgentProcess};
-use support::{destination, spans, Reply, Sink, PROTOBUF};
+use support::process::{
+    agent_command, free_port, log_tail, try_post, write_agent_config, AgentProcess,
+};
+use support::{destination, spans, Reply, Sink};
 use tonic::codec::CompressionEncoding;
 
 const SENDERS: usize = 8;
@@ -149,13 +151,7 @@ async fn sender(
         let body = spans(&format!("{prefix}-s"), SPANS_PER_REQUEST);
         report.attempted.push(prefix.clone());
         let sent_epoch = epoch.load(SeqCst);
-        let result = http
-            .post(&url)
-            .header(PROTOBUF.0, PROTOBUF.1)
-            .body(body)
-            .send()
-            .await;
-        match result {
+        match try_post(&http, &url, body).await {
             Ok(resp) if resp.status() == 200 => {
                 // The 200 is the acknowledgement; the (empty) body need not arrive.
                 let acked_epoch = epoch.load(SeqCst);

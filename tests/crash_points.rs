@@ -14,8 +14,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::process::{agent_command, free_port, write_agent_config, AgentProcess};
-use support::{eventually, span_names, spans, Sink, PROTOBUF};
+use support::process::{agent_command, free_port, try_post, write_agent_config, AgentProcess};
+use support::{eventually, span_names, spans, Sink};
 
 /// Spans a request: about 18 KB, so that 1 MiB segments roll every ~55 requests.
 const SPANS_PER_REQUEST: usize = 450;
@@ -63,13 +63,8 @@ async fn send_until_it_dies(agent: &AgentProcess, limit: Duration) -> Vec<String
                         return;
                     }
                     let prefix = format!("s{sender}r{n}");
-                    let sent = http
-                        .post(&url)
-                        .header(PROTOBUF.0, PROTOBUF.1)
-                        .body(spans(&prefix, SPANS_PER_REQUEST))
-                        .send()
-                        .await;
-                    match sent {
+                    let body = spans(&prefix, SPANS_PER_REQUEST);
+                    match try_post(&http, &url, body).await {
                         Ok(response) if response.status() == 200 => {
                             acked.lock().unwrap().push(prefix)
                         }

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use rand::Rng;
 use support::lazyfs::{self, LazyFs};
-use support::process::{agent_command, agent_config, free_port, log_tail, AgentProcess};
-use support::{destination, kv, skip_or_fail, trace_request_named, Reply, Sink, PROTOBUF};
+use support::process::{agent_command, agent_config, free_port, log_tail, try_post, AgentProcess};
+use support::{destination, kv, skip_or_fail, trace_request_named, Reply, Sink};
 
 /// The sender with big requests, and their shape: 120 spans with a 2 KB attribute each.
 const BIG_SENDER: usize = 0;
@@ -94,13 +94,7 @@ async fn sender(client: usize, port: u16, stop: Arc<AtomicBool>, epoch: Arc<Atom
         let prefix = format!("c{client}-r{req}");
         req += 1;
         let body = request(&prefix, spans, attribute);
-        let result = http
-            .post(&url)
-            .header(PROTOBUF.0, PROTOBUF.1)
-            .body(body)
-            .send()
-            .await;
-        match result {
+        match try_post(&http, &url, body).await {
             Ok(resp) if resp.status() == 200 => report.acked.push(Acked {
                 prefix,
                 spans,

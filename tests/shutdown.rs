@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use support::process::{agent_command, free_port, write_agent_config, AgentProcess};
-use support::{grpc_endpoint, span_names, spans, trace_request, Reply, Sink, PROTOBUF};
+use support::process::{agent_command, free_port, try_post, write_agent_config, AgentProcess};
+use support::{grpc_endpoint, span_names, spans, trace_request, Reply, Sink};
 
 const HTTP_SENDERS: usize = 8;
 const GRPC_SENDERS: usize = 4;
@@ -43,17 +43,13 @@ async fn http_sender(id: usize, port: u16, stop: Arc<AtomicBool>, answers: Arc<M
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
+    let url = format!("http://127.0.0.1:{port}/v1/traces");
     let mut n = 0;
     while !stop.load(SeqCst) {
         let prefix = format!("h{id}-{n}");
         n += 1;
-        let sent = http
-            .post(format!("http://127.0.0.1:{port}/v1/traces"))
-            .header(PROTOBUF.0, PROTOBUF.1)
-            .body(spans(&prefix, SPANS_PER_REQUEST))
-            .send()
-            .await;
-        match sent {
+        let body = spans(&prefix, SPANS_PER_REQUEST);
+        match try_post(&http, &url, body).await {
             Ok(r) if r.status() == 200 => {
                 answers.lock().unwrap().acked.push((prefix, Instant::now()))
             }

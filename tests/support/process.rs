@@ -94,6 +94,20 @@ pub fn write_agent_config(
     config
 }
 
+/// POSTs an OTLP/HTTP protobuf `body` to `url` with `http`. An error is the caller's to count:
+/// a sender that outlives agents sees one whenever the agent is down or killed mid-request.
+pub async fn try_post(
+    http: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+) -> reqwest::Result<reqwest::Response> {
+    http.post(url)
+        .header(super::PROTOBUF.0, super::PROTOBUF.1)
+        .body(body)
+        .send()
+        .await
+}
+
 /// A field of `/proc/<pid>/status` in kB (`VmRSS`, `VmHWM`); `pid` may be `"self"`.
 pub fn proc_status_kb(pid: &str, field: &str) -> u64 {
     let path = format!("/proc/{pid}/status");
@@ -230,12 +244,7 @@ impl AgentProcess {
 
     /// POSTs an OTLP/HTTP protobuf `body` to `path` (`/v1/traces`…); returns the status.
     pub async fn post(&self, path: &str, body: Vec<u8>) -> u16 {
-        let response = self
-            .http
-            .post(self.url(path))
-            .header(super::PROTOBUF.0, super::PROTOBUF.1)
-            .body(body)
-            .send()
+        let response = try_post(&self.http, &self.url(path), body)
             .await
             .unwrap_or_else(|e| panic!("posting to the agent's {path}: {e}"));
         response.status().as_u16()
