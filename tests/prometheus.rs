@@ -590,16 +590,6 @@ async fn fixture_metrics_arrive_in_prometheus_as_computed() {
 // ---------------------------------------------------------------------------------------------
 // Claude Code's DELTA stream, across a restart
 
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
-}
-
 fn request(resource: Vec<KeyValue>, metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {

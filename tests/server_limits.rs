@@ -1,8 +1,8 @@
 //! The receiver's locked-down defaults against clients that misbehave at the HTTP level
-//! (issue 8, "Security"): too many or too large headers, slow-loris heads and bodies, oversized
-//! gRPC metadata, and a non-loopback listener that only works with `allow_remote` and a token.
-//! Requests are written by hand on raw sockets where a real client library would refuse to
-//! misbehave.
+//! (`docs/reliability.md`, "Hostile clients and inputs"): too many or too large headers, slow-loris
+//! heads and bodies, oversized gRPC metadata, and a non-loopback listener that only works with
+//! `allow_remote` and a token. Requests are written by hand on raw sockets where a real client
+//! library would refuse to misbehave.
 
 mod support;
 
