@@ -349,7 +349,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_span() {
         }
         let sample: Vec<&&String> = missing.iter().take(20).collect();
         panic!(
-            "{} acknowledged spans ({} requests) never reached the sink (promise 1/2 broken); \
+            "{} acknowledged spans ({} requests) never reached the sink (README, What it promises: 'Acknowledged means durable' and 'At least once to every destination' broken); \
              missing requests by (transport, epoch at send, epoch at acknowledgement): \
              {by_epoch:?}; sample: {sample:?}; final status: {}; agent log tail:\n{}",
             missing.len(),

@@ -535,7 +535,7 @@ async fn two_hundred_concurrent_clients_are_all_answered_and_delivered_without_l
     );
     assert!(
         missing.is_empty(),
-        "{} acknowledged items never reached the sink (promise 2); sample: {:?}; agent status: {:?}",
+        "{} acknowledged items never reached the sink (README, What it promises: 'At least once to every destination'); sample: {:?}; agent status: {:?}",
         missing.len(),
         &missing[..missing.len().min(10)],
         agent_status.map(|b| String::from_utf8_lossy(&b).into_owned()),

@@ -329,7 +329,7 @@ fn acknowledged_spans_survive_power_cuts() {
     assert_eq!(
         outcome.lost_spans, 0,
         "{} of {} acknowledged spans ({} of them from ~240 KB requests) never reached the sink \
-         after {} power cuts (promise 1 broken): {}",
+         after {} power cuts (README, What it promises: 'Acknowledged means durable' broken): {}",
         outcome.lost_spans, outcome.acked_spans, outcome.lost_big, outcome.cuts, outcome.summary
     );
 }
