@@ -359,7 +359,7 @@ async fn agent_request(
     }
     let failed = |e: String| AgentError::Failed(format!("cannot get {url}: {e}"));
     let response = request.send().await.map_err(|e| {
-        let text = format!("cannot get {url}: {}", otlp_spool::error_chain(&e));
+        let text = format!("cannot get {url}: {}", otlp_spool::error::error_chain(&e));
         if e.is_connect() {
             AgentError::NotRunning(text)
         } else {

@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::otlp::Signal;
+use crate::otlp::{PerSignal, Signal};
 use crate::spool::Spool;
 
 /// How a request reached the agent.
@@ -181,7 +181,7 @@ fn advice(
 /// Everything the agent counts.
 pub struct Stats {
     started: Instant,
-    received: [SignalCounters; 3],
+    received: PerSignal<SignalCounters>,
     refused: RefusalCounters,
     /// Replaced as a whole when a config reload changes the destinations.
     destinations: Mutex<Vec<DestinationStats>>,
@@ -221,7 +221,7 @@ impl Stats {
     }
 
     pub fn received(&self, signal: Signal, transport: Transport, items: u64, bytes: u64) {
-        let c = &self.received[signal.index()];
+        let c = &self.received[signal];
         match transport {
             Transport::Http => c.http_requests.fetch_add(1, Relaxed),
             Transport::Grpc => c.grpc_requests.fetch_add(1, Relaxed),
@@ -246,10 +246,10 @@ impl Stats {
     pub fn status(&self, spool: &Spool) -> Value {
         let now = now_ms();
         let usage = spool.usage();
-        let received: serde_json::Map<String, Value> = Signal::ALL
+        let received: serde_json::Map<String, Value> = self
+            .received
             .iter()
-            .map(|s| {
-                let c = &self.received[s.index()];
+            .map(|(s, c)| {
                 (
                     s.name().to_string(),
                     json!({

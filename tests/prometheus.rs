@@ -471,16 +471,6 @@ async fn fixture_metrics_arrive_in_prometheus_as_computed() {
 // ---------------------------------------------------------------------------------------------
 // Claude Code's DELTA stream, across a restart
 
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
-}
-
 fn request(resource: Vec<KeyValue>, metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
@@ -1010,21 +1000,21 @@ async fn remote_write_wire_format_retries_and_dead_letters() {
 
 #[test]
 fn prometheus_remote_write_config_rules() {
-    use otlp_spool::config::Config;
+    use otlp_spool::config::RawConfig;
     use otlp_spool::otlp::Signal;
     let base = "[[destination]]\nname = \"amp\"\ntype = \"prometheus_remote_write\"\nendpoint = \"http://127.0.0.1:9/api/v1/write\"\n";
-    let c = Config::parse(&format!("{base}external_labels = {{ cluster = \"c\", __replica__ = \"r\" }}\nstale_after = \"30m\"\n")).unwrap();
+    let c = RawConfig::parse(&format!("{base}external_labels = {{ cluster = \"c\", __replica__ = \"r\" }}\nstale_after = \"30m\"\n")).unwrap();
     c.validate("test").unwrap();
     let d = &c.destinations[0];
     assert_eq!(d.signals, vec![Signal::Metrics], "metrics by default");
     assert_eq!(d.external_labels["__replica__"], "r");
     assert_eq!(d.stale_after, Some(Duration::from_secs(1800)));
 
-    let c = Config::parse(&format!("{base}signals = [\"metrics\", \"logs\"]\n")).unwrap();
+    let c = RawConfig::parse(&format!("{base}signals = [\"metrics\", \"logs\"]\n")).unwrap();
     let e = c.validate("test").unwrap_err().to_string();
     assert!(e.contains("metrics only") && e.contains("logs"), "{e}");
 
-    let c = Config::parse(&format!(
+    let c = RawConfig::parse(&format!(
         "{base}external_labels = {{ \"bad-name\" = \"x\" }}\n"
     ))
     .unwrap();
@@ -1032,7 +1022,7 @@ fn prometheus_remote_write_config_rules() {
     assert!(e.contains("bad-name"), "{e}");
 
     let other = "[[destination]]\nname = \"o\"\ntype = \"otlp_http\"\nendpoint = \"http://127.0.0.1:9\"\nexternal_labels = { a = \"b\" }\n";
-    let e = Config::parse(other)
+    let e = RawConfig::parse(other)
         .unwrap()
         .validate("test")
         .unwrap_err()
@@ -1041,7 +1031,7 @@ fn prometheus_remote_write_config_rules() {
         e.contains("external_labels applies to type = \"prometheus_remote_write\""),
         "{e}"
     );
-    let all = Config::parse(
+    let all = RawConfig::parse(
         "[[destination]]\nname = \"o\"\ntype = \"otlp_http\"\nendpoint = \"http://127.0.0.1:9\"\n",
     )
     .unwrap();

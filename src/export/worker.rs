@@ -96,7 +96,7 @@ impl Worker {
             ) {
                 Ok(b) => b,
                 Err(e) => {
-                    self.stats.set_last_error(e);
+                    self.stats.set_last_error(e.to_string());
                     tokio::time::sleep(self.retry.slow()).await;
                     continue;
                 }

@@ -8,7 +8,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
 use super::*;
-use crate::config::Config;
+use crate::config::{Config, RawConfig};
 
 const KEY: &str = "0123456789abcdef0123456789abcdef";
 
@@ -237,9 +237,9 @@ fn check_error(rules: &str) -> String {
     let text = format!(
         "[[destination]]\nname = \"up\"\ntype = \"otlp_http\"\nendpoint = \"http://127.0.0.1:1\"\n[destination.redact]\n{rules}\n"
     );
-    match Config::parse(&text) {
+    match RawConfig::parse(&text) {
         Err(e) => e.message().to_string(),
-        Ok(config) => config.validate("test").unwrap_err().to_string(),
+        Ok(raw) => raw.validate("test").unwrap_err().to_string(),
     }
 }
 
