@@ -249,7 +249,8 @@ impl Worker {
                 // sending it unredacted is not an option.
                 Err(e) => {
                     let error = format!(
-                        "the batch does not decode as {} ({e}), so this destination's redact                          rules cannot be applied; it is kept as a dead letter, not sent",
+                        "the batch does not decode as {} ({e}), so this destination's redact \
+                         rules cannot be applied; it is kept as a dead letter, not sent",
                         self.signal.name()
                     );
                     let piece = RefusedPiece::new(
