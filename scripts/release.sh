@@ -7,7 +7,7 @@
 #   otlp-spool-VERSION.tar.gz               the source: `git archive` of HEAD, prefix otlp-spool-VERSION/
 #   otlp-spool-VERSION-x86_64-unknown-linux-gnu.tar.gz
 #                                           the release binary (stripped), README.md,
-#                                           config.example.toml and the man page
+#                                           LICENSE, config.example.toml and the man page
 #   otlp-spool_VERSION-1_amd64.deb          the Debian package of the same binary (cargo-deb)
 #   otlp-spool.rb                           the Homebrew formula (packaging/homebrew/otlp-spool.rb)
 #                                           with `url` and `sha256` of the source tarball
@@ -96,7 +96,7 @@ trap 'rm -rf "$STAGE"' EXIT
 BIN_NAME="$SRC-$HOST"
 mkdir "$STAGE/$BIN_NAME"
 install -m 755 "$BIN" "$STAGE/$BIN_NAME/otlp-spool"
-install -m 644 README.md config.example.toml packaging/deb/otlp-spool.1 "$STAGE/$BIN_NAME/"
+install -m 644 README.md LICENSE config.example.toml packaging/deb/otlp-spool.1 "$STAGE/$BIN_NAME/"
 tarball "$BIN_NAME" "$STAGE/$BIN_NAME"
 say "binary: $BIN_NAME.tar.gz ($(du -h "$BIN" | cut -f1) binary)"
 

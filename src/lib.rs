@@ -12,12 +12,15 @@
 pub mod aws;
 pub mod config;
 pub mod dead_letters;
+pub mod error;
 pub mod export;
 pub mod observe;
 pub mod otlp;
 pub mod receiver;
+pub mod redact;
 pub mod spool;
 pub mod tables;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,13 +29,14 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use config::{Config, DestinationConfig};
+use config::{Config, Destination, DestinationName};
 use export::worker::Worker;
 use export::Upstream;
 use observe::{DestinationStats, Stats};
 use receiver::grpc::GrpcReceiver;
 use receiver::http::HttpReceiver;
 use receiver::Ingest;
+use redact::Redactor;
 use spool::{Limits, Spool};
 
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +71,50 @@ pub struct Agent {
 /// The export workers of one destination, stoppable on their own when a reload removes or
 /// changes it.
 struct RunningDestination {
+    name: DestinationName,
     stop: CancellationToken,
     workers: JoinSet<()>,
+}
+
+/// What a reload does to the running destinations, decided before anything is done. A
+/// destination is known by its name; one whose settings changed is stopped and started again.
+struct ReloadPlan<'a> {
+    /// In the new config with the same settings: their workers go on.
+    keep: Vec<&'a Destination>,
+    /// In the new config, new or changed: built, then started.
+    start: Vec<&'a Destination>,
+    /// Running, and removed or changed: stopped before the new routes apply.
+    stop: Vec<&'a DestinationName>,
+}
+
+impl<'a> ReloadPlan<'a> {
+    fn new(running: &'a [Destination], new: &'a [Destination]) -> ReloadPlan<'a> {
+        let (keep, start): (Vec<_>, Vec<_>) = new.iter().partition(|d| running.contains(d));
+        let stop = running
+            .iter()
+            .filter(|d| !keep.contains(d))
+            .map(|d| &d.name)
+            .collect();
+        ReloadPlan { keep, start, stop }
+    }
+
+    /// The names added, changed and removed, for the log.
+    fn changes(&self, running: &[Destination]) -> (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>) {
+        let was_running = |name: &DestinationName| running.iter().any(|d| d.name == *name);
+        let (changed, added): (Vec<_>, Vec<_>) = self
+            .start
+            .iter()
+            .map(|d| &d.name)
+            .partition(|name| was_running(name));
+        let removed = self
+            .stop
+            .iter()
+            .filter(|name| !self.start.iter().any(|d| d.name == ***name))
+            .map(|name| name.as_str())
+            .collect();
+        let names = |v: Vec<&'a DestinationName>| v.into_iter().map(|n| n.as_str()).collect();
+        (names(added), names(changed), removed)
+    }
 }
 
 impl Agent {
@@ -81,8 +127,8 @@ impl Agent {
         let mut destinations = Vec::new();
         let mut destination_stats = Vec::new();
         for d in &config.destinations {
-            let upstream = Upstream::new(d, &spool).map_err(StartError::Destination)?;
-            let (running, d_stats) = start_destination(d, upstream, &spool, &stats, &stop);
+            let built = Built::new(d, &spool).map_err(StartError::Destination)?;
+            let (running, d_stats) = start_destination(d, built, &spool, &stats, &stop);
             destinations.push(running);
             destination_stats.push(d_stats);
         }
@@ -169,87 +215,54 @@ impl Agent {
         .into_iter()
         .filter_map(|(section, differs)| differs.then_some(section))
         .collect();
-        // The running destination each new one keeps: the same name with the same settings.
-        let keep: Vec<Option<usize>> = config
-            .destinations
-            .iter()
-            .map(|d| self.config.destinations.iter().position(|old| old == d))
-            .collect();
-        let had =
-            |name: &str, among: &[DestinationConfig]| among.iter().any(|d| d.name.as_str() == name);
-        let (mut added, mut changed) = (Vec::new(), Vec::new());
-        for (d, _) in config
-            .destinations
-            .iter()
-            .zip(&keep)
-            .filter(|(_, k)| k.is_none())
-        {
-            let name = d.name.as_str();
-            if had(name, &self.config.destinations) {
-                changed.push(name);
-            } else {
-                added.push(name);
-            }
-        }
-        let removed: Vec<&str> = self
-            .config
-            .destinations
-            .iter()
-            .map(|d| d.name.as_str())
-            .filter(|name| !had(name, &config.destinations))
-            .collect();
-        // Build every new upstream before stopping anything: a bad one leaves all as it was.
+        let plan = ReloadPlan::new(&self.config.destinations, &config.destinations);
+        // Build every new upstream and redactor before stopping anything: a bad one leaves all
+        // as it was.
         // Building reads nothing the old workers may still change (see `prw::cumulative`).
-        let mut built = config
-            .destinations
+        let built = plan
+            .start
             .iter()
-            .zip(&keep)
-            .map(|(d, k)| match k {
-                Some(_) => Ok(None),
-                None => Upstream::new(d, &self.spool).map(Some),
-            })
+            .map(|d| Built::new(d, &self.spool))
             .collect::<Result<Vec<_>, _>>()
             .map_err(StartError::Destination)?;
         // Stopped workers are awaited before the cursors change, so none acks afterwards.
-        let mut running: Vec<Option<RunningDestination>> = std::mem::take(&mut self.destinations)
+        let (mut kept, stopped): (Vec<_>, Vec<_>) = std::mem::take(&mut self.destinations)
             .into_iter()
-            .map(Some)
-            .collect();
-        for (j, slot) in running.iter_mut().enumerate() {
-            if !keep.contains(&Some(j)) {
-                if let Some(mut r) = slot.take() {
-                    r.stop.cancel();
-                    while r.workers.join_next().await.is_some() {}
-                }
-            }
+            .partition(|r| !plan.stop.contains(&&r.name));
+        for mut r in stopped {
+            r.stop.cancel();
+            while r.workers.join_next().await.is_some() {}
         }
         if let Err(e) = self.spool.reroute(routes(&config)) {
             // The new routes hold in memory; the cursors are forgotten at the next restart.
             tracing::error!(error = %e, "saving the new destinations' cursors failed");
         }
-        let mut destination_stats = Vec::new();
-        for (i, d) in config.destinations.iter().enumerate() {
-            let (r, d_stats) = match keep[i] {
-                Some(j) => (
-                    running[j]
-                        .take()
-                        .expect("a running destination is kept once"),
-                    destination_stats_of(d, &self.stats),
-                ),
-                None => {
-                    let upstream = built[i].take().expect("built above");
-                    start_destination(d, upstream, &self.spool, &self.stats, &self.stop)
-                }
-            };
-            self.destinations.push(r);
+        let mut destination_stats: Vec<DestinationStats> = plan
+            .keep
+            .iter()
+            .map(|d| destination_stats_of(d, &self.stats))
+            .collect();
+        for (d, built) in plan.start.iter().zip(built) {
+            let (running, d_stats) =
+                start_destination(d, built, &self.spool, &self.stats, &self.stop);
+            kept.push(running);
             destination_stats.push(d_stats);
         }
+        self.destinations = kept;
+        // `status` lists destinations in the config's order.
+        destination_stats.sort_by_key(|s| {
+            config
+                .destinations
+                .iter()
+                .position(|d| d.name.as_str() == s.name)
+        });
         self.stats.set_destinations(destination_stats);
+        let (added, changed, removed) = plan.changes(&self.config.destinations);
         tracing::info!(
             ?added,
             ?removed,
             ?changed,
-            unchanged = config.destinations.len() - added.len() - changed.len(),
+            unchanged = plan.keep.len(),
             "config reloaded"
         );
         if !needs_restart.is_empty() {
@@ -291,28 +304,12 @@ impl Agent {
     }
 }
 
-/// An error with its causes, on one line: reqwest's and the AWS SDK's top levels say only "error
-/// sending request" or "dispatch failure". A cause its parent already quotes is left out.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string().trim().replace('\n', " ");
-    let mut source = e.source();
-    while let Some(s) = source {
-        let next = s.to_string().trim().replace('\n', " ");
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    text
-}
-
 /// Which destinations read each signal.
 pub fn routes(config: &Config) -> spool::Routes {
     let mut routes: spool::Routes = Default::default();
     for d in &config.destinations {
         for s in &d.signals {
-            routes[s.index()].push(d.name.to_string());
+            routes[*s].push(d.name.to_string());
         }
     }
     routes
@@ -324,11 +321,34 @@ fn warn_if_holding(config: &Config) {
     }
 }
 
-/// Starts one worker per signal of `d`, sending through `upstream`, each stopping with the agent
-/// or on its own.
-fn start_destination(
-    d: &DestinationConfig,
+/// What a destination's workers share: its client and its redaction rules.
+struct Built {
     upstream: Upstream,
+    redactor: Option<Arc<Redactor>>,
+}
+
+impl Built {
+    fn new(d: &Destination, spool: &Spool) -> Result<Built, String> {
+        let redactor = match &d.redact {
+            Some(r) => {
+                Some(Arc::new(Redactor::new(r).map_err(|e| {
+                    format!("destination {:?}: {e}", d.name.as_str())
+                })?))
+            }
+            None => None,
+        };
+        Ok(Built {
+            upstream: Upstream::new(d, spool)?,
+            redactor,
+        })
+    }
+}
+
+/// Starts one worker per signal of `d`, sending through its client and redaction rules, each
+/// stopping with the agent or on its own.
+fn start_destination(
+    d: &Destination,
+    Built { upstream, redactor }: Built,
     spool: &Spool,
     stats: &Stats,
     agent_stop: &CancellationToken,
@@ -346,20 +366,26 @@ fn start_destination(
             signal: *signal,
             spool: spool.clone(),
             upstream: Arc::clone(&upstream),
+            redactor: redactor.clone(),
             batch: d.batch_for(*signal),
             retry: (&d.retry).into(),
             stats: Arc::clone(worker_stats),
         };
         workers.spawn(worker.run(stop.clone()));
     }
-    (RunningDestination { stop, workers }, d_stats)
+    let running = RunningDestination {
+        name: d.name.clone(),
+        stop,
+        workers,
+    };
+    (running, d_stats)
 }
 
 /// The counters of `d`'s workers: the running ones' (across a reload), or new ones.
-fn destination_stats_of(d: &DestinationConfig, stats: &Stats) -> DestinationStats {
+fn destination_stats_of(d: &Destination, stats: &Stats) -> DestinationStats {
     DestinationStats {
         name: d.name.to_string(),
-        kind: d.kind.name(),
+        kind: d.type_name(),
         endpoint: d.endpoint_display(),
         workers: d
             .signals
@@ -409,4 +435,38 @@ async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> 
         tracing::warn!(%addr, error = %e, "skipping a listen address this machine does not have");
     }
     Ok(listeners)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn destinations(blocks: &[(&str, &str)]) -> Vec<Destination> {
+        let text: String = blocks
+            .iter()
+            .map(|(name, timeout)| {
+                format!(
+                    "[[destination]]\nname = \"{name}\"\ntype = \"otlp_http\"\n\
+                     endpoint = \"http://127.0.0.1:9\"\ntimeout = \"{timeout}\"\n"
+                )
+            })
+            .collect();
+        Config::parse(&text).unwrap().destinations
+    }
+
+    #[test]
+    fn a_reload_plan_keeps_the_unchanged_and_restarts_the_changed() {
+        let running = destinations(&[("a", "1s"), ("b", "1s"), ("c", "1s")]);
+        let new = destinations(&[("d", "1s"), ("b", "2s"), ("a", "1s")]);
+        let plan = ReloadPlan::new(&running, &new);
+        fn names<'a>(v: &[&'a Destination]) -> Vec<&'a str> {
+            v.iter().map(|d| d.name.as_str()).collect()
+        }
+        assert_eq!(names(&plan.keep), ["a"]);
+        assert_eq!(names(&plan.start), ["d", "b"]);
+        let stop: Vec<&str> = plan.stop.iter().map(|n| n.as_str()).collect();
+        assert_eq!(stop, ["b", "c"]);
+        let (added, changed, removed) = plan.changes(&running);
+        assert_eq!((added, changed, removed), (vec!["d"], vec!["b"], vec!["c"]));
+    }
 }

@@ -299,6 +299,14 @@ fn check(config: Option<PathBuf>) -> ExitCode {
         if let Some(source) = otlp_spool::aws::credentials::describe(d) {
             println!("# destination {}: credentials from {}", d.name, source.text);
         }
+        if let Some(rules) = &d.redact {
+            // `load` validated the table, so it compiles.
+            if let Ok(redactor) = otlp_spool::redact::Redactor::new(rules) {
+                for line in redactor.describe() {
+                    println!("# destination {}: redact {line}", d.name);
+                }
+            }
+        }
     }
     print!("{}", config.to_masked_toml());
     ExitCode::SUCCESS
@@ -351,7 +359,7 @@ async fn agent_request(
     }
     let failed = |e: String| AgentError::Failed(format!("cannot get {url}: {e}"));
     let response = request.send().await.map_err(|e| {
-        let text = format!("cannot get {url}: {}", otlp_spool::error_chain(&e));
+        let text = format!("cannot get {url}: {}", otlp_spool::error::error_chain(&e));
         if e.is_connect() {
             AgentError::NotRunning(text)
         } else {

@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::otlp::Signal;
+use crate::otlp::{PerSignal, Signal};
 use crate::spool::Spool;
 
 /// How a request reached the agent.
@@ -88,6 +88,10 @@ pub struct WorkerStats {
     pub partial_rejected_items: AtomicU64,
     pub dead_lettered_items: AtomicU64,
     pub last_success_ms: AtomicU64,
+    /// Values the destination's redact rules deleted, hashed and cut in what was sent.
+    redacted_deleted: AtomicU64,
+    redacted_hashed: AtomicU64,
+    redacted_cut: AtomicU64,
     last_error: Mutex<Option<String>>,
     retry: Mutex<RetryState>,
 }
@@ -99,6 +103,13 @@ impl WorkerStats {
 
     pub fn set_retry(&self, state: RetryState) {
         *self.retry.lock().expect("stats lock") = state;
+    }
+
+    /// Counts what redaction did to a batch that was sent.
+    pub fn redacted(&self, counts: crate::redact::Counts) {
+        self.redacted_deleted.fetch_add(counts.deleted, Relaxed);
+        self.redacted_hashed.fetch_add(counts.hashed, Relaxed);
+        self.redacted_cut.fetch_add(counts.cut, Relaxed);
     }
 }
 
@@ -205,7 +216,7 @@ fn advice(
 /// Everything the agent counts.
 pub struct Stats {
     started: Instant,
-    received: [SignalCounters; 3],
+    received: PerSignal<SignalCounters>,
     refused: RefusalCounters,
     /// Replaced as a whole when a config reload changes the destinations.
     destinations: Mutex<Vec<DestinationStats>>,
@@ -252,7 +263,7 @@ impl Stats {
     }
 
     pub fn received(&self, signal: Signal, transport: Transport, items: u64, bytes: u64) {
-        let c = &self.received[signal.index()];
+        let c = &self.received[signal];
         match transport {
             Transport::Http => c.http_requests.fetch_add(1, Relaxed),
             Transport::Grpc => c.grpc_requests.fetch_add(1, Relaxed),
@@ -277,10 +288,10 @@ impl Stats {
     pub fn status(&self, spool: &Spool) -> Value {
         let now = now_ms();
         let usage = spool.usage();
-        let received: serde_json::Map<String, Value> = Signal::ALL
+        let received: serde_json::Map<String, Value> = self
+            .received
             .iter()
-            .map(|s| {
-                let c = &self.received[s.index()];
+            .map(|(s, c)| {
                 (
                     s.name().to_string(),
                     json!({
@@ -325,6 +336,9 @@ impl Stats {
                                 "failed_attempts": w.failed_attempts.load(Relaxed),
                                 "partial_rejected_items": w.partial_rejected_items.load(Relaxed),
                                 "dead_lettered_items": dead_lettered,
+                                "redacted_deleted": w.redacted_deleted.load(Relaxed),
+                                "redacted_hashed": w.redacted_hashed.load(Relaxed),
+                                "redacted_cut": w.redacted_cut.load(Relaxed),
                                 "last_success_ms": (last_success > 0).then_some(last_success),
                                 "last_error": last_error,
                                 "retry": retry,
@@ -544,6 +558,21 @@ impl Stats {
                 "dead_lettered_items",
                 "counter",
                 "Items an upstream refused as malformed (dead-lettered).",
+            ),
+            (
+                "redacted_deleted",
+                "counter",
+                "Attribute values the destination's redact rules deleted from what it was sent.",
+            ),
+            (
+                "redacted_hashed",
+                "counter",
+                "Attribute values the destination's redact rules replaced by a keyed token.",
+            ),
+            (
+                "redacted_cut",
+                "counter",
+                "String values the destination's redact rules cut to max_string.",
             ),
         ] {
             let mut samples = Vec::new();

@@ -1,12 +1,12 @@
-//! AWS destinations end to end, on loopback only (issue 3): SigV4 signatures of the `cloudwatch`
-//! type and of `otlp_http` + `sigv4`, re-verified by an independent signer (botocore's
-//! `SigV4Auth`, run by `tests/aws/verify_sigv4.py`) for all three signals, gzip on and off, with
-//! and without a session token, and failing on a flipped body byte; credentials from a
-//! `credential_process` whose leases expire in seconds (refreshed ahead, never used expired);
-//! a role assumed through a loopback fake STS; failing and missing credentials (data held,
-//! `status` says what to run, delivered once they work); 429/503 with `Retry-After`, partial
-//! success, a missing log group, the trace batch limits; bearer API keys and API Gateway's
-//! `x-api-key`; what `check` says about credentials.
+//! AWS destinations end to end, on loopback only (README, "AWS CloudWatch"): SigV4 signatures of
+//! the `cloudwatch` type and of `otlp_http` + `sigv4`, re-verified by an independent signer
+//! (botocore's `SigV4Auth`, run by `tests/aws/verify_sigv4.py`) for all three signals, gzip on and
+//! off, with and without a session token, and failing on a flipped body byte; credentials from a
+//! `credential_process` whose leases expire in seconds (refreshed ahead, never used expired); a
+//! role assumed through a loopback fake STS; failing and missing credentials (data held, `status`
+//! says what to run, delivered once they work); 429/503 with `Retry-After`, partial success, a
+//! missing log group, the trace batch limits; bearer API keys and API Gateway's `x-api-key`; what
+//! `check` says about credentials.
 //!
 //! Isolation: before any agent starts, [`setup`] points `AWS_CONFIG_FILE`,
 //! `AWS_SHARED_CREDENTIALS_FILE` at temporary files holding this file's profiles, sets static
@@ -27,16 +27,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue};
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
 };
 use prost::Message;
 use serde_json::{json, Value};
-use support::{config_toml, post, skip_or_fail, spans, PROTOBUF};
+use support::{config_toml, eventually, post_acked, signal_status, skip_or_fail, spans};
 
 // ---------------------------------------------------------------------------------------------
 // Environment: profiles, fake STS, AWS_* variables (once per test binary, before any agent).
@@ -491,25 +488,13 @@ fn metrics(prefix: &str, n: usize) -> Vec<u8> {
     .encode_to_vec()
 }
 
-fn logs(prefix: &str, n: usize) -> Vec<u8> {
-    ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            scope_logs: vec![ScopeLogs {
-                log_records: (0..n)
-                    .map(|i| LogRecord {
-                        time_unix_nano: now_nanos(),
-                        body: Some(AnyValue {
-                            value: Some(any_value::Value::StringValue(format!("{prefix}-{i}"))),
-                        }),
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
+/// [`support::logs`] with every record timed now, as a live SDK sends them.
+fn timestamped_logs(prefix: &str, n: usize) -> Vec<u8> {
+    let mut request = support::logs_request(prefix, n);
+    for record in &mut request.resource_logs[0].scope_logs[0].log_records {
+        record.time_unix_nano = now_nanos();
     }
-    .encode_to_vec()
+    request.encode_to_vec()
 }
 
 /// A `cloudwatch` destination whose three endpoints are `<sink>/<name>/v1/<signal>`.
@@ -530,37 +515,20 @@ async fn start(dir: &Path, destinations: &str) -> otlp_spool::Agent {
     support::start_agent(&config_toml(dir, destinations)).await
 }
 
-async fn send(agent: &otlp_spool::Agent, path: &str, body: Vec<u8>) {
-    let (status, text) = post(agent.http_addrs()[0], path, &[PROTOBUF], body).await;
-    assert_eq!(status, 200, "agent answered {status}: {text}");
-}
-
 async fn send_all_signals(agent: &otlp_spool::Agent, prefix: &str) {
-    send(agent, "/v1/traces", spans(&format!("{prefix}-span"), 3)).await;
-    send(
+    post_acked(agent, "/v1/traces", spans(&format!("{prefix}-span"), 3)).await;
+    post_acked(
         agent,
         "/v1/metrics",
         metrics(&format!("{prefix}-metric"), 2),
     )
     .await;
-    send(agent, "/v1/logs", logs(&format!("{prefix}-log"), 4)).await;
-}
-
-fn signal_status(agent: &otlp_spool::Agent, index: usize, signal: &str) -> Value {
-    agent.status()["destinations"][index]["signals"][signal].clone()
-}
-
-async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    post_acked(
+        agent,
+        "/v1/logs",
+        timestamped_logs(&format!("{prefix}-log"), 4),
+    )
+    .await;
 }
 
 fn signed_headers(r: &RawRequest) -> Vec<String> {
@@ -745,7 +713,7 @@ async fn short_credential_leases_are_refreshed_ahead_of_expiry() {
     let started = Instant::now();
     let mut sent = 0u64;
     while started.elapsed() < Duration::from_secs(9) {
-        send(&agent, "/v1/traces", spans("lease", 1)).await;
+        post_acked(&agent, "/v1/traces", spans("lease", 1)).await;
         sent += 1;
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
@@ -921,7 +889,7 @@ async fn failing_credentials_hold_the_data_and_say_what_to_run() {
     .concat();
     let agent = start(dir.path(), &destinations).await;
     for i in 0..3 {
-        send(&agent, "/v1/traces", spans(&format!("held{i}"), 5)).await;
+        post_acked(&agent, "/v1/traces", spans(&format!("held{i}"), 5)).await;
     }
     let auth_failed = |i: usize| {
         signal_status(&agent, i, "traces")["retry"]
@@ -1017,8 +985,8 @@ async fn throttling_missing_log_group_partial_success_and_trace_limits() {
         ),
     )
     .await;
-    send(&agent, "/v1/traces", spans("throttled", 5)).await;
-    send(&agent, "/v1/logs", logs("lost-group", 3)).await;
+    post_acked(&agent, "/v1/traces", spans("throttled", 5)).await;
+    post_acked(&agent, "/v1/logs", timestamped_logs("lost-group", 3)).await;
 
     // Logs: held while the group is missing, with the fix shown.
     assert!(
@@ -1095,7 +1063,7 @@ async fn throttling_missing_log_group_partial_success_and_trace_limits() {
     )
     .await;
     for i in 0..3 {
-        send(&agent2, "/v1/traces", spans(&format!("bulk{i}"), 6000)).await;
+        post_acked(&agent2, "/v1/traces", spans(&format!("bulk{i}"), 6000)).await;
     }
     assert_eq!(
         big.wait_items("/big/v1/traces", 18000, Duration::from_secs(15))
@@ -1138,7 +1106,7 @@ async fn bearer_api_key_for_logs_and_api_gateway_x_api_key() {
         ),
     );
     let agent = start(dir.path(), &destinations).await;
-    send(&agent, "/v1/logs", logs("keyed", 2)).await;
+    post_acked(&agent, "/v1/logs", timestamped_logs("keyed", 2)).await;
     assert_eq!(
         sink.wait_items("/bearer/v1/logs", 2, Duration::from_secs(10))
             .await,

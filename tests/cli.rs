@@ -75,15 +75,11 @@ impl Sandbox {
     }
 }
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-use support::process::describe_output as show;
+use support::process::{describe_output as show, stdout};
 
 /// Kills the child if a test fails before it stopped on its own.
 struct Running(Child);

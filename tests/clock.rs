@@ -1,7 +1,7 @@
-//! Sleep, wake and clock changes (issue 8, "Sleep and wake"), on the real binary under
-//! libfaketime, which moves the wall clock of one process while its monotonic clock runs on
-//! (`DONT_FAKE_MONOTONIC=1`): exactly what a suspended laptop sees on waking, or what an NTP
-//! step or a user setting the date does.
+//! Sleep, wake and clock changes (`docs/reliability.md`, "Sleep, wake, clocks and networks"), on
+//! the real binary under libfaketime, which moves the wall clock of one process while its monotonic
+//! clock runs on (`DONT_FAKE_MONOTONIC=1`): exactly what a suspended laptop sees on waking, or what
+//! an NTP step or a user setting the date does.
 //!
 //! - A wall clock that jumps ahead of the monotonic clock (the machine slept) ends a long
 //!   backoff: waiting data goes within seconds, not after the backoff.

@@ -1,14 +1,15 @@
-//! Promise 1 and 2 under `kill -9`: the real binary is SIGKILLed at random moments while eight
-//! clients send as fast as they can — five over OTLP/HTTP, three over OTLP/gRPC (every other
-//! gRPC request gzipped) — and the upstream sometimes refuses (503) or stalls, so the spool holds
-//! a backlog or a delivery is in flight when the process dies. After a last restart and a drain,
+//! "Acknowledged means durable" and "At least once to every destination" (README, "What it
+//! promises, and how") under `kill -9`: the real binary is SIGKILLed at random moments while eight
+//! clients send as fast as they can — five over OTLP/HTTP, three over OTLP/gRPC (every other gRPC
+//! request gzipped) — and the upstream sometimes refuses (503) or stalls, so the spool holds a
+//! backlog or a delivery is in flight when the process dies. After a last restart and a drain,
 //! every span whose request got a 200 or a gRPC OK must have reached the sink at least once.
 //! Duplicates are allowed (and counted); loss is not.
 
 mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,8 +18,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use rand::Rng;
-use support::process::{agent_command, agent_config, free_port, AgentProcess};
-use support::{destination, spans, Reply, Sink, PROTOBUF};
+use support::process::{
+    agent_command, free_port, log_tail, try_post, write_agent_config, AgentProcess,
+};
+use support::{destination, spans, Reply, Sink};
 use tonic::codec::CompressionEncoding;
 
 const SENDERS: usize = 8;
@@ -36,14 +39,9 @@ struct Harness {
     port: u16,
     /// Agent generation: bumped at every successful start, recorded with every acknowledgement.
     epoch: Arc<AtomicU64>,
-    http: reqwest::Client,
 }
 
 impl Harness {
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
     /// Starts the agent and returns once `GET /healthz` answers 200 (a start that exits at once,
     /// the port or the spool lock not yet free after the kill, is retried).
     async fn start(&self) -> AgentProcess {
@@ -53,25 +51,6 @@ impl Harness {
         self.epoch.fetch_add(1, SeqCst);
         agent
     }
-
-    async fn status(&self) -> Option<serde_json::Value> {
-        self.http
-            .get(self.url("/status"))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .ok()?
-            .bytes()
-            .await
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-    }
-}
-
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 /// One acknowledged request: its span-name prefix, its transport, and the agent generations at
@@ -172,13 +151,7 @@ async fn sender(
         let body = spans(&format!("{prefix}-s"), SPANS_PER_REQUEST);
         report.attempted.push(prefix.clone());
         let sent_epoch = epoch.load(SeqCst);
-        let result = http
-            .post(&url)
-            .header(PROTOBUF.0, PROTOBUF.1)
-            .body(body)
-            .send()
-            .await;
-        match result {
+        match try_post(&http, &url, body).await {
             Ok(resp) if resp.status() == 200 => {
                 // The 200 is the acknowledgement; the (empty) body need not arrive.
                 let acked_epoch = epoch.load(SeqCst);
@@ -218,21 +191,15 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_span() {
     let sink = Sink::start().await;
     let dir = tempfile::tempdir().unwrap();
     let spool_dir = dir.path().join("spool");
-    let config = dir.path().join("config.toml");
     let port = free_port();
     let grpc_port = free_port();
     let up = destination("up", &sink, "signals = [\"traces\"]");
-    std::fs::write(
-        &config,
-        agent_config(port, Some(grpc_port), "", &spool_dir, &up),
-    )
-    .unwrap();
+    let config = write_agent_config(dir.path(), port, Some(grpc_port), &spool_dir, &up);
     let harness = Harness {
         config,
         log: dir.path().join("agent.log"),
         port,
         epoch: Arc::new(AtomicU64::new(0)),
-        http: reqwest::Client::new(),
     };
 
     let mut agent = harness.start().await;
@@ -270,7 +237,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_span() {
         };
         *modes.entry(mode).or_default() += 1;
         tokio::time::sleep(Duration::from_millis(rng.random_range(RUN_MS))).await;
-        if let Some(status) = harness.status().await {
+        if let Some(status) = agent.try_status().await {
             let backlog = status["spool"]["records"].as_u64().unwrap_or(0);
             max_backlog = max_backlog.max(backlog);
             kills_with_backlog += u64::from(backlog > 0);
@@ -307,8 +274,8 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_span() {
     let (mut got, mut drained) = (counts(&sink), false);
     while drain_started.elapsed() < DRAIN_TIMEOUT {
         got = counts(&sink);
-        let spool_empty = harness
-            .status()
+        let spool_empty = agent
+            .try_status()
             .await
             .is_some_and(|s| s["spool"]["records"].as_u64() == Some(0));
         if spool_empty && want.iter().all(|n| got.contains_key(n)) {
@@ -317,7 +284,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_span() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let final_status = harness.status().await;
+    let final_status = agent.try_status().await;
     drop(agent);
 
     let missing: Vec<&String> = want.iter().filter(|n| !got.contains_key(*n)).collect();
@@ -382,7 +349,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_span() {
         }
         let sample: Vec<&&String> = missing.iter().take(20).collect();
         panic!(
-            "{} acknowledged spans ({} requests) never reached the sink (promise 1/2 broken); \
+            "{} acknowledged spans ({} requests) never reached the sink (README, What it promises: 'Acknowledged means durable' and 'At least once to every destination' broken); \
              missing requests by (transport, epoch at send, epoch at acknowledgement): \
              {by_epoch:?}; sample: {sample:?}; final status: {}; agent log tail:\n{}",
             missing.len(),

@@ -9,14 +9,13 @@
 
 mod support;
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::process::{agent_command, agent_config, free_port, AgentProcess};
-use support::{spans, Sink, PROTOBUF};
+use support::process::{agent_command, free_port, try_post, write_agent_config, AgentProcess};
+use support::{eventually, span_names, spans, Sink};
 
 /// Spans a request: about 18 KB, so that 1 MiB segments roll every ~55 requests.
 const SPANS_PER_REQUEST: usize = 450;
@@ -34,23 +33,16 @@ const POINTS: &[(&str, u64)] = &[
     ("delete.flushed", 1),
 ];
 
-/// A config of the agent in `dir`: small segments (a 32 MiB cap makes them 1 MiB), one
+/// The config after `[spool]`'s `dir`: small segments (a 32 MiB cap makes them 1 MiB), one
 /// destination to `sink`, batches sent at once.
-fn write_config(dir: &Path, port: u16, sink: &Sink) -> std::path::PathBuf {
-    let config = dir.join("config.toml");
-    let rest = format!(
+fn small_segments_to(sink: &Sink) -> String {
+    format!(
         "max_bytes = \"32MiB\"\nmax_age = \"36500d\"\n\
          [[destination]]\nname = \"up\"\ntype = \"otlp_http\"\nendpoint = \"{}\"\n\
          retry = {{ initial = \"20ms\", max = \"200ms\" }}\n\
          batch = {{ linger = \"10ms\" }}\n",
         sink.endpoint()
-    );
-    std::fs::write(
-        &config,
-        agent_config(port, None, "", &dir.join("spool"), &rest),
     )
-    .unwrap();
-    config
 }
 
 /// Sends from `SENDERS` tasks until the agent stops answering (or `limit` passes); the prefixes
@@ -71,13 +63,8 @@ async fn send_until_it_dies(agent: &AgentProcess, limit: Duration) -> Vec<String
                         return;
                     }
                     let prefix = format!("s{sender}r{n}");
-                    let sent = http
-                        .post(&url)
-                        .header(PROTOBUF.0, PROTOBUF.1)
-                        .body(spans(&prefix, SPANS_PER_REQUEST))
-                        .send()
-                        .await;
-                    match sent {
+                    let body = spans(&prefix, SPANS_PER_REQUEST);
+                    match try_post(&http, &url, body).await {
                         Ok(response) if response.status() == 200 => {
                             acked.lock().unwrap().push(prefix)
                         }
@@ -97,19 +84,8 @@ async fn send_until_it_dies(agent: &AgentProcess, limit: Duration) -> Vec<String
 
 /// Waits until the sink has every span of `prefixes`; the names still missing.
 async fn wait_delivered(sink: &Sink, prefixes: &[String], within: Duration) -> Vec<String> {
-    let want: Vec<String> = prefixes
-        .iter()
-        .flat_map(|p| (0..SPANS_PER_REQUEST).map(move |i| format!("{p}-{i}")))
-        .collect();
-    let deadline = Instant::now() + within;
-    loop {
-        let got: HashSet<String> = sink.names("/v1/traces").into_iter().collect();
-        let missing: Vec<String> = want.iter().filter(|n| !got.contains(*n)).cloned().collect();
-        if missing.is_empty() || Instant::now() > deadline {
-            return missing;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let want = span_names(prefixes, SPANS_PER_REQUEST);
+    sink.wait_names("/v1/traces", &want, within).await
 }
 
 /// What a start must not report after a crash at a point the spool is built to survive.
@@ -130,16 +106,19 @@ async fn a_crash_at_each_ordering_point_loses_nothing_acknowledged() {
         let sink = Sink::start().await;
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let config = write_config(dir.path(), port, &sink);
+        let config = write_agent_config(
+            dir.path(),
+            port,
+            None,
+            &dir.path().join("spool"),
+            &small_segments_to(&sink),
+        );
         let log = dir.path().join("agent.log");
         let mut command = agent_command(&config);
         command.env("OTLP_SPOOL_CRASH_AT", format!("{point}:{nth}"));
         let mut agent = AgentProcess::start(command, port, &log).await;
         let acked = send_until_it_dies(&agent, Duration::from_secs(30)).await;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while agent.running() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(Duration::from_secs(5), || !agent.running()).await;
         assert!(
             !agent.running(),
             "{point}:{nth} was never reached; log:\n{}",
@@ -202,9 +181,8 @@ async fn a_migration_killed_halfway_starts_again_and_loses_nothing() {
                 )
             })
             .collect();
-        let config = dir.path().join("config.toml");
         let rest = format!("max_age = \"36500d\"\n{destinations}");
-        std::fs::write(&config, agent_config(port, None, "", &spool, &rest)).unwrap();
+        let config = write_agent_config(dir.path(), port, None, &spool, &rest);
         let log = dir.path().join("agent.log");
         let mut crashing = agent_command(&config);
         crashing.env("OTLP_SPOOL_CRASH_AT", point);

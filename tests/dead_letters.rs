@@ -11,13 +11,13 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::process::{
-    agent_command, agent_config, describe_output as show, free_port, AgentProcess,
+    agent_command, agent_config, describe_output as show, free_port, stdout, AgentProcess,
 };
-use support::{destination, logs, Reply, Sink};
+use support::{destination, logs, names, wait_until, Reply, Sink};
 
 const BIN: &str = env!("CARGO_BIN_EXE_otlp-spool");
 const LOGS: &str = "/v1/logs";
@@ -77,10 +77,6 @@ fn cli(config: &Path, args: &[&str]) -> Output {
         .expect("running otlp-spool")
 }
 
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// `args` with `--json`, which must succeed; its document.
 fn cli_json(config: &Path, args: &[&str]) -> Value {
     let out = cli(config, &[args, &["--json"]].concat());
@@ -109,21 +105,6 @@ async fn post_logs(agent: &AgentProcess, prefix: &str, n: usize) {
     assert_eq!(answer.status(), 200);
 }
 
-/// Polls `cond` every 50 ms for up to 10 s.
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn names(prefix: &str, n: usize) -> Vec<String> {
-    let mut names: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
-    names.sort();
-    names
-}
-
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir.join("spool/seg/dead_letter"))
         .map(|entries| entries.map(|e| e.unwrap().path()).collect())
@@ -135,7 +116,12 @@ async fn refuse(config: &Path, agent: &AgentProcess, sink: &Sink, prefix: &str, 
     sink.set_fallback(Some(Reply::Status(400, None)));
     let before = letters(config).len();
     post_logs(agent, prefix, n).await;
-    wait_for("the dead letter", || letters(config).len() == before + 1).await;
+    wait_until(
+        || letters(config).len() == before + 1,
+        Duration::from_secs(10),
+        "the dead letter",
+    )
+    .await;
 }
 
 /// What `show` prints for dead letter `id` as OTLP/JSON, decoded independently of the agent:

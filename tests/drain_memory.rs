@@ -1,5 +1,5 @@
-//! Memory does not grow with the backlog (the README's "Bounded" guarantee; issue 14's memory
-//! test), on the real binary: 256 MiB of 36 KB trace requests held with no destination, a
+//! Memory does not grow with the backlog (the README's "Bounded" guarantee, in "What it promises,
+//! and how"), on the real binary: 256 MiB of 36 KB trace requests held with no destination, a
 //! restart with one whose upstream answers, and the drain, with the agent's memory sampled every
 //! 100 ms through all of it; any sample over 64 MB fails. Linux only (`/proc`).
 //!

@@ -1,19 +1,17 @@
-//! Export under upstream faults (design.md, promises 2 and 4): an upstream that refuses
-//! connections, answers 503 with `Retry-After`, 400, 413, partial success, 401/403, or stalls
-//! past the timeout; two destinations of which one fails; JSON without compression with custom
-//! headers. Each test drives an in-process agent against the scripted test sink on loopback and
-//! checks what arrived (names exact), how often and when the agent tried, and what `/status` says.
+//! Export under upstream faults (README, "What it promises, and how": "At least once to every
+//! destination" and "Never gives up on a good batch"): an upstream that refuses connections,
+//! answers 503 with `Retry-After`, 400, 413, partial success, 401/403, or stalls past the timeout;
+//! two destinations of which one fails; JSON without compression with custom headers. Each test
+//! drives an in-process agent against the scripted test sink on loopback and checks what arrived
+//! (names exact), how often and when the agent tried, and what `/status` says.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
-use serde_json::Value;
 use support::*;
 
 const TRACES: &str = "/v1/traces";
@@ -26,78 +24,22 @@ fn traces_destination(name: &str, endpoint: &str, timeout: &str, extra: &str) ->
     )
 }
 
-/// The `/status` entry of destination `index`, signal traces.
-fn traces_status(agent: &otlp_spool::Agent, index: usize) -> Value {
-    agent.status()["destinations"][index]["signals"]["traces"].clone()
-}
-
-fn num(v: &Value) -> u64 {
-    v.as_u64()
-        .unwrap_or_else(|| panic!("expected a number, got {v}"))
-}
-
-/// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.
-async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// The names `support::spans(prefix, n)` carries, sorted.
-fn names(prefix: &str, n: usize) -> Vec<String> {
-    let mut v: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
-    v.sort();
-    v
-}
-
 /// A trace request with `resources` resources of `spans_each` spans named `<prefix><r>-<i>`.
 fn multi_resource(prefix: &str, resources: usize, spans_each: usize) -> Vec<u8> {
     ExportTraceServiceRequest {
         resource_spans: (0..resources)
-            .map(|r| ResourceSpans {
-                resource: Some(Resource {
-                    attributes: vec![KeyValue {
-                        key: "service.name".into(),
-                        value: Some(AnyValue {
-                            value: Some(any_value::Value::StringValue(format!("svc-{r}"))),
-                        }),
-                        ..Default::default()
-                    }],
+            .flat_map(|r| {
+                let names = (0..spans_each).map(|i| format!("{prefix}{r}-{i}"));
+                let mut request = trace_request_named(names);
+                request.resource_spans[0].resource = Some(Resource {
+                    attributes: vec![kv("service.name", &format!("svc-{r}"))],
                     ..Default::default()
-                }),
-                scope_spans: vec![ScopeSpans {
-                    spans: (0..spans_each)
-                        .map(|i| Span {
-                            name: format!("{prefix}{r}-{i}"),
-                            trace_id: vec![1; 16],
-                            span_id: vec![2; 8],
-                            ..Default::default()
-                        })
-                        .collect(),
-                    ..Default::default()
-                }],
-                ..Default::default()
+                });
+                request.resource_spans
             })
             .collect(),
     }
     .encode_to_vec()
-}
-
-fn sorted(mut v: Vec<String>) -> Vec<String> {
-    v.sort();
-    v
-}
-
-async fn post_spans(agent: &otlp_spool::Agent, body: Vec<u8>) {
-    let (status, text) = post(agent.http_addrs()[0], TRACES, &[PROTOBUF], body).await;
-    assert_eq!(status, 200, "agent answered {status}: {text}");
 }
 
 /// Upstream down (connection refused), then back answering 503 + `Retry-After: 1` twice, then
@@ -117,11 +59,11 @@ async fn outage_then_retry_after_delivers_everything_with_backoff() {
     let agent = start_agent(&toml).await;
     let started = Instant::now();
     for r in 0..3 {
-        post_spans(&agent, spans(&format!("outage{r}"), 10)).await;
+        post_acked(&agent, TRACES, spans(&format!("outage{r}"), 10)).await;
     }
     tokio::time::sleep(Duration::from_millis(1000).saturating_sub(started.elapsed())).await;
 
-    let down = traces_status(&agent, 0);
+    let down = signal_status(&agent, 0, "traces");
     let refused_attempts = num(&down["attempts"]);
     eprintln!("attempts while refused for ~1s: {refused_attempts}; status: {down}");
     // 50ms initial doubling to 500ms, jittered: ~4-6 attempts in a second; a hot loop would
@@ -178,7 +120,7 @@ async fn outage_then_retry_after_delivers_everything_with_backoff() {
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(sink.items(TRACES), 30, "nothing sent twice");
-    let up = traces_status(&agent, 0);
+    let up = signal_status(&agent, 0, "traces");
     assert_eq!(up["retry"], "ready", "{up}");
     assert_eq!(num(&up["sent_items"]), 30);
     agent.shutdown().await;
@@ -193,16 +135,17 @@ async fn bad_request_is_dead_lettered_once_and_later_data_flows() {
     let dir = tempfile::tempdir().unwrap();
     let agent = start_agent(&config_toml(dir.path(), &destination("up", &sink, ""))).await;
 
-    post_spans(&agent, spans("bad", 10)).await;
+    post_acked(&agent, TRACES, spans("bad", 10)).await;
     assert!(
-        eventually(Duration::from_secs(5), || num(
-            &traces_status(&agent, 0)["dead_lettered_items"]
-        ) == 10)
+        eventually(Duration::from_secs(5), || num(&signal_status(
+            &agent, 0, "traces"
+        )["dead_lettered_items"])
+            == 10)
         .await,
         "the 400 batch is dead-lettered: {}",
-        traces_status(&agent, 0)
+        signal_status(&agent, 0, "traces")
     );
-    post_spans(&agent, spans("good", 10)).await;
+    post_acked(&agent, TRACES, spans("good", 10)).await;
     assert_eq!(
         sink.wait_items(TRACES, 10, Duration::from_secs(5)).await,
         10
@@ -253,7 +196,7 @@ async fn too_large_splits_at_resource_boundaries() {
     ))
     .await;
 
-    post_spans(&agent, multi_resource("r", 4, 5)).await;
+    post_acked(&agent, TRACES, multi_resource("r", 4, 5)).await;
     assert_eq!(
         sink.wait_items(TRACES, 20, Duration::from_secs(5)).await,
         20
@@ -284,7 +227,7 @@ async fn too_large_splits_at_resource_boundaries() {
         "every item once, across the halves"
     );
 
-    let t = traces_status(&agent, 0);
+    let t = signal_status(&agent, 0, "traces");
     assert_eq!(num(&t["sent_items"]), 20, "{t}");
     assert_eq!(num(&t["attempts"]), 3, "{t}");
     assert_eq!(num(&t["failed_attempts"]), 1, "{t}");
@@ -306,14 +249,15 @@ async fn too_large_single_resource_is_dead_lettered() {
     let dir = tempfile::tempdir().unwrap();
     let agent = start_agent(&config_toml(dir.path(), &destination("up", &sink, ""))).await;
 
-    post_spans(&agent, spans("huge", 10)).await;
+    post_acked(&agent, TRACES, spans("huge", 10)).await;
     assert!(
-        eventually(Duration::from_secs(5), || num(
-            &traces_status(&agent, 0)["dead_lettered_items"]
-        ) == 10)
+        eventually(Duration::from_secs(5), || num(&signal_status(
+            &agent, 0, "traces"
+        )["dead_lettered_items"])
+            == 10)
         .await,
         "{}",
-        traces_status(&agent, 0)
+        signal_status(&agent, 0, "traces")
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
@@ -332,14 +276,15 @@ async fn too_large_single_resource_is_dead_lettered() {
     );
 
     sink.set_fallback(None);
-    post_spans(&agent, spans("after", 3)).await;
+    post_acked(&agent, TRACES, spans("after", 3)).await;
     assert_eq!(sink.wait_items(TRACES, 3, Duration::from_secs(5)).await, 3);
     assert_eq!(sink.names(TRACES), names("after", 3));
     agent.shutdown().await;
 }
 
 /// 413 all the way down to one oversized resource: that resource is dead-lettered, and the
-/// other resources of the same batch are still delivered (promise 4: never give up on good data).
+/// other resources of the same batch are still delivered (README: "Never gives up on a good
+/// batch").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_large_resource_does_not_sink_the_rest_of_its_batch() {
     let sink = Sink::start().await;
@@ -352,7 +297,7 @@ async fn too_large_resource_does_not_sink_the_rest_of_its_batch() {
     let dir = tempfile::tempdir().unwrap();
     let agent = start_agent(&config_toml(dir.path(), &destination("up", &sink, ""))).await;
 
-    post_spans(&agent, multi_resource("m", 4, 5)).await;
+    post_acked(&agent, TRACES, multi_resource("m", 4, 5)).await;
     let got = sink.wait_items(TRACES, 15, Duration::from_secs(3)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let want = sorted(
@@ -363,7 +308,7 @@ async fn too_large_resource_does_not_sink_the_rest_of_its_batch() {
     assert_eq!(got, 15, "received: {:?}", sink.received());
     assert_eq!(sink.names(TRACES), want);
     assert_eq!(sink.received().len(), 5, "{:?}", sink.received());
-    let t = traces_status(&agent, 0);
+    let t = signal_status(&agent, 0, "traces");
     assert_eq!(num(&t["sent_items"]), 15, "{t}");
     assert_eq!(num(&t["dead_lettered_items"]), 5, "{t}");
     assert!(agent.status()["spool"]["dead_letter_records"].as_u64() >= Some(1));
@@ -384,18 +329,19 @@ async fn partial_success_is_counted_and_acked() {
     let dir = tempfile::tempdir().unwrap();
     let agent = start_agent(&config_toml(dir.path(), &destination("up", &sink, ""))).await;
 
-    post_spans(&agent, spans("p", 10)).await;
+    post_acked(&agent, TRACES, spans("p", 10)).await;
     assert_eq!(
         sink.wait_items(TRACES, 10, Duration::from_secs(5)).await,
         10
     );
     assert!(
-        eventually(Duration::from_secs(2), || num(
-            &traces_status(&agent, 0)["partial_rejected_items"]
-        ) == 2)
+        eventually(Duration::from_secs(2), || num(&signal_status(
+            &agent, 0, "traces"
+        )["partial_rejected_items"])
+            == 2)
         .await,
         "{}",
-        traces_status(&agent, 0)
+        signal_status(&agent, 0, "traces")
     );
     assert!(
         eventually(Duration::from_secs(2), || agent.spool().usage().records
@@ -404,7 +350,7 @@ async fn partial_success_is_counted_and_acked() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sink.received().len(), 1, "a partial success is not resent");
-    let t = traces_status(&agent, 0);
+    let t = signal_status(&agent, 0, "traces");
     assert_eq!(num(&t["sent_items"]), 8, "{t}");
     assert_eq!(num(&t["dead_lettered_items"]), 0, "{t}");
     let err = t["last_error"].as_str().unwrap_or_default();
@@ -429,10 +375,10 @@ async fn auth_failures_keep_data_and_retry_slowly() {
     let dir = tempfile::tempdir().unwrap();
     let agent = start_agent(&config_toml(dir.path(), &destination("up", &sink, ""))).await;
 
-    post_spans(&agent, spans("auth", 10)).await;
+    post_acked(&agent, TRACES, spans("auth", 10)).await;
     let mut seen_auth_failed = None;
     let delivered = eventually(Duration::from_secs(5), || {
-        let retry = traces_status(&agent, 0)["retry"].clone();
+        let retry = signal_status(&agent, 0, "traces")["retry"].clone();
         if let Some(state) = retry.get("auth_failed") {
             seen_auth_failed = Some(state.clone());
         }
@@ -455,7 +401,7 @@ async fn auth_failures_keep_data_and_retry_slowly() {
         );
     }
     assert_eq!(sink.names(TRACES), names("auth", 10));
-    let t = traces_status(&agent, 0);
+    let t = signal_status(&agent, 0, "traces");
     assert_eq!(t["retry"], "ready", "{t}");
     assert_eq!(num(&t["failed_attempts"]), 3, "{t}");
     assert_eq!(num(&t["dead_lettered_items"]), 0, "{t}");
@@ -476,7 +422,7 @@ async fn timeout_is_retried() {
     .await;
 
     let sent = Instant::now();
-    post_spans(&agent, spans("slow", 10)).await;
+    post_acked(&agent, TRACES, spans("slow", 10)).await;
     assert_eq!(
         sink.wait_items(TRACES, 10, Duration::from_secs(5)).await,
         10
@@ -496,7 +442,7 @@ async fn timeout_is_retried() {
     assert!(received
         .iter()
         .all(|r| sorted(r.names.clone()) == names("slow", 10)));
-    let t = traces_status(&agent, 0);
+    let t = signal_status(&agent, 0, "traces");
     assert_eq!(num(&t["attempts"]), 2, "{t}");
     assert_eq!(num(&t["failed_attempts"]), 1, "{t}");
     assert_eq!(num(&t["sent_items"]), 10, "{t}");
@@ -533,7 +479,7 @@ async fn each_destination_gets_everything_and_records_wait_for_the_slowest() {
 
     let posted = Instant::now();
     for r in 0..3 {
-        post_spans(&agent, spans(&format!("multi{r}"), 10)).await;
+        post_acked(&agent, TRACES, spans(&format!("multi{r}"), 10)).await;
     }
     assert_eq!(
         healthy.wait_items(TRACES, 30, Duration::from_secs(2)).await,
@@ -599,8 +545,8 @@ async fn json_uncompressed_with_custom_headers() {
     ))
     .await;
 
-    post_spans(&agent, spans("j", 7)).await;
-    post_spans(&agent, multi_resource("jm", 2, 3)).await;
+    post_acked(&agent, TRACES, spans("j", 7)).await;
+    post_acked(&agent, TRACES, multi_resource("jm", 2, 3)).await;
     assert_eq!(
         sink.wait_items(TRACES, 13, Duration::from_secs(5)).await,
         13

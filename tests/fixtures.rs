@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::Value;
+use support::captures::replay_capture;
 use support::*;
 
 async fn replay_all(encoding: &str) {
@@ -31,35 +32,10 @@ async fn replay_folder(folder: &std::path::Path, encoding: &str) {
 
     let mut want_items: BTreeMap<String, u64> = BTreeMap::new();
     let mut want_names: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // Each request with the exporter's own headers (case as sent).
+    replay_capture(addr, folder).await;
     for req in expected["requests"].as_array().unwrap() {
-        let id = req["request"].as_str().unwrap();
-        let meta: Value =
-            serde_json::from_slice(&std::fs::read(folder.join(format!("{id}.json"))).unwrap())
-                .unwrap();
-        let body = std::fs::read(folder.join(format!("{id}.req"))).unwrap();
-        // Replay the exporter's own headers (case as sent), minus hop-by-hop framing.
-        let headers: Vec<(String, String)> = meta["headers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| {
-                (
-                    h[0].as_str().unwrap().to_string(),
-                    h[1].as_str().unwrap().to_string(),
-                )
-            })
-            .filter(|(k, _)| {
-                !["host", "content-length", "transfer-encoding", "connection"]
-                    .contains(&k.to_ascii_lowercase().as_str())
-            })
-            .collect();
-        let headers: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
         let path = req["path"].as_str().unwrap();
-        let (status, text) = post(addr, path, &headers, body).await;
-        assert_eq!(status, 200, "{name}/{id}: agent answered {status}: {text}");
         *want_items.entry(path.to_string()).or_default() += req["items"].as_u64().unwrap();
         want_names.entry(path.to_string()).or_default().extend(
             req["names"]

@@ -19,14 +19,11 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue};
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
 };
 use otlp_spool::otlp::{RpcStatus, Signal};
 use prost::Message;
-use serde_json::Value;
 use support::*;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
@@ -84,52 +81,9 @@ fn metrics_request(
     }
 }
 
-/// `n` log records with string bodies `<prefix>-<i>`.
-fn logs_request(prefix: &str, n: usize) -> ExportLogsServiceRequest {
-    ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            scope_logs: vec![ScopeLogs {
-                log_records: (0..n)
-                    .map(|i| LogRecord {
-                        body: Some(AnyValue {
-                            value: Some(any_value::Value::StringValue(format!("{prefix}-{i}"))),
-                        }),
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-}
-
-fn names(prefix: &str, n: usize) -> Vec<String> {
-    let mut v: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
-    v.sort();
-    v
-}
-
-fn status_u64(agent: &otlp_spool::Agent, pointer: &str) -> u64 {
-    agent
-        .status()
-        .pointer(pointer)
-        .and_then(Value::as_u64)
-        .unwrap_or_else(|| panic!("no {pointer} in status: {}", agent.status()))
-}
-
-async fn wait_until(mut cond: impl FnMut() -> bool, within: Duration, what: &str) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The refusal counters of `/status`, as (invalid, too_large, unauthorized, full, storage).
-fn refused(agent: &otlp_spool::Agent) -> [u64; 5] {
-    ["invalid", "too_large", "unauthorized", "full", "storage"]
-        .map(|k| status_u64(agent, &format!("/refused_requests/{k}")))
+fn refusal_counts(agent: &otlp_spool::Agent) -> [u64; 5] {
+    ["invalid", "too_large", "unauthorized", "full", "storage"].map(|k| refused(agent, k))
 }
 
 /// Sends bytes as they are: a codec whose request and response messages are raw protobuf.
@@ -262,7 +216,7 @@ async fn all_three_signals_are_spooled_and_forwarded_with_exact_counts() {
         assert_eq!(r["http_requests"], 0, "{signal}: {r}");
         assert_eq!(r["items"], items, "{signal}: {r}");
     }
-    assert_eq!(refused(&agent), [0; 5]);
+    assert_eq!(refusal_counts(&agent), [0; 5]);
     agent.shutdown().await;
 }
 
@@ -394,7 +348,7 @@ async fn oversized_messages_are_resource_exhausted_and_nothing_is_stored() {
     let usage = agent.spool().usage();
     assert_eq!(usage.records, 2, "only the two good requests are held");
     assert_eq!(status_u64(&agent, "/received/traces/grpc_requests"), 2);
-    assert_eq!(refused(&agent), [0, 2, 0, 0, 0]);
+    assert_eq!(refusal_counts(&agent), [0, 2, 0, 0, 0]);
 
     // A request larger than the whole spool (not the server limits) is also RESOURCE_EXHAUSTED.
     agent.shutdown().await;
@@ -417,7 +371,7 @@ async fn oversized_messages_are_resource_exhausted_and_nothing_is_stored() {
         status.message()
     );
     assert_eq!(agent.spool().usage().records, 0);
-    assert_eq!(refused(&agent), [0, 1, 0, 0, 0]);
+    assert_eq!(refusal_counts(&agent), [0, 1, 0, 0, 0]);
     agent.shutdown().await;
 }
 
@@ -448,7 +402,7 @@ async fn over_max_body_on_the_wire_is_resource_exhausted() {
         status.message()
     );
     assert_eq!(agent.spool().usage().records, 0);
-    assert_eq!(refused(&agent), [0, 1, 0, 0, 0]);
+    assert_eq!(refusal_counts(&agent), [0, 1, 0, 0, 0]);
     agent.shutdown().await;
 }
 
@@ -543,7 +497,7 @@ async fn the_token_is_checked_in_grpc_metadata() {
         );
     }
     assert_eq!(agent.spool().usage().records, 0, "nothing stored");
-    assert_eq!(refused(&agent), [0, 0, 7, 0, 0]);
+    assert_eq!(refusal_counts(&agent), [0, 0, 7, 0, 0]);
 
     traces
         .export(with(
@@ -567,7 +521,7 @@ async fn the_token_is_checked_in_grpc_metadata() {
         .expect("gzip logs with x-api-key accepted");
     assert_eq!(agent.spool().usage().records, 3);
     assert_eq!(status_u64(&agent, "/received/traces/items"), 5);
-    assert_eq!(refused(&agent), [0, 0, 7, 0, 0]);
+    assert_eq!(refusal_counts(&agent), [0, 0, 7, 0, 0]);
     agent.shutdown().await;
 }
 
@@ -644,7 +598,7 @@ async fn a_full_spool_under_reject_is_unavailable_with_retry_info() {
     assert_eq!(logs.code(), Code::Unavailable);
     assert_eq!(agent.spool().usage().records, held.records);
     assert_eq!(status_u64(&agent, "/dropped/full_items"), 0);
-    assert_eq!(refused(&agent), [0, 0, 0, 2, 0]);
+    assert_eq!(refusal_counts(&agent), [0, 0, 0, 2, 0]);
 
     // The upstream comes back: every acknowledged span arrives, and room returns.
     sink.set_fallback(None);
@@ -723,7 +677,7 @@ async fn invalid_protobuf_is_invalid_argument_and_nothing_is_stored() {
     eprintln!("invalid data codes: {codes:?}");
     // Bad gzip (compressed flag set, bytes not gzip) is not ours to decode but is refused too.
     assert_eq!(agent.spool().usage().records, 0, "nothing stored");
-    assert_eq!(refused(&agent), [5, 0, 0, 0, 0]);
+    assert_eq!(refusal_counts(&agent), [5, 0, 0, 0, 0]);
 
     // The raw path works for good bytes, stored byte for byte; an unknown method is UNIMPLEMENTED.
     let good = spans("raw", 3);

@@ -5,10 +5,8 @@
 
 mod support;
 
-use std::io::Write as _;
-
 use otlp_spool::otlp::json::MAX_JSON_DEPTH;
-use support::{config_toml, post, start_agent, JSON, PROTOBUF};
+use support::{config_toml, gzip, post, start_agent, JSON, PROTOBUF};
 
 /// How values nest: `{"kvlistValue": {"values": [{"key", "value": …}]}}` or
 /// `{"arrayValue": {"values": […]}}`.
@@ -72,12 +70,6 @@ fn nested_protobuf(nesting: Nesting, levels: usize) -> Vec<u8> {
     out.wrap(1); // ExportLogsServiceRequest.resource_logs
     out.0.reverse();
     out.0
-}
-
-fn gzip(body: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    encoder.write_all(body).unwrap();
-    encoder.finish().unwrap()
 }
 
 #[tokio::test]

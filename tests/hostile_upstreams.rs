@@ -1,8 +1,8 @@
-//! Hostile upstreams (issue 8, item 3; design.md promises 2–4): an upstream that stalls after
-//! accepting the connection or after reading the request, resets the connection before or in the
-//! middle of its answer, trickles its answer a byte a second, sends an endless body, storms 429
-//! (with and without `Retry-After`) or 5xx, redirects (301, 302, 303, 307, 308), or presents a
-//! TLS certificate the agent must not trust.
+//! Hostile upstreams (`docs/reliability.md`, "Hostile upstreams"; README, "What it promises, and
+//! how"): an upstream that stalls after accepting the connection or after reading the request,
+//! resets the connection before or in the middle of its answer, trickles its answer a byte a
+//! second, sends an endless body, storms 429 (with and without `Retry-After`) or 5xx, redirects
+//! (301, 302, 303, 307, 308), or presents a TLS certificate the agent must not trust.
 //!
 //! Each scenario runs an in-process agent against the scripted sink of `support` on loopback and
 //! checks four things: no loss (every acknowledged span reaches the upstream, exactly once, once
@@ -17,7 +17,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use support::*;
 
 const TRACES: &str = "/v1/traces";
@@ -136,15 +135,6 @@ fn destination_to(endpoint: &str, extra: &str) -> String {
     )
 }
 
-fn traces_status(agent: &otlp_spool::Agent) -> Value {
-    agent.status()["destinations"][0]["signals"]["traces"].clone()
-}
-
-fn num(v: &Value) -> u64 {
-    v.as_u64()
-        .unwrap_or_else(|| panic!("expected a number, got {v}"))
-}
-
 /// The test process's resident set, in bytes: the agent runs in-process.
 fn rss_bytes() -> u64 {
     support::process::proc_status_kb("self", "VmRSS") << 10
@@ -247,7 +237,7 @@ async fn provoke(
         "{tag}: the process grew by {rss_growth} bytes while the upstream misbehaved"
     );
 
-    let t = traces_status(&agent);
+    let t = signal_status(&agent, 0, "traces");
     let error = t["last_error"].as_str().unwrap_or_default().to_lowercase();
     eprintln!("{tag}: last_error: {error}");
     let masked = format!("://***@127.0.0.1:{}/", sink.addr.port());
@@ -282,13 +272,13 @@ async fn expect_everything(tag: &str, sink: &Sink, agent: &otlp_spool::Agent) {
         got, want,
         "{tag}: spans delivered once the upstream behaves"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while agent.spool().usage().records > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(5), || {
+        agent.spool().usage().records == 0
+    })
+    .await;
     assert_eq!(agent.spool().usage().records, 0, "{tag}: the spool drains");
     assert_eq!(sink.names(TRACES), all_names(tag), "{tag}: every span once");
-    let t = traces_status(agent);
+    let t = signal_status(agent, 0, "traces");
     assert_eq!(num(&t["sent_items"]), want, "{tag}: {t}");
     assert_eq!(t["retry"], "ready", "{tag}: {t}");
     eprintln!("{tag}: delivered {got} of {want} acknowledged spans");
@@ -480,7 +470,9 @@ async fn broken_bodies_of_2xx_answers_count_as_delivered_once() {
         assert_eq!(status, 200);
         let want = ((i + 1) * SPANS) as u64;
         let deadline = Instant::now() + Duration::from_secs(5);
-        while num(&traces_status(&agent)["sent_items"]) < want && Instant::now() < deadline {
+        while num(&signal_status(&agent, 0, "traces")["sent_items"]) < want
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let took = posted.elapsed();
@@ -488,7 +480,7 @@ async fn broken_bodies_of_2xx_answers_count_as_delivered_once() {
             "{reply:?}: delivered after {took:?}; raw bytes written so far {}",
             sink.raw_bytes_sent()
         );
-        let t = traces_status(&agent);
+        let t = signal_status(&agent, 0, "traces");
         assert_eq!(num(&t["sent_items"]), want, "{reply:?}: {t}");
         assert_eq!(num(&t["attempts"]), (i + 1) as u64, "{reply:?}: {t}");
         assert_eq!(num(&t["failed_attempts"]), 0, "{reply:?}: {t}");
@@ -574,7 +566,7 @@ async fn https_upstream_signed_by_the_ca_file_gets_everything() {
     .await;
     post_all(&agent, "tls").await;
     expect_everything("tls", &sink, &agent).await;
-    let t = traces_status(&agent);
+    let t = signal_status(&agent, 0, "traces");
     assert_eq!(num(&t["failed_attempts"]), 0, "{t}");
     agent.shutdown().await;
 }

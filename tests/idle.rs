@@ -2,8 +2,9 @@
 //! sequence ranges (a regression: export workers once spun on an empty read after a restart).
 //! Its own binary so the test measures this process's CPU time alone.
 //!
-//! And an idle agent does not wake at all (issue 14): no thread of the real binary is scheduled
-//! while nothing arrives and nothing is to be sent, so a laptop's CPU can stay in deep sleep.
+//! And an idle agent does not wake at all (README, "Quiet when idle"): no thread of the real
+//! binary is scheduled while nothing arrives and nothing is to be sent, so a laptop's CPU can stay
+//! in deep sleep.
 
 mod support;
 

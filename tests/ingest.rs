@@ -11,67 +11,14 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use prost::Message;
 use serde_json::Value;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// `google.rpc.Status`, decoded independently of the agent.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-}
-
-/// One HTTP response, as read off the socket.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// The `google.rpc.Status` message, decoded per the response's content type (which must be
-    /// `want_type`).
-    fn rpc_message(&self, want_type: &str) -> String {
-        assert_eq!(
-            self.header("content-type"),
-            Some(want_type),
-            "error body content type ({} {})",
-            self.status,
-            self.text()
-        );
-        if want_type == "application/json" {
-            let v: Value = serde_json::from_slice(&self.body)
-                .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {}", self.text()));
-            assert!(v["code"].is_i64(), "no numeric code in {v}");
-            v["message"].as_str().expect("message").to_string()
-        } else {
-            let s = RpcStatus::decode(&self.body[..]).expect("protobuf google.rpc.Status");
-            assert_ne!(s.code, 0, "status code 0 (OK) in an error body");
-            s.message
-        }
-    }
-}
-
 /// Sends `head` (request line and headers, without the blank line) and `body` raw, with
 /// `Connection: close`, and reads the whole response. Writing runs beside reading, so a server
 /// that answers before reading the body (413) is heard even if it then resets the connection.
-async fn raw(addr: SocketAddr, head: &str, body: Vec<u8>) -> Resp {
+async fn raw(addr: SocketAddr, head: &str, body: Vec<u8>) -> Answer {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut rd, mut wr) = stream.into_split();
     let mut request = format!("{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n").into_bytes();
@@ -117,7 +64,7 @@ fn complete(buf: &[u8]) -> bool {
         .is_some_and(|(head, body)| content_length(head).is_some_and(|n| body.len() >= n))
 }
 
-fn parse_response(buf: &[u8]) -> Resp {
+fn parse_response(buf: &[u8]) -> Answer {
     let (head, body) = split_head(buf).unwrap_or_else(|| {
         panic!(
             "no HTTP response head in {:?}",
@@ -131,12 +78,17 @@ fn parse_response(buf: &[u8]) -> Resp {
         .and_then(|l| l.split(' ').nth(1))
         .and_then(|s| s.parse().ok())
         .expect("status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect::<Vec<_>>();
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (name, value) in lines.filter_map(|l| l.split_once(':')) {
+        headers.append(
+            reqwest::header::HeaderName::from_bytes(name.trim().as_bytes())
+                .unwrap_or_else(|e| panic!("header name {name:?}: {e}")),
+            reqwest::header::HeaderValue::from_str(value.trim())
+                .unwrap_or_else(|e| panic!("header {name}'s value {value:?}: {e}")),
+        );
+    }
     let n = content_length(head.as_bytes()).unwrap_or(body.len());
-    Resp {
+    Answer {
         status,
         headers,
         body: body[..n.min(body.len())].to_vec(),
@@ -144,7 +96,7 @@ fn parse_response(buf: &[u8]) -> Resp {
 }
 
 /// A POST with `headers` and a `Content-Length` body.
-async fn post_raw(addr: SocketAddr, path: &str, headers: &[&str], body: Vec<u8>) -> Resp {
+async fn post_raw(addr: SocketAddr, path: &str, headers: &[&str], body: Vec<u8>) -> Answer {
     let mut head = format!("POST {path} HTTP/1.1\r\nContent-Length: {}", body.len());
     for h in headers {
         head.push_str("\r\n");
@@ -160,7 +112,7 @@ async fn post_chunked(
     headers: &[&str],
     body: &[u8],
     chunk: usize,
-) -> Resp {
+) -> Answer {
     let mut head = format!("POST {path} HTTP/1.1\r\nTransfer-Encoding: chunked");
     for h in headers {
         head.push_str("\r\n");
@@ -176,7 +128,7 @@ async fn post_chunked(
     raw(addr, &head, framed).await
 }
 
-async fn get(addr: SocketAddr, path: &str, headers: &[&str]) -> Resp {
+async fn get(addr: SocketAddr, path: &str, headers: &[&str]) -> Answer {
     let mut head = format!("GET {path} HTTP/1.1");
     for h in headers {
         head.push_str("\r\n");
@@ -190,12 +142,6 @@ const CT_JSON: &str = "Content-Type: application/json";
 
 fn records(agent: &otlp_spool::Agent) -> u64 {
     agent.spool().usage().records
-}
-
-fn refused(agent: &otlp_spool::Agent, reason: &str) -> u64 {
-    agent.status()["refused_requests"][reason]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no refused_requests.{reason} in status"))
 }
 
 fn refused_total(agent: &otlp_spool::Agent) -> u64 {
@@ -224,7 +170,7 @@ async fn agent_with_server(dir: &std::path::Path, server: &str) -> otlp_spool::A
 /// more refusal counted under `reason` with nothing stored.
 async fn expect_refusal(
     agent: &otlp_spool::Agent,
-    resp: Resp,
+    resp: Answer,
     status: u16,
     content_type: &str,
     reason: &str,
@@ -245,13 +191,6 @@ async fn expect_refusal(
         before + 1,
         "refusal counted as {reason}"
     );
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    enc.write_all(data).unwrap();
-    enc.finish().unwrap()
 }
 
 /// One gzip member that inflates to `mib` MiB of zeros, about 1000:1, built without running the
@@ -1083,7 +1022,7 @@ async fn held_data_is_delivered_once_a_destination_is_configured() {
         let resp = post_raw(addr, "/v1/traces", &[CT_PB], spans(&format!("held{i}"), 5)).await;
         assert_eq!(resp.status, 200);
     }
-    let resp = post_raw(addr, "/v1/logs", &[CT_PB], logs_request(4)).await;
+    let resp = post_raw(addr, "/v1/logs", &[CT_PB], logs("log", 4)).await;
     assert_eq!(resp.status, 200);
     let status = agent.status();
     assert!(
@@ -1108,7 +1047,12 @@ async fn held_data_is_delivered_once_a_destination_is_configured() {
             .await,
         4
     );
-    wait_until(|| records(&agent) == 0, "spool drains").await;
+    wait_until(
+        || records(&agent) == 0,
+        Duration::from_secs(10),
+        "spool drains",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(sink.items("/v1/traces"), 15, "exactly the held spans");
     assert_eq!(sink.items("/v1/logs"), 4, "exactly the held logs");
@@ -1116,37 +1060,6 @@ async fn held_data_is_delivered_once_a_destination_is_configured() {
     assert_eq!(names.len(), 15);
     assert!(names.iter().any(|n| n == "held0-0") && names.iter().any(|n| n == "held2-4"));
     agent.shutdown().await;
-}
-
-fn logs_request(n: usize) -> Vec<u8> {
-    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue};
-    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
-    ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            scope_logs: vec![ScopeLogs {
-                log_records: (0..n)
-                    .map(|i| LogRecord {
-                        body: Some(AnyValue {
-                            value: Some(any_value::Value::StringValue(format!("log-{i}"))),
-                        }),
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-    .encode_to_vec()
-}
-
-async fn wait_until(mut cond: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// What "a destination added later starts from the oldest held record" means in practice:
@@ -1170,7 +1083,12 @@ async fn destination_added_later_starts_from_the_oldest_held_record() {
             .await,
         3
     );
-    wait_until(|| records(&agent) == 0, "A's delivery deletes the record").await;
+    wait_until(
+        || records(&agent) == 0,
+        Duration::from_secs(10),
+        "A's delivery deletes the record",
+    )
+    .await;
     // Phase 1b: A refuses (503) so the next records stay held, pending for A.
     sink_a.set_fallback(Some(Reply::Status(503, None)));
     for i in 0..2 {
@@ -1209,7 +1127,12 @@ async fn destination_added_later_starts_from_the_oldest_held_record() {
             .await,
         5
     );
-    wait_until(|| records(&agent) == 0, "both acknowledged everything").await;
+    wait_until(
+        || records(&agent) == 0,
+        Duration::from_secs(10),
+        "both acknowledged everything",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(
         sink_b.names("/v1/traces"),

@@ -1,5 +1,6 @@
-//! A network change ends a retry backoff (issue 8, "Sleep and wake"): the laptop joins a
-//! network, gets an address, and data that was waiting minutes goes at once.
+//! A network change ends a retry backoff (`docs/reliability.md`, "Sleep, wake, clocks and
+//! networks"): the laptop joins a network, gets an address, and data that was waiting minutes goes
+//! at once.
 //!
 //! The test runs in a network namespace of its own (`unshare(CLONE_NEWNET)` on its thread; the
 //! runtime's threads, the sink and the agent process inherit it), so adding an address to a

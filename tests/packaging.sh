@@ -156,10 +156,10 @@ if [ "$RELEASED" = 1 ]; then
     cmp -s "$TMP/src-files" "$TMP/git-files"
   check "source tarball carries the test fixtures (a clone's tests need nothing beside it)" \
     grep -qx "otlp-spool-$VERSION/tests/fixtures/otlp-http/README.md" "$TMP/src-files"
-  # The binary tarball: the agent, its config example, README and man page.
+  # The binary tarball: the agent, its config example, README, licence and man page.
   mkdir -p "$TMP/bin-tgz" && tar -xzf "$BIN_TGZ" -C "$TMP/bin-tgz"
   BIN_TGZ_DIR="$TMP/bin-tgz/otlp-spool-$VERSION-x86_64-unknown-linux-gnu"
-  for f in otlp-spool README.md config.example.toml otlp-spool.1; do
+  for f in otlp-spool README.md LICENSE config.example.toml otlp-spool.1; do
     check "binary tarball has otlp-spool-$VERSION-x86_64-unknown-linux-gnu/$f" test -s "$BIN_TGZ_DIR/$f"
   done
   check "the released otlp-spool --version says $VERSION" grep -qF "$VERSION" <<<"$("$BIN_TGZ_DIR/otlp-spool" --version 2>&1)"

@@ -1,13 +1,13 @@
-//! Promise 1 under power cuts, not only `kill -9` (issue 14): `kill -9` leaves the page cache
-//! intact, so it cannot show a missing fsync. Here the agent's spool lives on a FUSE file system
-//! that keeps unsynced file data in memory (tests/support/lazyfs.rs); each cut SIGKILLs the real
-//! binary, throws away every unsynced byte, and starts it again on the same spool. Four clients
-//! send meanwhile — one with ~240 KB trace requests (Gemini-sized: many spans, long
-//! attributes), three with 20-span requests. The upstream takes everything, so records are
-//! delivered and deleted during the run, except in every third run (the first included), when it
-//! answers 503: that cut finds a backlog, and the next run delivers and deletes it. After the
-//! last cut and a drain, every span whose request got a 200 must have reached the sink
-//! (duplicates allowed).
+//! "Acknowledged means durable" (README, "What it promises, and how") under power cuts, not only
+//! `kill -9`: `kill -9` leaves the page cache intact, so it cannot show a missing fsync. Here the
+//! agent's spool lives on a FUSE file system that keeps unsynced file data in memory
+//! (tests/support/lazyfs.rs); each cut SIGKILLs the real binary, throws away every unsynced byte,
+//! and starts it again on the same spool. Four clients send meanwhile — one with ~240 KB trace
+//! requests (Gemini-sized: many spans, long attributes), three with 20-span requests. The upstream
+//! takes everything, so records are delivered and deleted during the run, except in every third run
+//! (the first included), when it answers 503: that cut finds a backlog, and the next run delivers
+//! and deletes it. After the last cut and a drain, every span whose request got a 200 must have
+//! reached the sink (duplicates allowed).
 //!
 //! The second test runs the same cuts with fsync made a no-op and asserts that data *was* lost:
 //! proof that the first can tell a spool that syncs from one that does not.
@@ -23,12 +23,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use prost::Message;
 use rand::Rng;
 use support::lazyfs::{self, LazyFs};
-use support::process::{agent_command, agent_config, free_port, AgentProcess};
-use support::{destination, skip_or_fail, trace_request_named, Reply, Sink, PROTOBUF};
+use support::process::{agent_command, agent_config, free_port, log_tail, try_post, AgentProcess};
+use support::{destination, kv, skip_or_fail, trace_request_named, Reply, Sink};
 
 /// The sender with big requests, and their shape: 120 spans with a 2 KB attribute each.
 const BIG_SENDER: usize = 0;
@@ -55,16 +54,8 @@ fn request(prefix: &str, spans: usize, attribute: usize) -> Vec<u8> {
             .map(|i| (b'a' + (i % 26) as u8) as char)
             .collect();
         for span in &mut request.resource_spans[0].scope_spans[0].spans {
-            span.attributes.push(KeyValue {
-                key: "gen_ai.prompt".into(),
-                value: Some(AnyValue {
-                    value: Some(any_value::Value::StringValue(format!(
-                        "{}{text}",
-                        span.name
-                    ))),
-                }),
-                ..Default::default()
-            });
+            let prompt = format!("{}{text}", span.name);
+            span.attributes.push(kv("gen_ai.prompt", &prompt));
         }
     }
     request.encode_to_vec()
@@ -103,13 +94,7 @@ async fn sender(client: usize, port: u16, stop: Arc<AtomicBool>, epoch: Arc<Atom
         let prefix = format!("c{client}-r{req}");
         req += 1;
         let body = request(&prefix, spans, attribute);
-        let result = http
-            .post(&url)
-            .header(PROTOBUF.0, PROTOBUF.1)
-            .body(body)
-            .send()
-            .await;
-        match result {
+        match try_post(&http, &url, body).await {
             Ok(resp) if resp.status() == 200 => report.acked.push(Acked {
                 prefix,
                 spans,
@@ -147,24 +132,6 @@ async fn start(config: &Path, port: u16, log: &Path) -> (AgentProcess, bool) {
         AgentProcess::start_retrying_until(|| agent_command(config), port, log, false).await;
     let healthy = agent.healthz().await == Some(200);
     (agent, healthy)
-}
-
-/// `GET /status` as JSON, if the agent answers.
-async fn status(agent: &AgentProcess) -> Option<serde_json::Value> {
-    let response = agent
-        .http()
-        .get(agent.url("/status"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?;
-    serde_json::from_slice(&response.bytes().await.ok()?).ok()
-}
-
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 /// Runs the agent on a fresh [`LazyFs`] through `cuts` power cuts under load, drains, and counts
@@ -255,7 +222,8 @@ async fn run_cuts(test: &str, cuts: usize, ignore_fsync: bool) -> Option<Outcome
             break;
         }
         // Lost data never arrives: stop once the spool is empty and the sink has it all.
-        records = status(&agent)
+        records = agent
+            .try_status()
             .await
             .and_then(|s| s["spool"]["records"].as_u64());
         if records == Some(0) {
@@ -361,7 +329,7 @@ fn acknowledged_spans_survive_power_cuts() {
     assert_eq!(
         outcome.lost_spans, 0,
         "{} of {} acknowledged spans ({} of them from ~240 KB requests) never reached the sink \
-         after {} power cuts (promise 1 broken): {}",
+         after {} power cuts (README, What it promises: 'Acknowledged means durable' broken): {}",
         outcome.lost_spans, outcome.acked_spans, outcome.lost_big, outcome.cuts, outcome.summary
     );
 }

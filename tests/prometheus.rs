@@ -46,10 +46,11 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use serde_json::Value;
+use support::captures::{expected, fixture_folder};
 use support::process::{agent_command, agent_config, free_port, AgentProcess};
+use support::prometheus::{Labels, Prometheus};
 use support::*;
 
-type Labels = BTreeMap<String, String>;
 /// Series (all labels, `__name__` included) → value.
 type Expected = BTreeMap<Labels, f64>;
 
@@ -58,130 +59,6 @@ const CUMULATIVE: i32 = AggregationTemporality::Cumulative as i32;
 
 // ---------------------------------------------------------------------------------------------
 // Prometheus
-
-fn prometheus_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("OTLP_SPOOL_TEST_PROMETHEUS") {
-        return Some(PathBuf::from(p));
-    }
-    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|d| d.join("prometheus"))
-        .find(|p| p.is_file())
-}
-
-/// The binary, or `None` after a loud SKIP (a failure under CI).
-fn require_prometheus(test: &str) -> Option<PathBuf> {
-    let bin = prometheus_binary();
-    if bin.is_none() {
-        let msg = format!(
-            "prometheus not found (PATH or $OTLP_SPOOL_TEST_PROMETHEUS): install the Debian package \
-             `prometheus` (scripts/install-test-deps.sh does) to run {test}"
-        );
-        skip_or_fail(test, &msg);
-    }
-    bin
-}
-
-struct Prometheus {
-    addr: std::net::SocketAddr,
-    dir: tempfile::TempDir,
-    child: tokio::process::Child,
-}
-
-impl Prometheus {
-    /// A started Prometheus for `test`, or `None` after a loud SKIP (a failure under CI).
-    async fn start_for(test: &str) -> Option<Prometheus> {
-        Some(Prometheus::start(&require_prometheus(test)?).await)
-    }
-
-    async fn start(bin: &Path) -> Prometheus {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            "global:\n  scrape_interval: 1h\nscrape_configs: []\n",
-        )
-        .unwrap();
-        let port = free_port();
-        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-        let child = tokio::process::Command::new(bin)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--web.enable-remote-write-receiver")
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting prometheus");
-        let prom = Prometheus { addr, dir, child };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ready = reqwest::get(format!("http://{addr}/-/ready")).await;
-            if ready.is_ok_and(|r| r.status().is_success()) {
-                return prom;
-            }
-            if Instant::now() > deadline {
-                panic!("prometheus did not become ready:\n{}", prom.log());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
-    }
-
-    fn write_url(&self) -> String {
-        format!("http://{}/api/v1/write", self.addr)
-    }
-
-    /// An instant query at `time_ms`: each series' labels and value.
-    async fn query(&self, query: &str, time_ms: i64) -> Vec<(Labels, f64)> {
-        let url = format!("http://{}/api/v1/query", self.addr);
-        let time = format!("{:.3}", time_ms as f64 / 1000.0);
-        let resp: Value = reqwest::Client::new()
-            .get(url)
-            .query(&[("query", query), ("time", time.as_str())])
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .map(|b| serde_json::from_slice(&b).unwrap())
-            .unwrap();
-        assert_eq!(resp["status"], "success", "{query}: {resp}");
-        resp["data"]["result"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                let labels = r["metric"]
-                    .as_object()
-                    .unwrap()
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
-                    .collect();
-                let value = r["value"][1].as_str().unwrap().parse::<f64>().unwrap();
-                (labels, value)
-            })
-            .collect()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        // Killed and reaped here, so no zombie outlives the test.
-        let _ = self.child.start_kill();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
 
 fn prw_destination(url: &str, extra: &str) -> String {
     format!(
@@ -573,8 +450,7 @@ impl Captured {
 
 /// A capture folder's `expected.json` and its metrics requests, in order.
 fn captured_metrics(folder: &Path) -> (Value, Vec<Captured>) {
-    let expected: Value =
-        serde_json::from_slice(&std::fs::read(folder.join("expected.json")).unwrap()).unwrap();
+    let expected = expected(folder);
     let folder_name = folder.file_name().unwrap().to_string_lossy();
     let mut requests = Vec::new();
     for req in expected["requests"].as_array().unwrap() {
@@ -643,16 +519,6 @@ async fn fixture_metrics_arrive_in_prometheus_as_computed() {
 
 // ---------------------------------------------------------------------------------------------
 // Claude Code's DELTA stream, across a restart
-
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
-}
 
 fn request(resource: Vec<KeyValue>, metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
     ExportMetricsServiceRequest {
@@ -1226,9 +1092,7 @@ const AI_CLI: [(&str, &str); 3] = [
 ];
 
 fn ai_cli_folder(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/ai-cli")
-        .join(name)
+    fixture_folder(&format!("ai-cli/{name}"))
 }
 
 /// Label text as `expected.py` wrote it: strings, numbers and booleans.
@@ -1758,21 +1622,21 @@ async fn remote_write_wire_format_retries_and_dead_letters() {
 
 #[test]
 fn prometheus_remote_write_config_rules() {
-    use otlp_spool::config::Config;
+    use otlp_spool::config::RawConfig;
     use otlp_spool::otlp::Signal;
     let base = "[[destination]]\nname = \"amp\"\ntype = \"prometheus_remote_write\"\nendpoint = \"http://127.0.0.1:9/api/v1/write\"\n";
-    let c = Config::parse(&format!("{base}external_labels = {{ cluster = \"c\", __replica__ = \"r\" }}\nstale_after = \"30m\"\n")).unwrap();
+    let c = RawConfig::parse(&format!("{base}external_labels = {{ cluster = \"c\", __replica__ = \"r\" }}\nstale_after = \"30m\"\n")).unwrap();
     c.validate("test").unwrap();
     let d = &c.destinations[0];
     assert_eq!(d.signals, vec![Signal::Metrics], "metrics by default");
     assert_eq!(d.external_labels["__replica__"], "r");
     assert_eq!(d.stale_after, Some(Duration::from_secs(1800)));
 
-    let c = Config::parse(&format!("{base}signals = [\"metrics\", \"logs\"]\n")).unwrap();
+    let c = RawConfig::parse(&format!("{base}signals = [\"metrics\", \"logs\"]\n")).unwrap();
     let e = c.validate("test").unwrap_err().to_string();
     assert!(e.contains("metrics only") && e.contains("logs"), "{e}");
 
-    let c = Config::parse(&format!(
+    let c = RawConfig::parse(&format!(
         "{base}external_labels = {{ \"bad-name\" = \"x\" }}\n"
     ))
     .unwrap();
@@ -1780,7 +1644,7 @@ fn prometheus_remote_write_config_rules() {
     assert!(e.contains("bad-name"), "{e}");
 
     let other = "[[destination]]\nname = \"o\"\ntype = \"otlp_http\"\nendpoint = \"http://127.0.0.1:9\"\nexternal_labels = { a = \"b\" }\n";
-    let e = Config::parse(other)
+    let e = RawConfig::parse(other)
         .unwrap()
         .validate("test")
         .unwrap_err()
@@ -1791,7 +1655,7 @@ fn prometheus_remote_write_config_rules() {
     );
     // drop_labels: remote write only, with the gauge choice made, and no label the
     // translation makes.
-    let c = Config::parse(&format!(
+    let c = RawConfig::parse(&format!(
         "{base}drop_labels = [\"session.id\"]\ndrop_labels_gauges = \"last\"\n"
     ))
     .unwrap();
@@ -1817,18 +1681,18 @@ fn prometheus_remote_write_config_rules() {
             "made by the translation",
         ),
     ] {
-        let e = Config::parse(&format!("{base}{extra}"))
+        let e = RawConfig::parse(&format!("{base}{extra}"))
             .unwrap()
             .validate("test")
             .unwrap_err()
             .to_string();
         assert!(e.contains(key) && e.contains(words), "{extra}: {e}");
     }
-    let e = Config::parse(&format!("{base}drop_labels_gauges = \"sum\"\n")).unwrap_err();
+    let e = RawConfig::parse(&format!("{base}drop_labels_gauges = \"sum\"\n")).unwrap_err();
     assert!(e.to_string().contains("sum"), "{e}");
     let otlp =
         "[[destination]]\nname = \"o\"\ntype = \"otlp_http\"\nendpoint = \"http://127.0.0.1:9\"\n";
-    let e = Config::parse(&format!("{otlp}drop_labels = [\"session.id\"]\n"))
+    let e = RawConfig::parse(&format!("{otlp}drop_labels = [\"session.id\"]\n"))
         .unwrap()
         .validate("test")
         .unwrap_err()
@@ -1837,7 +1701,7 @@ fn prometheus_remote_write_config_rules() {
         e.contains("drop_labels applies to type = \"prometheus_remote_write\""),
         "{e}"
     );
-    let all = Config::parse(otlp).unwrap();
+    let all = RawConfig::parse(otlp).unwrap();
     assert_eq!(all.destinations[0].signals, Signal::ALL.to_vec());
 }
 
@@ -1849,13 +1713,13 @@ type Sent = (Vec<(&'static str, &'static str)>, Vec<u8>);
 
 /// Runs the real binary (spool and config in `dir`, one `destination`) once per round: starts
 /// it, sends the round's requests, and SIGKILLs it 0–60 ms later (while the worker lingers,
-/// sends, or has just been answered). Returns an agent started after the last kill, the
-/// number of kills, and the agents' log.
+/// sends, or has just been answered). Returns an agent started after the last kill (its log
+/// holds every agent's) and the number of kills.
 async fn kill_during_delivery(
     dir: &Path,
     destination: &str,
     rounds: &[Vec<Sent>],
-) -> (AgentProcess, usize, PathBuf) {
+) -> (AgentProcess, usize) {
     use rand::Rng;
     let port = free_port();
     let config = dir.join("config.toml");
@@ -1874,15 +1738,13 @@ async fn kill_during_delivery(
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..60))).await;
         drop(agent);
     }
-    (start().await, rounds.len(), log)
+    (start().await, rounds.len())
 }
 
-/// How many batches the agents of `log` found already counted after a restart.
-fn already_counted(log: &Path) -> usize {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .matches("already counted")
-        .count()
+/// How many batches the agents logging where `agent` does found already counted after a
+/// restart.
+fn already_counted(agent: &AgentProcess) -> usize {
+    agent.log_text().matches("already counted").count()
 }
 
 /// The AI CLI captures (nine metrics requests: three sessions of each tool) through the real
@@ -1910,7 +1772,7 @@ async fn merged_capture_totals_survive_nine_sigkills() {
         &prom.write_url(),
         "external_labels = { run = \"kill\" }\ndrop_labels = [\"session.id\", \"service.instance.id\"]\ndrop_labels_gauges = \"keep\"",
     );
-    let (agent, kills, log) = kill_during_delivery(dir.path(), &destination, &rounds).await;
+    let (agent, kills) = kill_during_delivery(dir.path(), &destination, &rounds).await;
     assert_eq!(kills, 9);
     let deadline = Instant::now() + Duration::from_secs(20);
     for (expected, requests) in &tools {
@@ -1952,12 +1814,11 @@ async fn merged_capture_totals_survive_nine_sigkills() {
             );
         }
     }
+    let resent = already_counted(&agent);
     drop(agent);
-    let resent = already_counted(&log);
     eprintln!("sigkill with drop_labels: {kills} kills, {resent} batches found already counted after a restart");
 }
 
-/// An agent process, SIGKILLed and reaped when dropped (also when a test panics).
 /// The real binary, SIGKILLed at random moments while it forwards a DELTA stream (so some
 /// kills land between Prometheus accepting a batch and the cursor moving, and the batch goes
 /// again): the totals in Prometheus are still exact and no counter ever resets.
@@ -1989,7 +1850,7 @@ async fn delta_totals_survive_sigkill_at_random_moments() {
         })
         .collect();
     let destination = prw_destination(&prom.write_url(), "");
-    let (agent, kills, log) = kill_during_delivery(dir.path(), &destination, &rounds).await;
+    let (agent, kills) = kill_during_delivery(dir.path(), &destination, &rounds).await;
     let end_ms = ((t0 + n * step) / 1_000_000) as i64;
     let want: Expected = model
         .latest
@@ -2021,8 +1882,8 @@ async fn delta_totals_survive_sigkill_at_random_moments() {
         resets.iter().all(|(_, v)| *v == 0.0),
         "counter resets after kill -9: {resets:?}"
     );
+    let resent = already_counted(&agent);
     drop(agent);
-    let resent = already_counted(&log);
     eprintln!(
         "sigkill: {kills} kills, {} series exact, {resent} batches found already counted after a restart",
         want.len()

@@ -1,5 +1,5 @@
-//! SIGHUP reloads the config of a running agent (issue 8, "Shutdown and reload"): destinations
-//! are added, removed and changed without a restart, with the cursor semantics of
+//! SIGHUP reloads the config of a running agent (`docs/reliability.md`, "Shutdown and reload"):
+//! destinations are added, removed and changed without a restart, with the cursor semantics of
 //! `Agent::reload`, and a config that does not load changes nothing.
 
 mod support;

@@ -1,10 +1,10 @@
-//! Secrets stay out of everything the agent shows (issue 8, "Security"): the real binary logging
-//! at `trace` for every crate (hyper, h2, reqwest, rustls, aws-*), with a secret in each place a
-//! config can hold one — the server's token, endpoint credentials, a header, a CloudWatch Logs
-//! bearer key, AWS credentials in the environment — and traffic that makes it talk about them:
-//! upstream 401s, 403s and 503s, a redirect to a URL with credentials, retries, clients
-//! presenting wrong tokens over HTTP and gRPC. None of the secrets may appear in the log,
-//! `/status`, `/metrics` or `otlp-spool status`.
+//! Secrets stay out of everything the agent shows (`docs/reliability.md`, "Hostile clients and
+//! inputs"): the real binary logging at `trace` for every crate (hyper, h2, reqwest, rustls,
+//! aws-*), with a secret in each place a config can hold one — the server's token, endpoint
+//! credentials, a header, a CloudWatch Logs bearer key, AWS credentials in the environment — and
+//! traffic that makes it talk about them: upstream 401s, 403s and 503s, a redirect to a URL with
+//! credentials, retries, clients presenting wrong tokens over HTTP and gRPC. None of the secrets
+//! may appear in the log, `/status`, `/metrics` or `otlp-spool status`.
 
 mod support;
 

@@ -1,8 +1,8 @@
 //! The receiver's locked-down defaults against clients that misbehave at the HTTP level
-//! (issue 8, "Security"): too many or too large headers, slow-loris heads and bodies, oversized
-//! gRPC metadata, and a non-loopback listener that only works with `allow_remote` and a token.
-//! Requests are written by hand on raw sockets where a real client library would refuse to
-//! misbehave.
+//! (`docs/reliability.md`, "Hostile clients and inputs"): too many or too large headers, slow-loris
+//! heads and bodies, oversized gRPC metadata, and a non-loopback listener that only works with
+//! `allow_remote` and a token. Requests are written by hand on raw sockets where a real client
+//! library would refuse to misbehave.
 
 mod support;
 
@@ -204,8 +204,8 @@ async fn a_remote_listener_needs_allow_remote_and_the_token() {
         )
     };
     let validated = |toml: &str| {
-        let config = otlp_spool::config::Config::parse(toml).unwrap();
-        config.validate("test").map(|()| config)
+        let config = otlp_spool::config::RawConfig::parse(toml).unwrap();
+        config.validate("test")
     };
     for extra in ["", "auth_token = \"s3cret\"", "allow_remote = true"] {
         let err = validated(&server(extra)).unwrap_err().to_string();

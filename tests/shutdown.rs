@@ -1,24 +1,23 @@
-//! SIGTERM under load (issue 8, "Shutdown and reload"), on the real binary: HTTP and gRPC
-//! clients sending as fast as they are answered, and an upstream that accepts each delivery and
-//! never answers (so a worker is mid-request at the stop). The agent must stop accepting, answer
-//! what it took (only once it is durable), flush, and exit 0 within 5 s; every request answered
-//! 200 / OK — before or during the stop — must be delivered after a restart.
+//! SIGTERM under load (`docs/reliability.md`, "Shutdown and reload"), on the real binary: HTTP and
+//! gRPC clients sending as fast as they are answered, and an upstream that accepts each delivery
+//! and never answers (so a worker is mid-request at the stop). The agent must stop accepting,
+//! answer what it took (only once it is durable), flush, and exit 0 within 5 s; every request
+//! answered 200 / OK — before or during the stop — must be delivered after a restart.
 
 mod support;
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use support::process::{agent_command, agent_config, free_port, AgentProcess};
-use support::{grpc_endpoint, spans, trace_request, Reply, Sink, PROTOBUF};
+use support::process::{agent_command, free_port, try_post, write_agent_config, AgentProcess};
+use support::{grpc_endpoint, span_names, spans, trace_request, Reply, Sink};
 
 const HTTP_SENDERS: usize = 8;
 const GRPC_SENDERS: usize = 4;
 const SPANS_PER_REQUEST: usize = 5;
-/// The promise: from SIGTERM to exit.
+/// From SIGTERM to exit at the most (`docs/reliability.md`, "Shutdown and reload").
 const STOP_WITHIN: Duration = Duration::from_secs(5);
 
 /// What the senders saw: the requests answered 200 / OK, and when.
@@ -28,30 +27,15 @@ struct Answers {
     refused_or_failed: u64,
 }
 
-fn write_config(
-    dir: &std::path::Path,
-    port: u16,
-    grpc_port: u16,
-    sink: &Sink,
-) -> std::path::PathBuf {
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        agent_config(
-            port,
-            Some(grpc_port),
-            "",
-            &dir.join("spool"),
-            &format!(
-                "[[destination]]\nname = \"up\"\ntype = \"otlp_http\"\nendpoint = \"{}\"\n\
-                 signals = [\"traces\"]\nbatch = {{ linger = \"10ms\" }}\n\
-                 retry = {{ initial = \"50ms\", max = \"500ms\" }}\ntimeout = \"60s\"\n",
-                sink.endpoint()
-            ),
-        ),
+/// One traces destination to `sink`, with a 60 s timeout: against a sink that never answers, a
+/// delivery is still in flight when SIGTERM comes.
+fn traces_to(sink: &Sink) -> String {
+    format!(
+        "[[destination]]\nname = \"up\"\ntype = \"otlp_http\"\nendpoint = \"{}\"\n\
+         signals = [\"traces\"]\nbatch = {{ linger = \"10ms\" }}\n\
+         retry = {{ initial = \"50ms\", max = \"500ms\" }}\ntimeout = \"60s\"\n",
+        sink.endpoint()
     )
-    .unwrap();
-    config
 }
 
 async fn http_sender(id: usize, port: u16, stop: Arc<AtomicBool>, answers: Arc<Mutex<Answers>>) {
@@ -59,17 +43,13 @@ async fn http_sender(id: usize, port: u16, stop: Arc<AtomicBool>, answers: Arc<M
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
+    let url = format!("http://127.0.0.1:{port}/v1/traces");
     let mut n = 0;
     while !stop.load(SeqCst) {
         let prefix = format!("h{id}-{n}");
         n += 1;
-        let sent = http
-            .post(format!("http://127.0.0.1:{port}/v1/traces"))
-            .header(PROTOBUF.0, PROTOBUF.1)
-            .body(spans(&prefix, SPANS_PER_REQUEST))
-            .send()
-            .await;
-        match sent {
+        let body = spans(&prefix, SPANS_PER_REQUEST);
+        match try_post(&http, &url, body).await {
             Ok(r) if r.status() == 200 => {
                 answers.lock().unwrap().acked.push((prefix, Instant::now()))
             }
@@ -117,7 +97,13 @@ async fn sigterm_under_load_answers_what_it_took_and_exits_within_5_s() {
     sink.set_fallback(Some(Reply::Hang));
     let dir = tempfile::tempdir().unwrap();
     let (port, grpc_port) = (free_port(), free_port());
-    let config = write_config(dir.path(), port, grpc_port, &sink);
+    let config = write_agent_config(
+        dir.path(),
+        port,
+        Some(grpc_port),
+        &dir.path().join("spool"),
+        &traces_to(&sink),
+    );
     let log = dir.path().join("agent.log");
     let mut agent = AgentProcess::start(agent_command(&config), port, &log).await;
 
@@ -193,20 +179,12 @@ async fn sigterm_under_load_answers_what_it_took_and_exits_within_5_s() {
     sink.set_fallback(None);
     drop(agent);
     let agent = AgentProcess::start(agent_command(&config), port, &log).await;
-    let want: HashSet<String> = answers
-        .acked
-        .iter()
-        .flat_map(|(p, _)| (0..SPANS_PER_REQUEST).map(move |i| format!("{p}-{i}")))
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let missing = loop {
-        let got: HashSet<String> = sink.names("/v1/traces").into_iter().collect();
-        let missing: Vec<&String> = want.iter().filter(|n| !got.contains(*n)).collect();
-        if missing.is_empty() || Instant::now() > deadline {
-            break missing.len();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let prefixes: Vec<String> = answers.acked.iter().map(|(p, _)| p.clone()).collect();
+    let want = span_names(&prefixes, SPANS_PER_REQUEST);
+    let missing = sink
+        .wait_names("/v1/traces", &want, Duration::from_secs(20))
+        .await
+        .len();
     println!(
         "SIGTERM under load: exit 0 after {took:?}; {} requests answered ({during_stop} of them \
          after the signal), {} refused or cut off; {} acknowledged spans, {missing} missing after \

@@ -13,52 +13,7 @@ use prost::Message;
 use serde_json::Value;
 use support::*;
 
-/// `google.rpc.Status`, decoded independently of the agent.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-}
-
-struct Resp {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn content_type(&self) -> &str {
-        self.headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-
-    /// The `google.rpc.Status` message in whichever format the response says it is.
-    fn rpc_message(&self) -> String {
-        match self.content_type() {
-            "application/json" => {
-                let v: Value = serde_json::from_slice(&self.body).expect("JSON error body");
-                assert!(v["code"].as_i64().is_some_and(|c| c != 0), "{v}");
-                v["message"].as_str().expect("message").to_string()
-            }
-            "application/x-protobuf" => {
-                let s = RpcStatus::decode(&self.body[..]).expect("protobuf google.rpc.Status");
-                assert_ne!(s.code, 0);
-                s.message
-            }
-            other => panic!("error body of content type {other:?}: {}", self.text()),
-        }
-    }
-}
-
-async fn send(addr: SocketAddr, path: &str, content_type: (&str, &str), body: Vec<u8>) -> Resp {
+async fn send(addr: SocketAddr, path: &str, content_type: (&str, &str), body: Vec<u8>) -> Answer {
     let resp = reqwest::Client::new()
         .post(format!("http://{addr}{path}"))
         .header(content_type.0, content_type.1)
@@ -66,19 +21,7 @@ async fn send(addr: SocketAddr, path: &str, content_type: (&str, &str), body: Ve
         .send()
         .await
         .expect("agent reachable");
-    Resp {
-        status: resp.status().as_u16(),
-        headers: resp.headers().clone(),
-        body: resp.bytes().await.unwrap().to_vec(),
-    }
-}
-
-fn status_u64(agent: &otlp_spool::Agent, pointer: &str) -> u64 {
-    agent
-        .status()
-        .pointer(pointer)
-        .and_then(Value::as_u64)
-        .unwrap_or_else(|| panic!("no {pointer} in status"))
+    Answer::read(resp).await
 }
 
 /// Span names of what the spool holds for `signal`, oldest first.
@@ -98,14 +41,6 @@ fn held_names(agent: &otlp_spool::Agent) -> Vec<String> {
                 .map(|s| s.name)
         })
         .collect()
-}
-
-async fn wait_until(mut cond: impl FnMut() -> bool, within: Duration, what: &str) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 const PER_REQUEST: usize = 20;
@@ -242,7 +177,7 @@ async fn reject_answers_503_with_retry_after_and_loses_nothing_acknowledged() {
         .expect("Retry-After in seconds");
     assert!(retry_after > 0);
     assert_eq!(refusal.content_type(), "application/x-protobuf");
-    let message = refusal.rpc_message();
+    let message = refusal.rpc_message("application/x-protobuf");
     assert!(
         message.contains("full") && message.contains("reject"),
         "{message}"
@@ -260,7 +195,7 @@ async fn reject_answers_503_with_retry_after_and_loses_nothing_acknowledged() {
     let resp = send(addr, "/v1/traces", JSON, json.clone()).await;
     assert_eq!(resp.status, 503, "{}", resp.text());
     assert!(resp.headers.contains_key("retry-after"));
-    assert!(resp.rpc_message().contains("full"));
+    assert!(resp.rpc_message("application/json").contains("full"));
     assert_eq!(agent.spool().usage().records, held.records);
     assert_eq!(status_u64(&agent, "/dropped/full_items"), 0);
     assert_eq!(status_u64(&agent, "/refused_requests/full"), 2);
@@ -384,7 +319,7 @@ async fn a_request_larger_than_the_whole_spool_is_413() {
         assert!(big.len() > 4096);
         let resp = send(addr, "/v1/traces", PROTOBUF, big).await;
         assert_eq!(resp.status, 413, "{when_full}: {}", resp.text());
-        let message = resp.rpc_message();
+        let message = resp.rpc_message("application/x-protobuf");
         assert!(
             message.contains("larger than the whole spool") && message.contains("spool.max_bytes"),
             "{message}"

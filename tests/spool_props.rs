@@ -34,12 +34,14 @@ struct RouteMasks([u8; 3]);
 
 impl RouteMasks {
     fn routes(self) -> Routes {
-        self.0.map(|mask| {
-            (0..DESTINATIONS.len())
-                .filter(|d| mask & (1 << d) != 0)
-                .map(|d| DESTINATIONS[d].to_string())
-                .collect()
-        })
+        self.0
+            .map(|mask| {
+                (0..DESTINATIONS.len())
+                    .filter(|d| mask & (1 << d) != 0)
+                    .map(|d| DESTINATIONS[d].to_string())
+                    .collect()
+            })
+            .into()
     }
 
     fn routed(self, destination: usize, signal: usize) -> bool {
@@ -335,7 +337,7 @@ impl Harness<'_> {
                 let seq = percent_of_newest(percent);
                 self.spool()
                     .ack(DESTINATIONS[destination], Signal::ALL[signal], seq)
-                    .map_err(TestCaseError::fail)?;
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 self.model.ack(self.routes, destination, signal, seq);
             }
             Op::Read {
@@ -348,7 +350,7 @@ impl Harness<'_> {
                 let read = self
                     .spool()
                     .read(Signal::ALL[signal], after, max_bytes, max_items)
-                    .map_err(TestCaseError::fail)?;
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 let seqs: Vec<u64> = read.iter().map(|r| r.seq).collect();
                 prop_assert_eq!(
                     seqs,
@@ -490,7 +492,7 @@ impl Harness<'_> {
                 Signal::ALL[signal],
                 letter,
             ))
-            .map_err(TestCaseError::fail)?;
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert!(
             id > self.model.seq_floor,
             "dead letter {id} reuses a sequence"
@@ -554,7 +556,7 @@ impl Harness<'_> {
         for (signal, &name) in Signal::ALL.iter().enumerate() {
             let held: Vec<(u64, Stored)> = spool
                 .read(name, 0, u64::MAX, u64::MAX)
-                .map_err(TestCaseError::fail)?
+                .map_err(|e| TestCaseError::fail(e.to_string()))?
                 .into_iter()
                 .map(|r| {
                     let stored = Stored {

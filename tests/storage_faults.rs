@@ -14,9 +14,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use support::process::{agent_config, free_port, AgentProcess};
+use support::process::{free_port, write_agent_config, AgentProcess};
 use support::{
-    destination, grpc_channel, skip_or_fail, spans, trace_request, Reply, Sink, PROTOBUF,
+    destination, grpc_channel, skip_or_fail, span_names, spans, trace_request, Reply, Sink,
+    PROTOBUF,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_otlp-spool");
@@ -92,24 +93,6 @@ fn mount_namespaces(test: &str) -> bool {
     false
 }
 
-fn write_config(dir: &Path, spool: &Path, port: u16, grpc_port: u16, extra: &str) -> PathBuf {
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        agent_config(port, Some(grpc_port), "", spool, extra),
-    )
-    .unwrap();
-    config
-}
-
-/// Names of the spans in the requests `prefixes`.
-fn span_names(prefixes: &[String]) -> Vec<String> {
-    prefixes
-        .iter()
-        .flat_map(|p| (0..SPANS_PER_REQUEST).map(move |i| format!("{p}-{i}")))
-        .collect()
-}
-
 /// The disk fills: first with the agent's own data (it refuses before the file system is full,
 /// keeping room for deletions), then to the last byte by another writer while the agent holds a
 /// backlog and its worker acknowledges deliveries (each moves a cursor in the sled index). Clients get
@@ -130,11 +113,11 @@ async fn a_full_disk_refuses_data_then_recovers_by_itself_and_loses_nothing_ackn
     let spool = mnt.join("spool");
     let (port, grpc_port) = (free_port(), free_port());
     // max_bytes far above the tmpfs: the disk, not the cap, runs out.
-    let config = write_config(
+    let config = write_agent_config(
         dir.path(),
-        &spool,
         port,
-        grpc_port,
+        Some(grpc_port),
+        &spool,
         // "amp" keeps delta state in the spool: that must not keep the database from reopening.
         &format!(
             "max_bytes = \"1GiB\"\n{}\n[[destination]]\nname = \"amp\"\n\
@@ -215,15 +198,9 @@ async fn a_full_disk_refuses_data_then_recovers_by_itself_and_loses_nothing_ackn
     sink.set_fallback(None);
     let delivered =
         |sink: &Sink| -> HashSet<String> { sink.names("/v1/traces").into_iter().collect() };
-    let want: Vec<String> = span_names(&acked);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        let got = delivered(&sink);
-        if want.iter().all(|s| got.contains(s)) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let want: Vec<String> = span_names(&acked, SPANS_PER_REQUEST);
+    sink.wait_names("/v1/traces", &want, Duration::from_secs(15))
+        .await;
     let during = agent.status().await;
     let (status, retry_after) = send(&agent, "full").await;
     assert_eq!(status, 503, "an append with no space at all");
@@ -277,7 +254,7 @@ async fn a_full_disk_refuses_data_then_recovers_by_itself_and_loses_nothing_ackn
     }
 
     // Every acknowledged span reaches the sink, and the spool drains.
-    let want = span_names(&acked);
+    let want = span_names(&acked, SPANS_PER_REQUEST);
     let deadline = Instant::now() + Duration::from_secs(20);
     let missing = loop {
         let got = delivered(&sink);
@@ -319,7 +296,7 @@ async fn a_full_disk_refuses_data_then_recovers_by_itself_and_loses_nothing_ackn
 
 /// Writes a spool with `records` trace records through the library, then lets `corrupt` damage it.
 async fn damaged_spool(spool: &Path, records: u32, corrupt: impl Fn(&Path)) {
-    let routes: otlp_spool::spool::Routes = [vec!["up".to_string()], Vec::new(), Vec::new()];
+    let routes: otlp_spool::spool::Routes = [vec!["up".to_string()], Vec::new(), Vec::new()].into();
     let limits = otlp_spool::spool::Limits {
         max_bytes: 1 << 30,
         max_age: Duration::from_secs(3600),
@@ -349,11 +326,11 @@ async fn start_on_damaged_spool(
     let spool = dir.join("spool");
     damaged_spool(&spool, records, corrupt).await;
     let (port, grpc_port) = (free_port(), free_port());
-    let config = write_config(
+    let config = write_agent_config(
         dir,
-        &spool,
         port,
-        grpc_port,
+        Some(grpc_port),
+        &spool,
         &destination("up", sink, "signals = [\"traces\"]"),
     );
     let agent = start_in_namespace(
@@ -566,7 +543,7 @@ fn an_unwritable_spool_directory_is_a_clear_start_error() {
     std::fs::create_dir(&ro).unwrap();
     std::fs::create_dir(ro.join("existing")).unwrap();
     for spool in [ro.join("new"), ro.join("existing")] {
-        write_config(dir.path(), &spool, free_port(), free_port(), "");
+        write_agent_config(dir.path(), free_port(), Some(free_port()), &spool, "");
         let script = format!(
             "mount --bind {ro} {ro} && mount -o remount,bind,ro {ro} && exec \"$BIN\" run --config \"$CONFIG\"",
             ro = ro.display()
@@ -588,7 +565,7 @@ fn an_unwritable_spool_directory_is_a_clear_start_error() {
     let theirs = dir.path().join("theirs");
     std::fs::create_dir(&theirs).unwrap();
     std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let config = write_config(dir.path(), &theirs, free_port(), free_port(), "");
+    let config = write_agent_config(dir.path(), free_port(), Some(free_port()), &theirs, "");
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
     let script =
         "exec setpriv --reuid=65534 --regid=65534 --clear-groups \"$BIN\" run --config \"$CONFIG\"";

@@ -27,8 +27,8 @@ use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvid
 use aws_credential_types::Credentials;
 use tokio::sync::Mutex;
 
-use crate::config::{AwsAuth, DestinationConfig, DestinationKind};
-use crate::error_chain;
+use crate::config::{AwsCredentials, CloudwatchAuth, Destination, Kind};
+use crate::error::error_chain;
 
 /// Credentials are renewed this long before they expire at most (less for short leases).
 const REFRESH_AHEAD: Duration = Duration::from_secs(5 * 60);
@@ -48,13 +48,14 @@ pub struct CredentialSettings {
 }
 
 impl CredentialSettings {
-    pub fn from_destination(d: &DestinationConfig, region: &str) -> CredentialSettings {
+    /// The settings of a destination's credential keys, for STS in `region`.
+    pub fn new(keys: &AwsCredentials, region: &str) -> CredentialSettings {
         CredentialSettings {
             region: region.to_string(),
-            profile: d.profile.clone(),
-            role_arn: d.role_arn.clone(),
-            external_id: d.external_id.as_ref().map(|s| s.expose().to_string()),
-            session_name: d.session_name.clone(),
+            profile: keys.profile.clone(),
+            role_arn: keys.role_arn.clone(),
+            external_id: keys.external_id.as_ref().map(|s| s.expose().to_string()),
+            session_name: keys.session_name.clone(),
         }
     }
 }
@@ -233,20 +234,22 @@ pub struct SourceDescription {
 
 /// How a destination authenticates, for `check`: `None` if it sends no AWS credentials.
 /// Reads the environment and the AWS config files only.
-pub fn describe(d: &DestinationConfig) -> Option<SourceDescription> {
-    let region = match (d.kind, &d.sigv4, &d.region) {
-        (DestinationKind::Cloudwatch, _, Some(region)) => region,
-        (_, Some(sigv4), _) => &sigv4.region,
-        _ => return None,
+pub fn describe(d: &Destination) -> Option<SourceDescription> {
+    let (keys, region) = match &d.kind {
+        Kind::OtlpHttp(k) => k.sigv4.as_ref().map(|s| (&s.credentials, &s.region))?,
+        Kind::PrometheusRemoteWrite(k) => k.sigv4.as_ref().map(|s| (&s.credentials, &s.region))?,
+        Kind::Cloudwatch(k) => {
+            match &k.auth {
+                CloudwatchAuth::SigV4(keys) => (keys, &k.region),
+                CloudwatchAuth::Bearer(_) => return Some(SourceDescription {
+                    text: "a CloudWatch Logs API key (bearer_token)".into(),
+                    fix: "check the key: create one in the CloudWatch console (Settings, API keys)"
+                        .into(),
+                }),
+            }
+        }
     };
-    let mut source = describe_settings(&CredentialSettings::from_destination(d, region));
-    if d.kind == DestinationKind::Cloudwatch && d.auth == Some(AwsAuth::Bearer) {
-        source = SourceDescription {
-            text: "a CloudWatch Logs API key (bearer_token)".into(),
-            fix: "check the key: create one in the CloudWatch console (Settings, API keys)".into(),
-        };
-    }
-    Some(source)
+    Some(describe_settings(&CredentialSettings::new(keys, region)))
 }
 
 /// What kind of profile a name is, from the AWS config and credentials files.

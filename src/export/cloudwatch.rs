@@ -10,12 +10,13 @@
 //! `endpoints = { … }` replaces a signal's URL as given (VPC endpoints, tests). With
 //! `auth = "bearer"` the logs route carries `Authorization: Bearer <bearer_token>` (a CloudWatch
 //! Logs API key) instead of a signature. The trace limits (5 MB uncompressed, 10,000 spans per
-//! request) are applied by the worker's batch limits ([`DestinationConfig::batch_for`]).
+//! request) are applied by the worker's batch limits ([`Destination::batch_for`]).
 //!
 //! [`explain`] turns CloudWatch's common errors into advice in `status`: a missing log group or
 //! stream (held and retried, not dead-lettered: it is a setting to fix, not bad data),
-//! Transaction Search not enabled for traces, missing IAM permissions. The config was validated
-//! ([`crate::config::Config::validate`]): region, log headers and auth are present here.
+//! Transaction Search not enabled for traces, missing IAM permissions. The typed
+//! [`Cloudwatch`] settings guarantee a valid region, log headers when logs are routed, and one
+//! way to authenticate.
 
 use std::sync::Arc;
 
@@ -24,8 +25,8 @@ use reqwest::header::{HeaderValue, AUTHORIZATION};
 use super::otlp_http::{configured_headers, Advice, OtlpHttp, Route};
 use crate::aws::credentials::{CachedCredentials, CredentialSettings};
 use crate::aws::sigv4::Signer;
-use crate::config::{AwsAuth, DestinationConfig};
-use crate::otlp::Signal;
+use crate::config::{Cloudwatch, CloudwatchAuth, Destination};
+use crate::otlp::{PerSignal, Signal};
 
 /// The host prefix and SigV4 service of a signal's CloudWatch endpoint.
 pub fn service(signal: Signal) -> &'static str {
@@ -45,68 +46,57 @@ pub fn default_url(region: &str, signal: Signal) -> String {
     )
 }
 
-pub fn new(config: &DestinationConfig) -> Result<OtlpHttp, String> {
-    let region = config.region.as_deref().ok_or_else(|| {
-        format!(
-            "destination {}: type = \"cloudwatch\" needs region",
-            config.name
-        )
-    })?;
+pub fn new(config: &Destination, settings: &Cloudwatch) -> Result<OtlpHttp, String> {
+    let region = settings.region.as_str();
     let base = configured_headers(config)?;
-    let credentials = Arc::new(CachedCredentials::new(
-        CredentialSettings::from_destination(config, region),
-    ));
-    let header = |name: &str, value: &Option<String>| {
-        HeaderValue::from_str(value.as_deref().unwrap_or_default()).map_err(|_| {
+    let (credentials, bearer_token) = match &settings.auth {
+        CloudwatchAuth::SigV4(credentials) => (
+            Some(Arc::new(CachedCredentials::new(CredentialSettings::new(
+                credentials,
+                region,
+            )))),
+            None,
+        ),
+        CloudwatchAuth::Bearer(token) => (None, Some(token)),
+    };
+    let header = |name: &str, value: &str| {
+        HeaderValue::from_str(value).map_err(|_| {
             format!(
                 "destination {}: {name} is not a valid HTTP header value",
                 config.name
             )
         })
     };
-    let mut routes = Vec::with_capacity(3);
-    for signal in Signal::ALL {
-        let url = match config.endpoints.get(signal) {
+    let route = |signal: Signal| {
+        let url = match settings.endpoints.get(signal) {
             Some(endpoint) => endpoint.as_str().to_string(),
             None => default_url(region, signal),
         };
         let mut headers = base.clone();
-        let mut signer = Some(Signer::new(
-            region,
-            service(signal),
-            Arc::clone(&credentials),
-        ));
-        if signal == Signal::Logs && config.signals.contains(&Signal::Logs) {
-            headers.insert("x-aws-log-group", header("log_group", &config.log_group)?);
-            headers.insert(
-                "x-aws-log-stream",
-                header("log_stream", &config.log_stream)?,
-            );
-            if config.auth == Some(AwsAuth::Bearer) {
-                let token = config.bearer_token.as_ref().map(|t| t.expose());
-                let mut value =
-                    HeaderValue::from_str(&format!("Bearer {}", token.unwrap_or_default()))
-                        .map_err(|_| {
-                            format!(
-                                "destination {}: bearer_token is not a valid HTTP header value",
-                                config.name
-                            )
-                        })?;
+        let signer = credentials
+            .as_ref()
+            .map(|c| Signer::new(region, service(signal), Arc::clone(c)));
+        if let (Signal::Logs, Some(logs)) = (signal, &settings.logs) {
+            headers.insert("x-aws-log-group", header("log_group", &logs.group)?);
+            headers.insert("x-aws-log-stream", header("log_stream", &logs.stream)?);
+            if let Some(token) = bearer_token {
+                let mut value = header("bearer_token", &format!("Bearer {}", token.expose()))?;
                 value.set_sensitive(true);
                 headers.insert(AUTHORIZATION, value);
-                signer = None;
             }
         }
-        routes.push(Route {
+        Ok::<_, String>(Route {
             url,
             headers,
             signer,
-        });
-    }
-    let routes: [Route; 3] = routes
-        .try_into()
-        .unwrap_or_else(|_| unreachable!("one route per signal"));
-    OtlpHttp::with_routes(config, routes, explain)
+        })
+    };
+    let routes = PerSignal::from([
+        route(Signal::Traces)?,
+        route(Signal::Metrics)?,
+        route(Signal::Logs)?,
+    ]);
+    OtlpHttp::with_routes(config, settings.format, routes, explain)
 }
 
 /// Advice for CloudWatch's common errors (see the module docs).

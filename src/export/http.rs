@@ -16,7 +16,7 @@
 //!   TLS-intercepting network to leave, not a fault that backing off cures); every other
 //!   transport failure is retried ([`Outcome::Retry`]).
 //! - The trusted roots are the built-in ones plus the destination's `ca_file`
-//!   ([`ca_certificates`], which the config's validation also runs).
+//!   ([`crate::tls::ca_certificates`], which the config's validation also runs).
 //!
 //! Knows HTTP and TLS, not OTLP: what an answer means for a batch is the clients'.
 
@@ -28,8 +28,9 @@ use reqwest::StatusCode;
 use super::retry::parse_retry_after;
 use super::Outcome;
 use crate::aws::sigv4::{SignError, Signer};
-use crate::config::{mask_url_credentials, DestinationConfig};
-use crate::error_chain;
+use crate::config::{mask_url_credentials, Destination};
+use crate::error::error_chain;
+use crate::tls::ca_certificates;
 
 /// The most of an answer's body read: an OTLP response with a partial-success message, or an
 /// error page, fits many times over.
@@ -40,7 +41,7 @@ const MESSAGE_CHARS: usize = 300;
 
 /// The client of one destination: no redirects, `ca_file` added to the built-in roots, a connect
 /// timeout, short-lived idle connections. The per-request `timeout` is set on each request.
-pub fn client(config: &DestinationConfig) -> Result<reqwest::Client, String> {
+pub fn client(config: &Destination) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("otlp-spool/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
@@ -61,40 +62,6 @@ pub fn client(config: &DestinationConfig) -> Result<reqwest::Client, String> {
             error_chain(&e)
         )
     })
-}
-
-/// The CA certificates of the `ca_file` at `path` (PEM, one or more). The error names the key
-/// and the file, and says why the file cannot serve and what to do.
-pub fn ca_certificates(path: &str) -> Result<Vec<reqwest::Certificate>, String> {
-    let fail = |why: String| format!("ca_file {path:?} {why}; fix the file or remove ca_file");
-    let pem = std::fs::read(path).map_err(|e| fail(format!("cannot be read: {e}")))?;
-    let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-        fail(format!(
-            "is not a PEM file of certificates: {}",
-            error_chain(&e)
-        ))
-    })?;
-    if certificates.is_empty() {
-        return Err(fail(
-            "contains no certificate: expected one or more PEM blocks \
-             \"-----BEGIN CERTIFICATE-----\" holding the CA that signed the upstream's \
-             certificate"
-                .into(),
-        ));
-    }
-    // rustls parses a root only when a client is built with it: build one with these roots
-    // alone, so a damaged certificate is reported here (and by `check`), not at start.
-    let mut probe = reqwest::Client::builder().tls_built_in_root_certs(false);
-    for certificate in &certificates {
-        probe = probe.add_root_certificate(certificate.clone());
-    }
-    probe.build().map_err(|e| {
-        fail(format!(
-            "holds a certificate that cannot be used as a trusted root: {}",
-            error_chain(&e)
-        ))
-    })?;
-    Ok(certificates)
 }
 
 /// An upstream's answer: its status, the headers the clients use, and at most
@@ -288,21 +255,5 @@ mod tests {
         let e = "…: invalid peer certificate: certificate expired: verification time 1";
         assert!(certificate_advice(e).unwrap().contains("validity"));
         assert!(certificate_advice("…: Connection refused (os error 111)").is_none());
-    }
-
-    #[test]
-    fn ca_files_without_a_usable_certificate_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = |name: &str| dir.path().join(name).display().to_string();
-        let key_only = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
-        std::fs::write(path("key.pem"), key_only).unwrap();
-        let e = ca_certificates(&path("key.pem")).unwrap_err();
-        let want = format!("ca_file {:?} contains no certificate", path("key.pem"));
-        assert!(e.starts_with(&want), "{e}");
-        assert!(e.ends_with("; fix the file or remove ca_file"), "{e}");
-        let damaged = "-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n";
-        std::fs::write(path("damaged.pem"), damaged).unwrap();
-        let e = ca_certificates(&path("damaged.pem")).unwrap_err();
-        assert!(e.contains("cannot be used as a trusted root"), "{e}");
     }
 }

@@ -19,7 +19,7 @@ pub mod worker;
 
 use std::time::Duration;
 
-use crate::config::{DestinationConfig, DestinationKind};
+use crate::config::{Destination, Kind};
 use crate::otlp::Signal;
 use crate::spool::Spool;
 use otlp_http::OtlpHttp;
@@ -38,13 +38,16 @@ pub enum Upstream {
 impl Upstream {
     /// `spool` is for destinations that keep state there (`prometheus_remote_write`'s delta
     /// totals); the others do not touch it.
-    pub fn new(config: &DestinationConfig, spool: &Spool) -> Result<Upstream, String> {
-        match config.kind {
-            DestinationKind::OtlpHttp => OtlpHttp::new(config).map(Upstream::OtlpHttp),
+    pub fn new(destination: &Destination, spool: &Spool) -> Result<Upstream, String> {
+        match &destination.kind {
+            Kind::OtlpHttp(otlp) => OtlpHttp::new(destination, otlp).map(Upstream::OtlpHttp),
             // CloudWatch is OTLP/HTTP with per-signal AWS routes: the same client and variant.
-            DestinationKind::Cloudwatch => cloudwatch::new(config).map(Upstream::OtlpHttp),
-            DestinationKind::PrometheusRemoteWrite => {
-                PrometheusRemoteWrite::new(config, spool).map(Upstream::PrometheusRemoteWrite)
+            Kind::Cloudwatch(cloudwatch) => {
+                cloudwatch::new(destination, cloudwatch).map(Upstream::OtlpHttp)
+            }
+            Kind::PrometheusRemoteWrite(remote_write) => {
+                PrometheusRemoteWrite::new(destination, remote_write, spool)
+                    .map(Upstream::PrometheusRemoteWrite)
             }
         }
     }
@@ -63,8 +66,9 @@ impl Upstream {
 #[derive(Debug, Clone, Copy)]
 pub enum Source<'a> {
     /// Records of the signal's stream, concatenated into a batch: each record's sequence
-    /// number and the byte offset in the batch where it starts (in order); `offset` is where
-    /// the payload sent starts in the batch (a piece of a batch split on 413).
+    /// number and the byte offset in the batch as sent (redacted, if the destination redacts)
+    /// where it starts (in order); `offset` is where the payload sent starts in the batch (a
+    /// piece of a batch split on 413).
     Stream {
         records: &'a [(u64, usize)],
         offset: usize,

@@ -24,14 +24,16 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONT
 use super::{http, Outcome, Refusal};
 use crate::aws::credentials::{CachedCredentials, CredentialSettings};
 use crate::aws::sigv4::Signer;
-use crate::config::{mask_url_credentials, Compression, DestinationConfig, Encoding};
+use crate::config::{
+    mask_url_credentials, Compression, Destination, Encoding, OtlpFormat, OtlpHttp as Settings,
+};
 use crate::observe::with_advice;
-use crate::otlp::{json, RpcStatus, Signal};
+use crate::otlp::{json, PerSignal, RpcStatus, Signal};
 
 pub struct OtlpHttp {
     client: reqwest::Client,
     /// Indexed by [`Signal::index`].
-    routes: [Route; 3],
+    routes: PerSignal<Route>,
     encoding: Encoding,
     compression: Compression,
     timeout: Duration,
@@ -57,38 +59,40 @@ pub struct Advice {
 }
 
 impl OtlpHttp {
-    pub fn new(config: &DestinationConfig) -> Result<OtlpHttp, String> {
+    pub fn new(config: &Destination, settings: &Settings) -> Result<OtlpHttp, String> {
         let headers = configured_headers(config)?;
-        let credentials = config.sigv4.as_ref().map(|sigv4| {
-            std::sync::Arc::new(CachedCredentials::new(
-                CredentialSettings::from_destination(config, &sigv4.region),
-            ))
+        let credentials = settings.sigv4.as_ref().map(|sigv4| {
+            std::sync::Arc::new(CachedCredentials::new(CredentialSettings::new(
+                &sigv4.credentials,
+                &sigv4.region,
+            )))
         });
-        let routes = Signal::ALL.map(|s| Route {
-            url: config.endpoint.signal_url(s),
+        let routes = PerSignal::from_fn(|s| Route {
+            url: settings.endpoint.signal_url(s),
             headers: headers.clone(),
-            signer: config
+            signer: settings
                 .sigv4
                 .as_ref()
                 .zip(credentials.clone())
                 .map(|(sigv4, c)| Signer::new(&sigv4.region, &sigv4.service, c)),
         });
-        OtlpHttp::with_routes(config, routes, |_, _, _| None)
+        OtlpHttp::with_routes(config, settings.format, routes, |_, _, _| None)
     }
 
-    /// A client sending each signal along its route, with `config`'s encoding, compression and
-    /// timeout.
+    /// A client sending each signal along its route, with `format`'s encoding and compression
+    /// and `config`'s timeout.
     pub fn with_routes(
-        config: &DestinationConfig,
-        routes: [Route; 3],
+        config: &Destination,
+        format: OtlpFormat,
+        routes: PerSignal<Route>,
         explain: Explain,
     ) -> Result<OtlpHttp, String> {
         let client = http::client(config)?;
         Ok(OtlpHttp {
             client,
             routes,
-            encoding: config.encoding,
-            compression: config.compression,
+            encoding: format.encoding,
+            compression: format.compression,
             timeout: config.timeout,
             explain,
         })
@@ -109,7 +113,7 @@ impl OtlpHttp {
                 }
             },
         };
-        let route = &self.routes[signal.index()];
+        let route = &self.routes[signal];
         let mut headers = route.headers.clone();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         let body = match self.compression {
@@ -174,7 +178,7 @@ impl OtlpHttp {
 }
 
 /// The configured `headers`, checked, values marked sensitive.
-pub fn configured_headers(config: &DestinationConfig) -> Result<HeaderMap, String> {
+pub fn configured_headers(config: &Destination) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::new();
     for (name, value) in &config.headers {
         let name = HeaderName::try_from(name.as_str()).map_err(|e| {

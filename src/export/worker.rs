@@ -24,11 +24,14 @@
 //!
 //! Each attempt tells the upstream where its bytes came from ([`Source`]: the records' sequence
 //! numbers and offsets, or a replay), for a destination that keeps state per spool position.
+//! The offsets are those of the bytes sent: after redaction re-encodes a batch, each record's
+//! start is moved to where its first resource now starts.
 //!
 //! Each attempt re-reads the batch from the spool, so records expired or evicted while the
 //! worker waited are not sent. With nothing to send the worker sleeps on the spool's durable
 //! sequence (no polling). Owns no data: the spool and the cursor are the state.
 
+use std::borrow::Cow;
 use std::ops::{Range, RangeInclusive};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -40,7 +43,8 @@ use super::retry::{pause_unless_woken, Backoff, RetryPolicy, Woken};
 use super::{Outcome, Refusal, Source, Upstream};
 use crate::config::BatchConfig;
 use crate::observe::{now_ms, RetryState, WorkerStats};
-use crate::otlp::{count_items, split_in_two, Signal};
+use crate::otlp::{count_items, entry_offsets, split_in_two, Signal};
+use crate::redact::{Counts, Redactor};
 use crate::spool::{DeadLetter, Record, Spool};
 
 pub struct Worker {
@@ -48,6 +52,9 @@ pub struct Worker {
     pub signal: Signal,
     pub spool: Spool,
     pub upstream: Arc<Upstream>,
+    /// The destination's `[destination.redact]` rules, applied to every batch before it is
+    /// sent (and split); dead letters keep what was sent.
+    pub redactor: Option<Arc<Redactor>>,
     pub batch: BatchConfig,
     pub retry: RetryPolicy,
     pub stats: Arc<WorkerStats>,
@@ -94,7 +101,7 @@ impl Worker {
             ) {
                 Ok(b) => b,
                 Err(e) => {
-                    self.stats.set_last_error(e);
+                    self.stats.set_last_error(e.to_string());
                     tokio::time::sleep(self.retry.slow()).await;
                     continue;
                 }
@@ -237,8 +244,9 @@ impl Worker {
     }
 
     /// Sends `payload` (`items` items, from `origin`; the stream's `records`, with where each
-    /// starts in `payload`, or none for a replay), dead-lettering the pieces the upstream
-    /// refuses; counts what was delivered. `Ok` when nothing is left to retry.
+    /// starts in `payload`, or none for a replay) with the destination's redaction rules
+    /// applied, dead-lettering the pieces the upstream refuses; counts what was delivered and
+    /// redacted. `Ok` when nothing is left to retry.
     async fn send_payload(
         &self,
         payload: &[u8],
@@ -246,8 +254,37 @@ impl Worker {
         origin: &Origin,
         records: &[(u64, usize)],
     ) -> Result<(), Outcome> {
+        let (redacted_payload, redacted) = match &self.redactor {
+            None => (Cow::Borrowed(payload), Counts::default()),
+            Some(redactor) => match redactor.apply(self.signal, payload) {
+                Ok(done) => done,
+                // The spool validated it at ingest, so only damage the CRC missed gets here;
+                // sending it unredacted is not an option.
+                Err(e) => {
+                    let error = format!(
+                        "the batch does not decode as {} ({e}), so this destination's redact \
+                         rules cannot be applied; it is kept as a dead letter, not sent",
+                        self.signal.name()
+                    );
+                    let piece = RefusedPiece::new(
+                        self.signal,
+                        payload,
+                        0..payload.len(),
+                        Refusal::local(error),
+                    );
+                    self.dead_letter(payload, &piece, origin).await;
+                    return Ok(());
+                }
+            },
+        };
+        let records = match &redacted_payload {
+            Cow::Owned(after) => records_in_rewritten(records, payload, after),
+            Cow::Borrowed(_) => records.to_vec(),
+        };
+        let payload = &*redacted_payload;
         let mut sent = Sent::default();
-        self.send_splitting(payload, 0, records, &mut sent).await?;
+        self.send_splitting(payload, 0, &records, &mut sent).await?;
+        self.stats.redacted(redacted);
         let refused_items: u64 = sent.refused.iter().map(|p| p.items).sum();
         let delivered_items = items.saturating_sub(refused_items);
         if sent.requests > 0 {
@@ -447,4 +484,70 @@ struct Origin {
 struct Trouble {
     failures: u64,
     backoff: Backoff,
+}
+
+/// `records` (sequence number, start in `before`) with each start moved to where the same
+/// resource starts in `after`, a re-encoding of `before`: redaction keeps a batch's resources
+/// and their order, not their byte offsets. A record with no resource left after the last one
+/// starts at the end.
+fn records_in_rewritten(
+    records: &[(u64, usize)],
+    before: &[u8],
+    after: &[u8],
+) -> Vec<(u64, usize)> {
+    // The spool holds canonical requests (resources only), which both decode as; a malformed
+    // one finds no entries and is refused by the upstream as not OTLP.
+    let old = entry_offsets(before).unwrap_or_default();
+    let new = entry_offsets(after).unwrap_or_default();
+    records
+        .iter()
+        .map(|&(seq, start)| {
+            let resource = old.partition_point(|&s| s < start);
+            (seq, new.get(resource).copied().unwrap_or(after.len()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::metrics::v1::ResourceMetrics;
+    use prost::Message;
+
+    use super::*;
+    use crate::otlp::ExportMetricsServiceRequest;
+
+    /// A request of one resource per value, each resource as long as its value.
+    fn request(values: &[&str]) -> Vec<u8> {
+        let resource = |v: &&str| ResourceMetrics {
+            schema_url: v.to_string(),
+            ..Default::default()
+        };
+        ExportMetricsServiceRequest {
+            resource_metrics: values.iter().map(resource).collect(),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn record_starts_follow_their_resources_into_a_shorter_encoding() {
+        // Records 7 (two resources), 8 (none), 9 (one), concatenated as the worker does.
+        let parts = [
+            request(&["a-long-address@example.com", "b@example.com"]),
+            request(&[]),
+            request(&["c-long-address@example.com"]),
+        ];
+        let before = parts.concat();
+        let records = [(7, 0), (8, parts[0].len()), (9, parts[0].len())];
+        let after = request(&["h1:x", "h1:y", "h1:z"]);
+        let starts = entry_offsets(&after).unwrap();
+        assert_eq!(
+            records_in_rewritten(&records, &before, &after),
+            vec![(7, 0), (8, starts[2]), (9, starts[2])]
+        );
+        let trailing = [(7, 0), (8, before.len())];
+        assert_eq!(
+            records_in_rewritten(&trailing, &before, &after),
+            vec![(7, 0), (8, after.len())]
+        );
+    }
 }

@@ -42,6 +42,48 @@ impl Signal {
     }
 }
 
+/// One value per signal, indexed by [`Signal`] (`routes[Signal::Logs]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PerSignal<T>([T; 3]);
+
+impl<T> PerSignal<T> {
+    /// The value of each signal, made by `value_of`.
+    pub fn from_fn(value_of: impl FnMut(Signal) -> T) -> PerSignal<T> {
+        PerSignal(Signal::ALL.map(value_of))
+    }
+
+    /// Each signal with its value, in [`Signal::ALL`]'s order.
+    pub fn iter(&self) -> impl Iterator<Item = (Signal, &T)> {
+        Signal::ALL.into_iter().zip(&self.0)
+    }
+
+    /// The values, in [`Signal::ALL`]'s order.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.0.iter()
+    }
+}
+
+/// The values of traces, metrics and logs, in that order.
+impl<T> From<[T; 3]> for PerSignal<T> {
+    fn from(values: [T; 3]) -> PerSignal<T> {
+        PerSignal(values)
+    }
+}
+
+impl<T> std::ops::Index<Signal> for PerSignal<T> {
+    type Output = T;
+
+    fn index(&self, signal: Signal) -> &T {
+        &self.0[signal.index()]
+    }
+}
+
+impl<T> std::ops::IndexMut<Signal> for PerSignal<T> {
+    fn index_mut(&mut self, signal: Signal) -> &mut T {
+        &mut self.0[signal.index()]
+    }
+}
+
 /// `google.rpc.Status`: the body of OTLP/HTTP error responses, and the gRPC status details.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RpcStatus {

@@ -37,7 +37,7 @@ use std::ops::RangeInclusive;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{now_ms, record, MutexGuard, RecordHeader, Spool, State, Store};
+use super::{now_ms, record, MutexGuard, RecordHeader, Spool, SpoolError, State, Store};
 use crate::otlp::Signal;
 
 /// The index tree of marks, and the `meta` key of the cap's count.
@@ -225,7 +225,7 @@ impl Spool {
             .expect("dead-letter marks lock poisoned")
     }
 
-    fn marks_tree(&self, store: &Store) -> Result<sled::Tree, String> {
+    fn marks_tree(&self, store: &Store) -> Result<sled::Tree, SpoolError> {
         store
             .db
             .open_tree(MARKS_TREE)
@@ -245,7 +245,7 @@ impl Spool {
         destination: &str,
         signal: Signal,
         letter: DeadLetter<'_>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, SpoolError> {
         let refused_ms = now_ms();
         let info = LetterInfo {
             destination: destination.to_string(),
@@ -270,8 +270,11 @@ impl Spool {
         let stream = &self.inner.streams[STREAM];
         let written = stream
             .write(&self.inner.links.next_seq, header, &value)
-            .map_err(|e| format!("storing a dead letter: {e}"))?;
-        stream.wait_durable(&written).await?;
+            .map_err(|e| SpoolError::Segment(format!("storing a dead letter: {e}")))?;
+        stream
+            .wait_durable(&written)
+            .await
+            .map_err(SpoolError::Segment)?;
         let store = self.store()?;
         let mut state = self.state();
         state.dropped.dead_letter_records += 1;
@@ -314,11 +317,11 @@ impl Spool {
         &self,
         store: &Store,
         state: &mut State,
-    ) -> Result<Option<(u64, RecordHeader)>, String> {
+    ) -> Result<Option<(u64, RecordHeader)>, SpoolError> {
         let stream = &self.inner.streams[STREAM];
         let front = stream
             .first()
-            .map_err(|e| format!("reading the dead letters: {e}"))?;
+            .map_err(|e| SpoolError::Segment(format!("reading the dead letters: {e}")))?;
         let Some((id, _)) = front else {
             return Ok(None);
         };
@@ -326,7 +329,7 @@ impl Spool {
         Ok(deleted.map(|header| (id, header)))
     }
 
-    fn forget_mark(&self, store: &Store, marks: &mut Marks, id: u64) -> Result<(), String> {
+    fn forget_mark(&self, store: &Store, marks: &mut Marks, id: u64) -> Result<(), SpoolError> {
         if marks.marks.remove(&id).is_some() {
             self.marks_tree(store)?
                 .remove(id.to_be_bytes())
@@ -341,7 +344,7 @@ impl Spool {
         marks: &mut Marks,
         id: u64,
         mark: Mark,
-    ) -> Result<(), String> {
+    ) -> Result<(), SpoolError> {
         let value = serde_json::to_vec(&mark).expect("a mark serializes");
         self.marks_tree(store)?
             .insert(id.to_be_bytes(), value)
@@ -357,12 +360,12 @@ impl Spool {
         store: &Store,
         state: &mut State,
         marks: &mut Marks,
-    ) -> Result<(), String> {
+    ) -> Result<(), SpoolError> {
         let stream = &self.inner.streams[STREAM];
         loop {
             let front = stream
                 .first()
-                .map_err(|e| format!("reading the dead letters: {e}"))?;
+                .map_err(|e| SpoolError::Segment(format!("reading the dead letters: {e}")))?;
             match front {
                 Some((id, _)) if marks.gone(id) => {
                     self.delete_front_letter(store, state)?;
@@ -484,9 +487,10 @@ impl Spool {
             let state = self.state();
             let mut marks = self.marks();
             for letter in letters {
-                let routed = letter.info.signal().is_some_and(|signal| {
-                    state.routes[signal.index()].contains(&letter.info.destination)
-                });
+                let routed = letter
+                    .info
+                    .signal()
+                    .is_some_and(|signal| state.routes[signal].contains(&letter.info.destination));
                 if !routed {
                     result.not_routed.push(letter.id);
                     continue;
@@ -641,11 +645,11 @@ pub(super) mod tests {
             max_age: Duration::from_secs(3600),
             when_full: WhenFull::DropOldest,
         };
-        let routes: Routes = [
+        let routes = Routes::from([
             vec!["a".into()],
             Vec::new(),
             logs.iter().map(|d| d.to_string()).collect(),
-        ];
+        ]);
         Spool::open(dir, limits, routes).unwrap()
     }
 

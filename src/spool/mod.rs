@@ -106,7 +106,7 @@ use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 
 use crate::config::{SpoolConfig, WhenFull};
-use crate::otlp::Signal;
+use crate::otlp::{PerSignal, Signal};
 use commit::{DiskSync, GroupCommit, Hooks, IndexFlush};
 pub use dead_letters::{DeadLetter, LetterInfo, Purged, Replayed, Selection, StoredLetter};
 use free_space::FreeSpace;
@@ -170,7 +170,7 @@ impl From<&SpoolConfig> for Limits {
 }
 
 /// Which destinations read each signal; a record is deleted once all of them have it.
-pub type Routes = [Vec<String>; 3];
+pub type Routes = PerSignal<Vec<String>>;
 
 const PERMISSION_HINT: &str = "set spool.dir to a directory this user can write, or make this \
      user the owner of the directory (otlp-spool keeps it at mode 0700)";
@@ -230,6 +230,29 @@ pub enum AppendError {
     NoSpace { dir: PathBuf, free: u64 },
     #[error("spool storage failed: {0}")]
     Storage(String),
+}
+
+/// Why reading, acknowledging, rerouting or dead-lettering failed on an open spool. The text
+/// says what failed and why; it is what logs and `status` show.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// An earlier failure made the index unusable and a reopen is under way: try again later.
+    #[error("{0}; the spool is being reopened")]
+    Reopening(String),
+    /// The index could not be read or written. When that leaves sled unusable the spool is
+    /// failed (appends refused) and reopened by itself.
+    #[error("{0}")]
+    Index(String),
+    /// A segment file could not be read, written, synced or deleted.
+    #[error("{0}")]
+    Segment(String),
+}
+
+/// For the callers that report a failure as text (the `dead-letters` documents).
+impl From<SpoolError> for String {
+    fn from(e: SpoolError) -> String {
+        e.to_string()
+    }
 }
 
 /// One stored record as read back for export.
@@ -509,13 +532,10 @@ impl Store {
     /// that comes back starts from the oldest record held, and the state of destinations that
     /// route nothing.
     fn forget_unrouted(&self, state: &mut State) -> sled::Result<()> {
-        let wanted: Vec<String> = Signal::ALL
+        let wanted: Vec<String> = state
+            .routes
             .iter()
-            .flat_map(|s| {
-                state.routes[s.index()]
-                    .iter()
-                    .map(move |d| cursor_key(d, *s))
-            })
+            .flat_map(|(s, destinations)| destinations.iter().map(move |d| cursor_key(d, s)))
             .collect();
         let unwanted: Vec<String> = state
             .cursors
@@ -532,7 +552,7 @@ impl Store {
         let routed = |destination: &[u8]| {
             state
                 .routes
-                .iter()
+                .values()
                 .flatten()
                 .any(|d| d.as_bytes() == destination)
         };
@@ -624,7 +644,7 @@ struct Inner {
     newest_received_ms: AtomicU64,
     state: Mutex<State>,
     /// Per signal: the newest durable sequence, which export workers wait on.
-    durable: [watch::Sender<u64>; 3],
+    durable: PerSignal<watch::Sender<u64>>,
     appended: Notify,
     /// Which dead letters are purged or to be replayed ([`dead_letters`]).
     marks: Mutex<dead_letters::Marks>,
@@ -788,7 +808,7 @@ impl Spool {
             .next_seq
             .store(resume.max(max_seq) + 1, Ordering::SeqCst);
         let durable =
-            Signal::ALL.map(|s| watch::channel(streams[s.index()].last_seq().unwrap_or(0)).0);
+            PerSignal::from_fn(|s| watch::channel(streams[s.index()].last_seq().unwrap_or(0)).0);
         let marks = dead_letters::Marks::load(&store.db, state.floors[3])
             .map_err(|e| sled_error(dir, e).into_open_error(dir))?;
         // Make forgotten cursors durable before anything else happens.
@@ -844,20 +864,22 @@ impl Spool {
     }
 
     /// The open index, or why there is none (a reopen is under way).
-    fn store(&self) -> Result<Arc<Store>, String> {
+    fn store(&self) -> Result<Arc<Store>, SpoolError> {
         let store = self.inner.store.read().expect("spool store lock poisoned");
         store.clone().ok_or_else(|| {
             let failure = self.inner.failure();
-            format!(
-                "{}; the spool is being reopened",
-                failure.as_deref().unwrap_or("spool storage failed")
+            SpoolError::Reopening(
+                failure
+                    .as_deref()
+                    .unwrap_or("spool storage failed")
+                    .to_string(),
             )
         })
     }
 
     /// Describes a sled error, and when it means sled is unusable until reopened (I/O errors,
     /// corruption), fails the spool: appends are refused from now on and a reopen is asked for.
-    fn fail_on_index_error(&self, store: &Store, what: &str, e: sled::Error) -> String {
+    fn fail_on_index_error(&self, store: &Store, what: &str, e: sled::Error) -> SpoolError {
         let why = format!("{what}: {e}");
         let unusable = matches!(
             e,
@@ -870,7 +892,7 @@ impl Spool {
                 why: why.clone(),
             });
         }
-        why
+        SpoolError::Index(why)
     }
 
     /// Stores one request's payload and returns its sequence number once it is durable.
@@ -909,7 +931,7 @@ impl Spool {
         let seq = written.seq;
         crash::point("append.durable");
         self.inner.links.mark.advance(seq);
-        self.inner.durable[signal.index()].send_if_modified(|newest| {
+        self.inner.durable[signal].send_if_modified(|newest| {
             let advanced = seq > *newest;
             *newest = (*newest).max(seq);
             advanced
@@ -961,7 +983,7 @@ impl Spool {
                 cap: limits.max_bytes,
             });
         }
-        let store = self.store().map_err(AppendError::Storage)?;
+        let store = self.store().map_err(|e| AppendError::Storage(e.into()))?;
         let mut state = self.state();
         let (mut records, mut items) = (0, 0);
         while self.held_bytes() + size > limits.max_bytes {
@@ -978,7 +1000,7 @@ impl Spool {
             let Some((_, i)) = oldest else { break };
             let evicted = self
                 .delete_first(&store, &mut state, i)
-                .map_err(AppendError::Storage)?;
+                .map_err(|e| AppendError::Storage(e.into()))?;
             let Some(header) = evicted else { break };
             records += 1;
             items += u64::from(header.items);
@@ -997,11 +1019,11 @@ impl Spool {
         store: &Store,
         state: &mut State,
         i: usize,
-    ) -> Result<Option<RecordHeader>, String> {
+    ) -> Result<Option<RecordHeader>, SpoolError> {
         let stream = &self.inner.streams[i];
-        let deleted = stream
-            .delete_first()
-            .map_err(|e| format!("deleting from the {} spool: {e}", stream_name(i)))?;
+        let deleted = stream.delete_first().map_err(|e| {
+            SpoolError::Segment(format!("deleting from the {} spool: {e}", stream_name(i)))
+        })?;
         let Some((seq, header)) = deleted else {
             return Ok(None);
         };
@@ -1032,15 +1054,15 @@ impl Spool {
         after: u64,
         max_bytes: u64,
         max_items: u64,
-    ) -> Result<Vec<Record>, String> {
+    ) -> Result<Vec<Record>, SpoolError> {
         let (records, damaged) = self.inner.streams[signal.index()]
             .read(after, max_bytes, max_items)
             .map_err(|e| {
-                format!(
+                SpoolError::Segment(format!(
                     "reading the {} spool in {}: {e}",
                     signal.name(),
                     self.inner.dir.display()
-                )
+                ))
             })?;
         if damaged > 0 {
             self.state().dropped.unreadable_records += damaged;
@@ -1050,12 +1072,12 @@ impl Spool {
 
     /// Wakes when new durable records of `signal` exist; the value is the newest sequence.
     pub fn subscribe(&self, signal: Signal) -> watch::Receiver<u64> {
-        self.inner.durable[signal.index()].subscribe()
+        self.inner.durable[signal].subscribe()
     }
 
     /// Records that `destination` has everything of `signal` up to `seq`, and deletes what every
     /// routed destination now has.
-    pub fn ack(&self, destination: &str, signal: Signal, seq: u64) -> Result<(), String> {
+    pub fn ack(&self, destination: &str, signal: Signal, seq: u64) -> Result<(), SpoolError> {
         let key = cursor_key(destination, signal);
         let mut state = self.state();
         // In memory first: if saving fails, or a reopen is under way, the reopen writes it back
@@ -1080,7 +1102,7 @@ impl Spool {
         store: &Store,
         state: &mut State,
         signal: Signal,
-    ) -> Result<(), String> {
+    ) -> Result<(), SpoolError> {
         let i = signal.index();
         let through = deleted_through(state, i);
         if through > state.floors[i] {
@@ -1091,9 +1113,12 @@ impl Spool {
                 .map_err(|e| self.fail_on_index_error(store, "saving a spool floor", e))?;
         }
         let stream = &self.inner.streams[i];
-        stream
-            .delete_through(through)
-            .map_err(|e| format!("deleting acknowledged {} records: {e}", signal.name()))?;
+        stream.delete_through(through).map_err(|e| {
+            SpoolError::Segment(format!(
+                "deleting acknowledged {} records: {e}",
+                signal.name()
+            ))
+        })?;
         self.inner.links.deletions.queue(stream.take_deletable());
         Ok(())
     }
@@ -1103,7 +1128,7 @@ impl Spool {
     /// next index flush, started here. Workers of a destination that no longer routes a signal
     /// should be stopped first: an acknowledgement from one afterwards re-creates its cursor
     /// (which the next reroute or restart forgets again).
-    pub fn reroute(&self, routes: Routes) -> Result<(), String> {
+    pub fn reroute(&self, routes: Routes) -> Result<(), SpoolError> {
         let mut state = self.state();
         // In memory first, as for `ack`: deletion follows the new routes even if the index is
         // being reopened now (forgetting cursors then waits for the next reroute or restart).
@@ -1328,7 +1353,7 @@ impl Spool {
 fn deleted_through(state: &State, i: usize) -> u64 {
     let acknowledged = if i < 3 {
         let signal = Signal::ALL[i];
-        state.routes[i]
+        state.routes[signal]
             .iter()
             .map(|d| {
                 state
@@ -1577,11 +1602,11 @@ mod tests {
     }
 
     fn routes(traces: &[&str]) -> Routes {
-        [
+        Routes::from([
             traces.iter().map(|d| d.to_string()).collect(),
             Vec::new(),
             Vec::new(),
-        ]
+        ])
     }
 
     #[tokio::test]
@@ -1831,7 +1856,7 @@ mod tests {
 
     fn all_routes(traces: &[&str]) -> Routes {
         let names: Vec<String> = traces.iter().map(|d| d.to_string()).collect();
-        [names.clone(), names.clone(), names]
+        Routes::from([names.clone(), names.clone(), names])
     }
 
     fn seqs(spool: &Spool, signal: Signal) -> Vec<u64> {
@@ -2259,11 +2284,11 @@ mod tests {
             max_age: Duration::from_secs(100 * 365 * 86400),
             ..limits()
         };
-        let every: Routes = [
+        let every = Routes::from([
             vec!["a".into(), "b".into()],
             vec!["a".into(), "b".into(), "p".into()],
             vec!["a".into(), "b".into()],
-        ];
+        ]);
         let spool = Spool::open(&dir, limits.clone(), every.clone()).unwrap();
         assert!(!dir.join("db").exists(), "the version-1 files are gone");
         assert_eq!(

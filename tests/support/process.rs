@@ -1,7 +1,8 @@
 //! The real `otlp-spool` binary as a child process, for tests that need what only a process
 //! has: signals (SIGHUP, SIGTERM, SIGKILL), its own clock (libfaketime), its /proc entries.
 //! Dropping an [`AgentProcess`] SIGKILLs and reaps it, so a failing test leaves no process (and
-//! no spool lock) behind.
+//! no spool lock) behind. Also here: the config file such a process reads, and what a test
+//! shows of a finished command or of the agent's log when it fails.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,11 @@ pub fn describe_output(out: &std::process::Output) -> String {
     )
 }
 
+/// A finished command's stdout, as text.
+pub fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -63,6 +69,43 @@ pub fn agent_config(
          [spool]\ndir = \"{}\"\n{rest}\n",
         spool.display()
     )
+}
+
+/// The last 40 lines of the agent log at `log` (empty if there is none yet), for a failure
+/// message.
+pub fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Writes an [`agent_config`] without `server` keys to `dir/config.toml`, where
+/// `run --config` reads it; that path.
+pub fn write_agent_config(
+    dir: &Path,
+    port: u16,
+    grpc_port: Option<u16>,
+    spool: &Path,
+    rest: &str,
+) -> PathBuf {
+    let config = dir.join("config.toml");
+    std::fs::write(&config, agent_config(port, grpc_port, "", spool, rest))
+        .unwrap_or_else(|e| panic!("writing {}: {e}", config.display()));
+    config
+}
+
+/// POSTs an OTLP/HTTP protobuf `body` to `url` with `http`. An error is the caller's to count:
+/// a sender that outlives agents sees one whenever the agent is down or killed mid-request.
+pub async fn try_post(
+    http: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+) -> reqwest::Result<reqwest::Response> {
+    http.post(url)
+        .header(super::PROTOBUF.0, super::PROTOBUF.1)
+        .body(body)
+        .send()
+        .await
 }
 
 /// A field of `/proc/<pid>/status` in kB (`VmRSS`, `VmHWM`); `pid` may be `"self"`.
@@ -201,12 +244,7 @@ impl AgentProcess {
 
     /// POSTs an OTLP/HTTP protobuf `body` to `path` (`/v1/traces`…); returns the status.
     pub async fn post(&self, path: &str, body: Vec<u8>) -> u16 {
-        let response = self
-            .http
-            .post(self.url(path))
-            .header(super::PROTOBUF.0, super::PROTOBUF.1)
-            .body(body)
-            .send()
+        let response = try_post(&self.http, &self.url(path), body)
             .await
             .unwrap_or_else(|e| panic!("posting to the agent's {path}: {e}"));
         response.status().as_u16()
@@ -247,6 +285,19 @@ impl AgentProcess {
             .await
             .unwrap();
         serde_json::from_slice(&body).expect("/status is JSON")
+    }
+
+    /// `GET /status` as JSON, or `None` if the agent does not answer within 2 s (it may have
+    /// been killed, or its spool failed).
+    pub async fn try_status(&self) -> Option<serde_json::Value> {
+        let response = self
+            .http
+            .get(self.url("/status"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        serde_json::from_slice(&response.bytes().await.ok()?).ok()
     }
 
     /// The status `GET /healthz` answers, or `None` if it does not answer.

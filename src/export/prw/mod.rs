@@ -37,7 +37,7 @@ use super::otlp_http::configured_headers;
 use super::{Outcome, Refusal, Source};
 use crate::aws::credentials::{CachedCredentials, CredentialSettings};
 use crate::aws::sigv4::Signer;
-use crate::config::{DestinationConfig, DropLabelsGauges};
+use crate::config::{Destination, DropLabelsGauges, RemoteWrite};
 use crate::observe::RemoteWriteStats;
 use crate::otlp::{entry_offsets, ExportMetricsServiceRequest, Signal};
 use crate::spool::Spool;
@@ -58,23 +58,23 @@ pub struct PrometheusRemoteWrite {
 impl PrometheusRemoteWrite {
     /// Builds the client; the delta state lives in the spool tree `state/prw/<destination>`, read at
     /// the first send.
-    pub fn new(config: &DestinationConfig, spool: &Spool) -> Result<PrometheusRemoteWrite, String> {
-        let name = &config.name;
-        let mut external = Vec::new();
-        for (k, v) in &config.external_labels {
-            if !valid_label_name(k) {
-                return Err(format!(
-                    "destination {name}: external label name {k:?} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)"
-                ));
-            }
-            external.push(Label {
+    pub fn new(
+        config: &Destination,
+        settings: &RemoteWrite,
+        spool: &Spool,
+    ) -> Result<PrometheusRemoteWrite, String> {
+        // The names were checked when the config was loaded.
+        let external = settings
+            .external_labels
+            .iter()
+            .map(|(k, v)| Label {
                 name: k.clone(),
                 value: v.clone(),
-            });
-        }
-        let (spool, destination) = (spool.clone(), name.to_string());
+            })
+            .collect();
+        let (spool, destination) = (spool.clone(), config.name.to_string());
         let tree = Box::new(move || spool.state_tree(&destination, "prw"));
-        let stale_after = config
+        let stale_after = settings
             .stale_after
             .unwrap_or(cumulative::DEFAULT_STALE_AFTER);
         let cumulative = Cumulative::new(Some(tree), stale_after);
@@ -88,23 +88,30 @@ impl PrometheusRemoteWrite {
             "x-prometheus-remote-write-version",
             HeaderValue::from_static("0.1.0"),
         );
-        let signer = config.sigv4.as_ref().map(|sigv4| {
-            let credentials = Arc::new(CachedCredentials::new(
-                CredentialSettings::from_destination(config, &sigv4.region),
-            ));
+        let signer = settings.sigv4.as_ref().map(|sigv4| {
+            let credentials = Arc::new(CachedCredentials::new(CredentialSettings::new(
+                &sigv4.credentials,
+                &sigv4.region,
+            )));
             Signer::new(&sigv4.region, &sigv4.service, credentials)
         });
         let client = http::client(config)?;
         Ok(PrometheusRemoteWrite {
             client,
-            url: config.endpoint.as_str().to_string(),
+            url: settings.endpoint.as_str().to_string(),
             headers,
             signer,
             timeout: config.timeout,
             options: translate::Options {
                 external,
-                drop_labels: config.drop_labels.clone(),
-                merge_gauges: config.drop_labels_gauges == Some(DropLabelsGauges::Last),
+                drop_labels: settings
+                    .drop_labels
+                    .as_ref()
+                    .map_or_else(Vec::new, |drop| drop.labels.clone()),
+                merge_gauges: settings
+                    .drop_labels
+                    .as_ref()
+                    .is_some_and(|drop| drop.gauges == DropLabelsGauges::Last),
             },
             cumulative,
             stats: Arc::default(),
@@ -259,9 +266,4 @@ fn positions(payload: &[u8], source: Source<'_>) -> Option<Vec<Option<Position>>
         Some((seq, (at - begins) as u64))
     };
     Some(starts.into_iter().map(position).collect())
-}
-
-fn valid_label_name(name: &str) -> bool {
-    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
