@@ -401,6 +401,11 @@ async fn auth_failures_keep_data_and_retry_slowly() {
         );
     }
     assert_eq!(sink.names(TRACES), names("auth", 10));
+    // The sink logs a request before it answers: the worker records the success just after.
+    eventually(Duration::from_secs(2), || {
+        signal_status(&agent, 0, "traces")["retry"] == "ready"
+    })
+    .await;
     let t = signal_status(&agent, 0, "traces");
     assert_eq!(t["retry"], "ready", "{t}");
     assert_eq!(num(&t["failed_attempts"]), 3, "{t}");
@@ -442,6 +447,11 @@ async fn timeout_is_retried() {
     assert!(received
         .iter()
         .all(|r| sorted(r.names.clone()) == names("slow", 10)));
+    // As above: the worker counts the accepted attempt just after the sink logged it.
+    eventually(Duration::from_secs(2), || {
+        num(&signal_status(&agent, 0, "traces")["sent_items"]) == 10
+    })
+    .await;
     let t = signal_status(&agent, 0, "traces");
     assert_eq!(num(&t["attempts"]), 2, "{t}");
     assert_eq!(num(&t["failed_attempts"]), 1, "{t}");

@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::captures::replay_capture;
+use support::captures::{capture_folders, replay_capture};
 use support::*;
 
 async fn replay_all(encoding: &str) {
-    for folder in otlp_http_fixture_folders() {
+    for folder in capture_folders("otlp-http", 9) {
         replay_folder(&folder, encoding).await;
     }
 }

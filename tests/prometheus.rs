@@ -46,7 +46,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use serde_json::Value;
-use support::captures::{expected, fixture_folder};
+use support::captures::{capture_folders, expected, fixture_folder};
 use support::process::{agent_command, agent_config, free_port, AgentProcess};
 use support::prometheus::{Labels, Prometheus};
 use support::*;
@@ -486,7 +486,7 @@ async fn fixture_metrics_arrive_in_prometheus_as_computed() {
         return;
     };
     let mut series_checked = 0;
-    for folder in otlp_http_fixture_folders() {
+    for folder in capture_folders("otlp-http", 9) {
         let name = folder.file_name().unwrap().to_string_lossy().into_owned();
         let dir = tempfile::tempdir().unwrap();
         let toml = config_toml(

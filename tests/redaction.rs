@@ -44,13 +44,8 @@ const PIECE: usize = 16;
 /// Every capture folder of `tests/fixtures/ai-cli/` (Claude Code, Copilot CLI, Gemini CLI; its
 /// README says how each was made), sorted; Gemini CLI's, whose size the test measures, first.
 fn ai_cli_folders() -> Vec<PathBuf> {
-    let mut folders: Vec<PathBuf> = std::fs::read_dir(fixture_folder("ai-cli"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("expected.json").is_file())
-        .collect();
+    let mut folders = capture_folders("ai-cli", 8);
     folders.sort_by_key(|f| (!is_gemini(f), f.clone()));
-    assert!(folders.len() >= 8, "{folders:?}");
     folders
 }
 

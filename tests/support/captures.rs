@@ -20,6 +20,25 @@ pub fn fixture_folder(relative: &str) -> PathBuf {
         .join(relative)
 }
 
+/// The capture folders of one set (`otlp-http`, `ai-cli`: each README says what produced its
+/// folders), those with an `expected.json`, sorted; panics on fewer than `at_least`, so a test
+/// cannot pass on a checkout that lost some.
+pub fn capture_folders(set: &str, at_least: usize) -> Vec<PathBuf> {
+    let root = fixture_folder(set);
+    let mut folders: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("reading the captures in {}: {e}", root.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("expected.json").is_file())
+        .collect();
+    folders.sort();
+    assert!(
+        folders.len() >= at_least,
+        "expected at least {at_least} capture folders in {}, found {folders:?}",
+        root.display()
+    );
+    folders
+}
+
 /// A folder's `expected.json`.
 pub fn expected(folder: &Path) -> Value {
     let path = folder.join("expected.json");

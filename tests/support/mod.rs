@@ -46,23 +46,5 @@ pub fn skip_or_fail(test: &str, why: &str) {
     let _ = writeln!(std::io::stderr(), "\n*** SKIP {test}: {why} ***\n");
 }
 
-/// The folders of captured SDK requests in `tests/fixtures/otlp-http/` (its README says what
-/// produced each), sorted; panics if any of the nine is missing, so a test cannot pass on fewer.
-pub fn otlp_http_fixture_folders() -> Vec<std::path::PathBuf> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/otlp-http");
-    let mut folders: Vec<std::path::PathBuf> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("reading the fixtures in {}: {e}", root.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    folders.sort();
-    assert!(
-        folders.len() >= 9,
-        "expected the nine fixture folders in {}, found {folders:?}",
-        root.display()
-    );
-    folders
-}
-
 pub const PROTOBUF: (&str, &str) = ("content-type", "application/x-protobuf");
 pub const JSON: (&str, &str) = ("content-type", "application/json");
