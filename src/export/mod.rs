@@ -66,12 +66,14 @@ impl Upstream {
 #[derive(Debug, Clone, Copy)]
 pub enum Source<'a> {
     /// Records of the signal's stream, concatenated into a batch: each record's sequence
-    /// number and the byte offset in the batch as sent (redacted, if the destination redacts)
-    /// where it starts (in order); `offset` is where the payload sent starts in the batch (a
-    /// piece of a batch split on 413).
+    /// number and the index in the batch of its first resource (in order; a record with no
+    /// resource has the index its successor's first resource would have); `first_resource` is
+    /// the index in the batch of the payload's first resource (a piece of a batch split on
+    /// 413). Counted in resources, not bytes, so redaction (which keeps every resource in its
+    /// order) changes nothing here.
     Stream {
         records: &'a [(u64, usize)],
-        offset: usize,
+        first_resource: usize,
     },
     /// A dead letter replayed: data whose positions were settled when it was refused.
     Replay,

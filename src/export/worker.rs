@@ -23,9 +23,10 @@
 //! changed ([`pause_unless_woken`]), so a laptop that wakes or joins a network retries at once.
 //!
 //! Each attempt tells the upstream where its bytes came from ([`Source`]: the records' sequence
-//! numbers and offsets, or a replay), for a destination that keeps state per spool position.
-//! The offsets are those of the bytes sent: after redaction re-encodes a batch, each record's
-//! start is moved to where its first resource now starts.
+//! numbers and which of the batch's resources each holds, or a replay), for a destination that
+//! keeps state per spool position. Resources are counted, not bytes: redaction re-encodes a
+//! batch but keeps every resource in its order, and a 413 splits between resources, so a
+//! resource's position is the same whatever the rules and the pieces.
 //!
 //! Each attempt re-reads the batch from the spool, so records expired or evicted while the
 //! worker waited are not sent. With nothing to send the worker sleeps on the spool's durable
@@ -227,12 +228,7 @@ impl Worker {
             .collect::<Vec<_>>()
             .concat();
         let items: u64 = batch.iter().map(|r| u64::from(r.header.items)).sum();
-        let mut records = Vec::with_capacity(batch.len());
-        let mut start = 0;
-        for r in batch {
-            records.push((r.seq, start));
-            start += r.payload().len();
-        }
+        let records = first_resources(batch.iter().map(|r| (r.seq, r.payload())));
         let origin = Origin {
             seqs: batch[0].seq..=batch[batch.len() - 1].seq,
             // Receive times never go backwards: the first record is the oldest.
@@ -243,8 +239,9 @@ impl Worker {
         self.send_payload(&payload, items, &origin, &records).await
     }
 
-    /// Sends `payload` (`items` items, from `origin`; the stream's `records`, with where each
-    /// starts in `payload`, or none for a replay) with the destination's redaction rules
+    /// Sends `payload` (`items` items, from `origin`; the stream's `records`, with the index in
+    /// `payload` of each one's first resource, or none for a replay) with the destination's
+    /// redaction rules
     /// applied, dead-lettering the pieces the upstream refuses; counts what was delivered and
     /// redacted. `Ok` when nothing is left to retry.
     async fn send_payload(
@@ -277,13 +274,14 @@ impl Worker {
                 }
             },
         };
-        let records = match &redacted_payload {
-            Cow::Owned(after) => records_in_rewritten(records, payload, after),
-            Cow::Borrowed(_) => records.to_vec(),
-        };
         let payload = &*redacted_payload;
         let mut sent = Sent::default();
-        self.send_splitting(payload, 0, &records, &mut sent).await?;
+        let whole = Piece {
+            payload,
+            offset: 0,
+            first_resource: 0,
+        };
+        self.send_splitting(whole, records, &mut sent).await?;
         self.stats.redacted(redacted);
         let refused_items: u64 = sent.refused.iter().map(|p| p.items).sum();
         let delivered_items = items.saturating_sub(refused_items);
@@ -340,29 +338,28 @@ impl Worker {
         }
     }
 
-    /// Sends `payload` (which starts at byte `offset` of the batch), halving it at resource
-    /// boundaries on every 413 until the pieces fit. A piece the upstream refuses (4xx, or a
+    /// Sends `piece` of the batch `records` came from, halving it at resource boundaries on
+    /// every 413 until the pieces fit. A piece the upstream refuses (4xx, or a
     /// single resource still too large) is noted in `sent` and the other pieces still go: one
     /// bad resource does not sink its batch. A retryable, auth or held failure of any piece
     /// stops the batch (`Err`), to be retried whole (pieces already delivered may arrive
     /// twice).
     async fn send_splitting(
         &self,
-        payload: &[u8],
-        offset: usize,
+        piece: Piece<'_>,
         records: &[(u64, usize)],
         sent: &mut Sent,
     ) -> Result<(), Outcome> {
         self.stats.attempts.fetch_add(1, Relaxed);
-        let source = match records {
-            [] => Source::Replay,
-            records => Source::Stream { records, offset },
-        };
-        let outcome = self.upstream.send(self.signal, payload, source).await;
+        let payload = piece.payload;
+        let outcome = self
+            .upstream
+            .send(self.signal, payload, piece.source(records))
+            .await;
         if !matches!(outcome, Outcome::Delivered { .. }) {
             self.stats.failed_attempts.fetch_add(1, Relaxed);
         }
-        let piece = offset..offset + payload.len();
+        let bytes = piece.offset..piece.offset + payload.len();
         match outcome {
             Outcome::Delivered {
                 rejected_items,
@@ -377,18 +374,18 @@ impl Worker {
             }
             Outcome::Refused(refusal) => {
                 sent.refused
-                    .push(RefusedPiece::new(self.signal, payload, piece, refusal));
+                    .push(RefusedPiece::new(self.signal, payload, bytes, refusal));
                 Ok(())
             }
             Outcome::TooLarge(error) => {
-                let Some((first, second)) = split_in_two(payload) else {
+                let Some((first, second)) = piece.halves() else {
                     let error = format!(
                         "{error} (a single resource's data, which cannot be split further)"
                     );
                     sent.refused.push(RefusedPiece::new(
                         self.signal,
                         payload,
-                        piece,
+                        bytes,
                         Refusal {
                             status: Some(413),
                             message: error.clone(),
@@ -398,9 +395,8 @@ impl Worker {
                     return Ok(());
                 };
                 tracing::info!(destination = %self.destination, bytes = payload.len(), "upstream said 413; splitting the batch in two");
-                Box::pin(self.send_splitting(first, offset, records, sent)).await?;
-                let offset = offset + first.len();
-                Box::pin(self.send_splitting(second, offset, records, sent)).await
+                Box::pin(self.send_splitting(first, records, sent)).await?;
+                Box::pin(self.send_splitting(second, records, sent)).await
             }
             failure @ (Outcome::Retry { .. } | Outcome::AuthFailed(_) | Outcome::Held(_)) => {
                 Err(failure)
@@ -486,68 +482,164 @@ struct Trouble {
     backoff: Backoff,
 }
 
-/// `records` (sequence number, start in `before`) with each start moved to where the same
-/// resource starts in `after`, a re-encoding of `before`: redaction keeps a batch's resources
-/// and their order, not their byte offsets. A record with no resource left after the last one
-/// starts at the end.
-fn records_in_rewritten(
-    records: &[(u64, usize)],
-    before: &[u8],
-    after: &[u8],
-) -> Vec<(u64, usize)> {
-    // The spool holds canonical requests (resources only), which both decode as; a malformed
-    // one finds no entries and is refused by the upstream as not OTLP.
-    let old = entry_offsets(before).unwrap_or_default();
-    let new = entry_offsets(after).unwrap_or_default();
+/// A piece of a batch being sent, and where it starts in the batch: at byte `offset` (what a
+/// refused piece's dead letter keeps) and at resource `first_resource` (what [`Source`] says).
+#[derive(Clone, Copy)]
+struct Piece<'a> {
+    payload: &'a [u8],
+    offset: usize,
+    first_resource: usize,
+}
+
+impl<'a> Piece<'a> {
+    /// The piece halved at a resource boundary ([`split_in_two`]); `None` for a single resource.
+    fn halves(self) -> Option<(Piece<'a>, Piece<'a>)> {
+        let (first, second) = split_in_two(self.payload)?;
+        // A cut between well-formed entries leaves a well-formed first half.
+        let resources_in_first = entry_offsets(first).map_or(0, |starts| starts.len());
+        let second = Piece {
+            payload: second,
+            offset: self.offset + first.len(),
+            first_resource: self.first_resource + resources_in_first,
+        };
+        Some((
+            Piece {
+                payload: first,
+                ..self
+            },
+            second,
+        ))
+    }
+
+    /// Where the piece came from, given its batch's `records` (none for a replay).
+    fn source(self, records: &[(u64, usize)]) -> Source<'_> {
+        match records {
+            [] => Source::Replay,
+            records => Source::Stream {
+                records,
+                first_resource: self.first_resource,
+            },
+        }
+    }
+}
+
+/// Each record's sequence number and the index of its first resource in the batch the records'
+/// payloads make when concatenated: a walk of each record's top-level fields, once per batch.
+fn first_resources<'a>(records: impl Iterator<Item = (u64, &'a [u8])>) -> Vec<(u64, usize)> {
+    let mut first = 0;
     records
-        .iter()
-        .map(|&(seq, start)| {
-            let resource = old.partition_point(|&s| s < start);
-            (seq, new.get(resource).copied().unwrap_or(after.len()))
+        .map(|(seq, payload)| {
+            let at = (seq, first);
+            // The spool validated every record at ingest; a damaged one counts no resource and
+            // the upstream refuses the batch as not OTLP.
+            first += entry_offsets(payload).map_or(0, |starts| starts.len());
+            at
         })
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
     use opentelemetry_proto::tonic::metrics::v1::ResourceMetrics;
+    use opentelemetry_proto::tonic::resource::v1::Resource;
     use prost::Message;
 
     use super::*;
+    use crate::export::prw::positions;
     use crate::otlp::ExportMetricsServiceRequest;
+    use crate::redact::RedactConfig;
 
-    /// A request of one resource per value, each resource as long as its value.
-    fn request(values: &[&str]) -> Vec<u8> {
-        let resource = |v: &&str| ResourceMetrics {
-            schema_url: v.to_string(),
+    /// A request of one resource per address, each with that `user.email`.
+    fn request(addresses: &[&str]) -> Vec<u8> {
+        let resource = |address: &&str| ResourceMetrics {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "user.email".into(),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue(address.to_string())),
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
             ..Default::default()
         };
         ExportMetricsServiceRequest {
-            resource_metrics: values.iter().map(resource).collect(),
+            resource_metrics: addresses.iter().map(resource).collect(),
         }
         .encode_to_vec()
     }
 
+    /// The pieces 413s would make of `piece`, halving until each is a single resource.
+    fn split_to_single_resources(piece: Piece<'_>) -> Vec<Piece<'_>> {
+        match piece.halves() {
+            None => vec![piece],
+            Some((first, second)) => {
+                let mut pieces = split_to_single_resources(first);
+                pieces.extend(split_to_single_resources(second));
+                pieces
+            }
+        }
+    }
+
     #[test]
-    fn record_starts_follow_their_resources_into_a_shorter_encoding() {
-        // Records 7 (two resources), 8 (none), 9 (one), concatenated as the worker does.
+    fn resource_positions_are_the_same_with_or_without_redaction_and_across_413_splits() {
+        // Records 7 (two resources), 8 (none), 9 (one), 10 (three), concatenated as the worker
+        // does; redaction deletes every address, so each resource's bytes move.
         let parts = [
             request(&["a-long-address@example.com", "b@example.com"]),
             request(&[]),
             request(&["c-long-address@example.com"]),
+            request(&["d@example.com", "e@example.com", "f@example.com"]),
         ];
-        let before = parts.concat();
-        let records = [(7, 0), (8, parts[0].len()), (9, parts[0].len())];
-        let after = request(&["h1:x", "h1:y", "h1:z"]);
-        let starts = entry_offsets(&after).unwrap();
-        assert_eq!(
-            records_in_rewritten(&records, &before, &after),
-            vec![(7, 0), (8, starts[2]), (9, starts[2])]
+        let records = first_resources([7, 8, 9, 10].into_iter().zip(parts.iter().map(|p| &p[..])));
+        assert_eq!(records, vec![(7, 0), (8, 2), (9, 2), (10, 3)]);
+        let batch = parts.concat();
+        let rules = r#"
+            hmac_key = "0123456789abcdef0123456789abcdef"
+            delete = ["user.email"]
+        "#;
+        let rules: RedactConfig = toml::from_str(rules).unwrap();
+        let redactor = Redactor::new(&rules).unwrap();
+        let (redacted, _) = redactor.apply(Signal::Metrics, &batch).unwrap();
+        assert!(
+            redacted.len() < batch.len(),
+            "the rules re-encoded the batch"
         );
-        let trailing = [(7, 0), (8, before.len())];
-        assert_eq!(
-            records_in_rewritten(&trailing, &before, &after),
-            vec![(7, 0), (8, after.len())]
+        let expected: Vec<Option<(u64, u64)>> = [(7, 0), (7, 1), (9, 0), (10, 0), (10, 1), (10, 2)]
+            .into_iter()
+            .map(Some)
+            .collect();
+        for (sent, payload) in [("as stored", &batch[..]), ("redacted", &redacted)] {
+            let whole = Piece {
+                payload,
+                offset: 0,
+                first_resource: 0,
+            };
+            let at_once = positions(payload, whole.source(&records));
+            assert_eq!(at_once.as_ref(), Some(&expected), "{sent}, in one request");
+            let pieces = split_to_single_resources(whole);
+            assert_eq!(
+                pieces.len(),
+                expected.len(),
+                "{sent}: one piece per resource"
+            );
+            let piece_by_piece: Vec<_> = pieces
+                .iter()
+                .flat_map(|piece| positions(piece.payload, piece.source(&records)).unwrap())
+                .collect();
+            assert_eq!(piece_by_piece, expected, "{sent}, split on 413s");
+        }
+        let replayed = positions(
+            &batch,
+            Piece {
+                payload: &batch,
+                offset: 0,
+                first_resource: 0,
+            }
+            .source(&[]),
         );
+        assert_eq!(replayed, Some(vec![None; expected.len()]));
     }
 }

@@ -5,8 +5,8 @@
 //!
 //! The accumulation rule:
 //! - **A point is applied once, by where it is in the spool, whatever its time.** The state
-//!   keeps the [`Position`] (record sequence number, byte offset of the resource in the record)
-//!   of the last resource applied, committed with the totals in one atomic write. A resource at
+//!   keeps the [`Position`] (record sequence number, index of the resource in the record) of
+//!   the last resource applied, committed with the totals in one atomic write. A resource at
 //!   or before it belongs to a batch sent again after a crash: its points are ignored
 //!   ([`Ignored::already_applied`]). Every other point is added, even one older than its
 //!   series (another session's, or an SDK's late retry): time decides nothing.
@@ -305,8 +305,11 @@ fn after(last_ns: u64, time_ns: u64) -> u64 {
     }
 }
 
-/// Where a resource of a batch lies in the spool: its record's sequence number and its byte
-/// offset in that record. Positions only grow along a signal's stream.
+/// Where a resource of a batch lies in the spool: its record's sequence number and its index
+/// among the record's resources. Positions only grow along a signal's stream. An index, not a
+/// byte offset: redaction re-encodes a batch but keeps every resource in its order, so a
+/// resource has the same position whatever rules were in force when it was sent (they may
+/// change on a reload between the state's commit and the cursor's).
 pub type Position = (u64, u64);
 
 /// What the state remembers of one original series (labels before `drop_labels`): the

@@ -14,9 +14,9 @@
 //!
 //! Invariants: the delta state moves only when a batch is settled — delivered, or refused and
 //! dead-lettered — and is saved, with the spool position of the last resource applied, before
-//! the worker acknowledges the batch (see [`cumulative`]); the worker says where each record
-//! of the batch starts ([`Source`]), so each resource's position is known without decoding
-//! twice. A replayed dead letter's points were applied when it was refused: they are not
+//! the worker acknowledges the batch (see [`cumulative`]); the worker says which resources of
+//! the batch each record holds ([`Source`]), so each resource's position is known without
+//! decoding twice. A replayed dead letter's points were applied when it was refused: they are not
 //! added again. Labels are sorted by name and samples time-ordered in every series sent.
 //! Metrics only: the config refuses other signals for this type, and a batch of another signal
 //! is refused here. Touches only its own state tree in the spool.
@@ -253,17 +253,21 @@ impl PrometheusRemoteWrite {
 
 /// The spool position of each resource of `payload` (see [`Source`]); `None` for each of a
 /// replay's. `None` when the payload is not a sequence of resources.
-fn positions(payload: &[u8], source: Source<'_>) -> Option<Vec<Option<Position>>> {
-    let starts = entry_offsets(payload)?;
-    let Source::Stream { records, offset } = source else {
-        return Some(vec![None; starts.len()]);
+pub(super) fn positions(payload: &[u8], source: Source<'_>) -> Option<Vec<Option<Position>>> {
+    let resources = entry_offsets(payload)?.len();
+    let Source::Stream {
+        records,
+        first_resource,
+    } = source
+    else {
+        return Some(vec![None; resources]);
     };
-    let position = |start: usize| {
-        let at = offset + start;
-        // The record the resource is in: the last one starting at or before it.
-        let i = records.partition_point(|(_, begins)| *begins <= at);
-        let (seq, begins) = records[i.checked_sub(1)?];
-        Some((seq, (at - begins) as u64))
+    let position = |at: usize| {
+        // The record the resource is in: the last one whose first resource is at or before it.
+        let i = records.partition_point(|(_, first)| *first <= at);
+        let (seq, first) = records[i.checked_sub(1)?];
+        Some((seq, (at - first) as u64))
     };
-    Some(starts.into_iter().map(position).collect())
+    let batch_indexes = first_resource..first_resource + resources;
+    Some(batch_indexes.map(position).collect())
 }
