@@ -339,11 +339,10 @@ impl Worker {
     }
 
     /// Sends `piece` of the batch `records` came from, halving it at resource boundaries on
-    /// every 413 until the pieces fit. A piece the upstream refuses (4xx, or a
-    /// single resource still too large) is noted in `sent` and the other pieces still go: one
-    /// bad resource does not sink its batch. A retryable, auth or held failure of any piece
-    /// stops the batch (`Err`), to be retried whole (pieces already delivered may arrive
-    /// twice).
+    /// every 413 until the pieces fit. A piece the upstream refuses (4xx, or a single resource
+    /// still too large) is noted in `sent` and the other pieces still go: one bad resource does
+    /// not sink its batch. A retryable, auth or held failure of any piece stops the batch
+    /// (`Err`), to be retried whole (pieces already delivered may arrive twice).
     async fn send_splitting(
         &self,
         piece: Piece<'_>,
@@ -524,14 +523,15 @@ impl<'a> Piece<'a> {
 }
 
 /// Each record's sequence number and the index of its first resource in the batch the records'
-/// payloads make when concatenated: a walk of each record's top-level fields, once per batch.
+/// payloads make when concatenated: a walk of each record's top-level fields (no decoding),
+/// once per read of the batch.
 fn first_resources<'a>(records: impl Iterator<Item = (u64, &'a [u8])>) -> Vec<(u64, usize)> {
     let mut first = 0;
     records
         .map(|(seq, payload)| {
             let at = (seq, first);
-            // The spool validated every record at ingest; a damaged one counts no resource and
-            // the upstream refuses the batch as not OTLP.
+            // The spool validated every record at ingest, so this walks; a damaged record would
+            // count no resource (remote write refuses a batch that is not a run of resources).
             first += entry_offsets(payload).map_or(0, |starts| starts.len());
             at
         })
