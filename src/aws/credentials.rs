@@ -27,7 +27,7 @@ use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvid
 use aws_credential_types::Credentials;
 use tokio::sync::Mutex;
 
-use crate::config::{AwsCredentials, CloudwatchAuth, Destination, Kind};
+use crate::config::{AwsAccess, AwsCredentials, Destination};
 use crate::error::error_chain;
 
 /// Credentials are renewed this long before they expire at most (less for short leases).
@@ -235,21 +235,16 @@ pub struct SourceDescription {
 /// How a destination authenticates, for `check`: `None` if it sends no AWS credentials.
 /// Reads the environment and the AWS config files only.
 pub fn describe(d: &Destination) -> Option<SourceDescription> {
-    let (keys, region) = match &d.kind {
-        Kind::OtlpHttp(k) => k.sigv4.as_ref().map(|s| (&s.credentials, &s.region))?,
-        Kind::PrometheusRemoteWrite(k) => k.sigv4.as_ref().map(|s| (&s.credentials, &s.region))?,
-        Kind::Cloudwatch(k) => {
-            match &k.auth {
-                CloudwatchAuth::SigV4(keys) => (keys, &k.region),
-                CloudwatchAuth::Bearer(_) => return Some(SourceDescription {
-                    text: "a CloudWatch Logs API key (bearer_token)".into(),
-                    fix: "check the key: create one in the CloudWatch console (Settings, API keys)"
-                        .into(),
-                }),
-            }
-        }
-    };
-    Some(describe_settings(&CredentialSettings::new(keys, region)))
+    Some(match d.aws_access()? {
+        AwsAccess::SigV4 {
+            credentials,
+            region,
+        } => describe_settings(&CredentialSettings::new(credentials, region)),
+        AwsAccess::LogsApiKey => SourceDescription {
+            text: "a CloudWatch Logs API key (bearer_token)".into(),
+            fix: "check the key: create one in the CloudWatch console (Settings, API keys)".into(),
+        },
+    })
 }
 
 /// What kind of profile a name is, from the AWS config and credentials files.

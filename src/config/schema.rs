@@ -236,6 +236,43 @@ pub struct DestinationConfig {
     pub redact: Option<crate::redact::RedactConfig>,
 }
 
+impl DestinationConfig {
+    /// A destination named `name` of type `kind` with every other key at its unset value (no
+    /// signals; the default batch, retry and timeout): what a typed destination's keys are
+    /// written into for `check`.
+    pub(super) fn unset(name: DestinationName, kind: DestinationKind) -> DestinationConfig {
+        DestinationConfig {
+            name,
+            kind,
+            signals: Vec::new(),
+            endpoint: Endpoint::default(),
+            headers: BTreeMap::new(),
+            encoding: Encoding::default(),
+            compression: Compression::default(),
+            batch: BatchConfig::default(),
+            retry: RetryConfig::default(),
+            timeout: default_timeout(),
+            ca_file: None,
+            sigv4: None,
+            region: None,
+            log_group: None,
+            log_stream: None,
+            endpoints: SignalEndpoints::default(),
+            profile: None,
+            role_arn: None,
+            external_id: None,
+            session_name: None,
+            auth: None,
+            bearer_token: None,
+            external_labels: BTreeMap::new(),
+            stale_after: None,
+            drop_labels: Vec::new(),
+            drop_labels_gauges: None,
+            redact: None,
+        }
+    }
+}
+
 /// `drop_labels_gauges`: a gauge (or non-monotonic sum, or summary) point carrying a dropped
 /// label either keeps it (its series are not merged) or is merged keeping the newest value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -358,17 +395,23 @@ impl DestinationKind {
     }
 }
 
+/// The `type` whose [`DestinationKind::name`] it is.
 impl<'de> Deserialize<'de> for DestinationKind {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match String::deserialize(d)?.as_str() {
-            "otlp_http" => Ok(DestinationKind::OtlpHttp),
-            "cloudwatch" => Ok(DestinationKind::Cloudwatch),
-            "prometheus_remote_write" => Ok(DestinationKind::PrometheusRemoteWrite),
-            other => Err(de::Error::custom(format!(
-                "unknown destination type {other:?}, expected one of \"otlp_http\", \"cloudwatch\", \
-                 \"prometheus_remote_write\""
-            ))),
-        }
+        let name = String::deserialize(d)?;
+        DestinationKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<String> = DestinationKind::ALL
+                    .iter()
+                    .map(|kind| format!("{:?}", kind.name()))
+                    .collect();
+                de::Error::custom(format!(
+                    "unknown destination type {name:?}, expected one of {}",
+                    names.join(", ")
+                ))
+            })
     }
 }
 

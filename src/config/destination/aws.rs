@@ -6,6 +6,19 @@ use super::{Refusal, WrittenSecrets};
 use crate::config::schema::{DestinationConfig, SigV4Config};
 use crate::config::values::Secret;
 
+/// What a destination authenticates to AWS with, for `check`'s description of it
+/// (`crate::aws::credentials::describe`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AwsAccess<'a> {
+    /// Requests signed with SigV4 in `region`, with credentials from these keys.
+    SigV4 {
+        credentials: &'a AwsCredentials,
+        region: &'a str,
+    },
+    /// A CloudWatch Logs API key (`bearer_token`), no AWS credentials.
+    LogsApiKey,
+}
+
 /// Every request is signed with SigV4 for `service` in `region`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SigV4 {
@@ -48,6 +61,13 @@ impl SigV4 {
                 )),
                 None => Ok(()),
             },
+        }
+    }
+
+    pub(super) fn access(&self) -> AwsAccess<'_> {
+        AwsAccess::SigV4 {
+            credentials: &self.credentials,
+            region: &self.region,
         }
     }
 

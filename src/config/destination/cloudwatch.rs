@@ -3,9 +3,11 @@
 //! `auth = "bearer"` a CloudWatch Logs API key for logs only. Logs need `log_group` and
 //! `log_stream`. Trace batches are capped at CloudWatch's request limits.
 
-use super::aws::{check_sigv4, valid_region, AwsCredentials};
-use super::{Refusal, WrittenSecrets};
-use crate::config::schema::{AwsAuth, BatchConfig, DestinationConfig, SignalEndpoints};
+use super::aws::{check_sigv4, valid_region, AwsAccess, AwsCredentials};
+use super::{Kind, Refusal, TypeRules, TypeSettings, WrittenSecrets};
+use crate::config::schema::{
+    AwsAuth, BatchConfig, DestinationConfig, DestinationKind, SignalEndpoints,
+};
 use crate::config::values::{ByteSize, Secret};
 use crate::config::OtlpFormat;
 use crate::otlp::Signal;
@@ -13,6 +15,12 @@ use crate::otlp::Signal;
 /// CloudWatch's documented per-request limits for traces: 5 MB uncompressed, 10,000 spans.
 pub const CLOUDWATCH_TRACES_MAX_BYTES: u64 = 5_000_000;
 pub const CLOUDWATCH_TRACES_MAX_ITEMS: u64 = 10_000;
+
+pub(super) const RULES: TypeRules = TypeRules {
+    own_keys: Cloudwatch::own_keys,
+    check: Cloudwatch::check,
+    from_raw: |raw| Cloudwatch::from_raw(raw).map(Kind::Cloudwatch),
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cloudwatch {
@@ -41,19 +49,9 @@ pub enum CloudwatchAuth {
     Bearer(Secret),
 }
 
-/// The batch limits of one signal's worker: traces capped at CloudWatch's request limits.
-pub(super) fn batch_for(batch: &BatchConfig, signal: Signal) -> BatchConfig {
-    let mut batch = batch.clone();
-    if signal == Signal::Traces {
-        batch.max_bytes = ByteSize(batch.max_bytes.0.min(CLOUDWATCH_TRACES_MAX_BYTES));
-        batch.max_items = batch.max_items.min(CLOUDWATCH_TRACES_MAX_ITEMS);
-    }
-    batch
-}
-
 impl Cloudwatch {
     /// The keys only this type takes, and whether `raw` sets each.
-    pub(super) fn own_keys(raw: &DestinationConfig) -> Vec<(&'static str, bool)> {
+    fn own_keys(raw: &DestinationConfig) -> Vec<(&'static str, bool)> {
         vec![
             ("region", raw.region.is_some()),
             ("log_group", raw.log_group.is_some()),
@@ -67,7 +65,7 @@ impl Cloudwatch {
     /// The rules this type adds to what its fields need: a well-formed region, overrides and
     /// log keys for routed signals only, header-safe log keys, and the bearer key for logs
     /// alone.
-    pub(super) fn check(raw: &DestinationConfig) -> Result<(), Refusal> {
+    fn check(raw: &DestinationConfig) -> Result<(), Refusal> {
         if let Some(sigv4) = &raw.sigv4 {
             check_sigv4(sigv4)?;
         }
@@ -107,7 +105,7 @@ impl Cloudwatch {
         CloudwatchAuth::check(raw)
     }
 
-    pub(super) fn from_raw(raw: &DestinationConfig) -> Result<Cloudwatch, Refusal> {
+    fn from_raw(raw: &DestinationConfig) -> Result<Cloudwatch, Refusal> {
         let Some(region) = raw.region.clone() else {
             return Err((
                 "region",
@@ -123,8 +121,14 @@ impl Cloudwatch {
             auth: CloudwatchAuth::from_raw(raw)?,
         })
     }
+}
 
-    pub(super) fn write_raw(&self, raw: &mut DestinationConfig) {
+impl TypeSettings for Cloudwatch {
+    fn kind_name(&self) -> DestinationKind {
+        DestinationKind::Cloudwatch
+    }
+
+    fn write_raw(&self, raw: &mut DestinationConfig) {
         raw.region = Some(self.region.clone());
         raw.endpoints = self.endpoints.clone();
         self.format.write_raw(raw);
@@ -141,7 +145,7 @@ impl Cloudwatch {
         }
     }
 
-    pub(super) fn secrets_written_in_file(&self) -> WrittenSecrets {
+    fn secrets_written_in_file(&self) -> WrittenSecrets {
         let mut written = WrittenSecrets::default();
         for signal in Signal::ALL {
             if let Some(endpoint) = self.endpoints.get(signal) {
@@ -153,6 +157,30 @@ impl Cloudwatch {
             CloudwatchAuth::Bearer(token) => written.key("bearer_token", Some(token)),
         }
         written
+    }
+
+    fn endpoint_display(&self) -> String {
+        format!("cloudwatch {}", self.region)
+    }
+
+    fn aws_access(&self) -> Option<AwsAccess<'_>> {
+        Some(match &self.auth {
+            CloudwatchAuth::SigV4(credentials) => AwsAccess::SigV4 {
+                credentials,
+                region: &self.region,
+            },
+            CloudwatchAuth::Bearer(_) => AwsAccess::LogsApiKey,
+        })
+    }
+
+    /// Traces capped at CloudWatch's request limits.
+    fn batch_for(&self, batch: &BatchConfig, signal: Signal) -> BatchConfig {
+        let mut batch = batch.clone();
+        if signal == Signal::Traces {
+            batch.max_bytes = ByteSize(batch.max_bytes.0.min(CLOUDWATCH_TRACES_MAX_BYTES));
+            batch.max_items = batch.max_items.min(CLOUDWATCH_TRACES_MAX_ITEMS);
+        }
+        batch
     }
 }
 

@@ -1,8 +1,10 @@
 //! A destination as the agent uses it: the keys every type has ([`Destination`]), and one
 //! [`Kind`] per type, each in its own file with its validation, its batch caps, its display in
 //! `status` and its secrets. [`Destination::from_raw`] is the one place a raw
-//! [`DestinationConfig`] becomes typed; code that depends on the type `match`es on [`Kind`], so
-//! the compiler lists every place a new type must fill in.
+//! [`DestinationConfig`] becomes typed. This file dispatches on the type in two `match`es only:
+//! `TypeRules::of` (a raw destination's type → its file's `RULES`) and `Kind::settings` (a
+//! typed one → its settings as a `TypeSettings`); code elsewhere that needs a type's own
+//! settings `match`es on [`Kind`], so the compiler lists every place a new type must fill in.
 //!
 //! Two steps, so that tests can build destinations a file could not have: [`Destination::check`]
 //! refuses what contradicts the type (keys of other types, malformed values, keys that would go
@@ -23,7 +25,7 @@ use super::schema::{
 use super::values::{Endpoint, Secret};
 use crate::otlp::Signal;
 use crate::redact::RedactConfig;
-pub use aws::{AwsCredentials, SigV4};
+pub use aws::{AwsAccess, AwsCredentials, SigV4};
 pub use cloudwatch::{
     Cloudwatch, CloudwatchAuth, LogTarget, CLOUDWATCH_TRACES_MAX_BYTES, CLOUDWATCH_TRACES_MAX_ITEMS,
 };
@@ -61,19 +63,69 @@ pub enum Kind {
     PrometheusRemoteWrite(RemoteWrite),
 }
 
+impl Kind {
+    /// The type's settings, as what [`Destination`] asks of every type.
+    fn settings(&self) -> &dyn TypeSettings {
+        match self {
+            Kind::OtlpHttp(k) => k,
+            Kind::Cloudwatch(k) => k,
+            Kind::PrometheusRemoteWrite(k) => k,
+        }
+    }
+}
+
+/// What a type does with a raw destination, as its file's `RULES`: the keys only it takes (and
+/// whether `raw` sets each), the rules it adds to what its fields need, and its typed settings
+/// (or the first key it needs that `raw` lacks).
+struct TypeRules {
+    own_keys: fn(&DestinationConfig) -> Vec<(&'static str, bool)>,
+    check: fn(&DestinationConfig) -> Result<(), Refusal>,
+    from_raw: fn(&DestinationConfig) -> Result<Kind, Refusal>,
+}
+
+impl TypeRules {
+    fn of(kind: DestinationKind) -> TypeRules {
+        match kind {
+            DestinationKind::OtlpHttp => otlp_http::RULES,
+            DestinationKind::Cloudwatch => cloudwatch::RULES,
+            DestinationKind::PrometheusRemoteWrite => prometheus_remote_write::RULES,
+        }
+    }
+}
+
+/// What [`Destination`] asks of a type's settings, whichever the type.
+trait TypeSettings {
+    /// The `type` value in the config.
+    fn kind_name(&self) -> DestinationKind;
+
+    /// Sets the type's keys in `raw` (for `check`).
+    fn write_raw(&self, raw: &mut DestinationConfig);
+
+    /// The type's keys whose secrets are written in the file.
+    fn secrets_written_in_file(&self) -> WrittenSecrets;
+
+    /// What `status` shows as the endpoint (credentials masked).
+    fn endpoint_display(&self) -> String;
+
+    /// What the destination authenticates to AWS with; `None` if it sends no AWS credentials.
+    fn aws_access(&self) -> Option<AwsAccess<'_>>;
+
+    /// The batch limits of one signal's worker, from the configured ones: those, unless the
+    /// upstream accepts less.
+    fn batch_for(&self, batch: &BatchConfig, _signal: Signal) -> BatchConfig {
+        batch.clone()
+    }
+}
+
 impl Destination {
     /// The rules of `raw`'s type beyond what its fields need (no keys of other types, values
     /// of the right shape, no key that would go unused), and a usable `ca_file`: the first key
     /// that breaks one.
     pub(super) fn check(raw: &DestinationConfig) -> Result<(), Refusal> {
         for other in DestinationKind::ALL.into_iter().filter(|k| *k != raw.kind) {
-            refuse_keys_of(other, raw, &own_keys(other, raw))?;
+            refuse_keys_of(other, raw, &(TypeRules::of(other).own_keys)(raw))?;
         }
-        match raw.kind {
-            DestinationKind::OtlpHttp => OtlpHttp::check(raw)?,
-            DestinationKind::Cloudwatch => Cloudwatch::check(raw)?,
-            DestinationKind::PrometheusRemoteWrite => RemoteWrite::check(raw)?,
-        }
+        (TypeRules::of(raw.kind).check)(raw)?;
         if let Some(path) = &raw.ca_file {
             crate::tls::ca_certificates(path).map_err(|why| ("ca_file", why))?;
         }
@@ -84,13 +136,7 @@ impl Destination {
     /// table is checked whole here: the worker compiles it, and must not meet a table that
     /// would not do what it says).
     pub(super) fn from_raw(raw: &DestinationConfig) -> Result<Destination, Refusal> {
-        let kind = match raw.kind {
-            DestinationKind::OtlpHttp => Kind::OtlpHttp(OtlpHttp::from_raw(raw)?),
-            DestinationKind::Cloudwatch => Kind::Cloudwatch(Cloudwatch::from_raw(raw)?),
-            DestinationKind::PrometheusRemoteWrite => {
-                Kind::PrometheusRemoteWrite(RemoteWrite::from_raw(raw)?)
-            }
-        };
+        let kind = (TypeRules::of(raw.kind).from_raw)(raw)?;
         if let Some(redact) = &raw.redact {
             redact.validate()?;
         }
@@ -110,83 +156,47 @@ impl Destination {
     /// The destination as a file would say it (for `check`): every key of its type, the other
     /// types' keys unset.
     pub(super) fn to_raw(&self) -> DestinationConfig {
+        let settings = self.kind.settings();
         let mut raw = DestinationConfig {
-            name: self.name.clone(),
-            kind: self.kind_name(),
             signals: self.signals.clone(),
-            endpoint: Endpoint::default(),
             headers: self.headers.clone(),
-            encoding: Default::default(),
-            compression: Default::default(),
             batch: self.batch.clone(),
             retry: self.retry.clone(),
             timeout: self.timeout,
             ca_file: self.ca_file.clone(),
-            sigv4: None,
-            region: None,
-            log_group: None,
-            log_stream: None,
-            endpoints: Default::default(),
-            profile: None,
-            role_arn: None,
-            external_id: None,
-            session_name: None,
-            auth: None,
-            bearer_token: None,
-            external_labels: BTreeMap::new(),
-            stale_after: None,
-            drop_labels: Vec::new(),
-            drop_labels_gauges: None,
             redact: self.redact.clone(),
+            ..DestinationConfig::unset(self.name.clone(), settings.kind_name())
         };
-        match &self.kind {
-            Kind::OtlpHttp(k) => k.write_raw(&mut raw),
-            Kind::Cloudwatch(k) => k.write_raw(&mut raw),
-            Kind::PrometheusRemoteWrite(k) => k.write_raw(&mut raw),
-        }
+        settings.write_raw(&mut raw);
         raw
-    }
-
-    fn kind_name(&self) -> DestinationKind {
-        match self.kind {
-            Kind::OtlpHttp(_) => DestinationKind::OtlpHttp,
-            Kind::Cloudwatch(_) => DestinationKind::Cloudwatch,
-            Kind::PrometheusRemoteWrite(_) => DestinationKind::PrometheusRemoteWrite,
-        }
     }
 
     /// The `type` value in the config.
     pub fn type_name(&self) -> &'static str {
-        self.kind_name().name()
+        self.kind.settings().kind_name().name()
     }
 
     /// The batch limits of one signal's worker: the configured ones, clamped to what the
     /// upstream accepts.
     pub fn batch_for(&self, signal: Signal) -> BatchConfig {
-        match &self.kind {
-            Kind::Cloudwatch(_) => cloudwatch::batch_for(&self.batch, signal),
-            Kind::OtlpHttp(_) | Kind::PrometheusRemoteWrite(_) => self.batch.clone(),
-        }
+        self.kind.settings().batch_for(&self.batch, signal)
     }
 
     /// What `status` shows as the destination's endpoint (credentials masked).
     pub fn endpoint_display(&self) -> String {
-        match &self.kind {
-            Kind::OtlpHttp(k) => k.endpoint.masked(),
-            Kind::Cloudwatch(k) => format!("cloudwatch {}", k.region),
-            Kind::PrometheusRemoteWrite(k) => k.endpoint.masked(),
-        }
+        self.kind.settings().endpoint_display()
+    }
+
+    /// What the destination authenticates to AWS with; `None` if it sends no AWS credentials.
+    pub fn aws_access(&self) -> Option<AwsAccess<'_>> {
+        self.kind.settings().aws_access()
     }
 
     /// The keys of this destination whose secrets are written in the file itself (not `${VAR}`
     /// references): credentials in endpoint URLs, then headers, then the type's secret keys,
     /// then the redact table's key.
     pub(super) fn secrets_written_in_file(&self) -> Vec<String> {
-        let mut written = match &self.kind {
-            Kind::OtlpHttp(k) => k.secrets_written_in_file(),
-            Kind::Cloudwatch(k) => k.secrets_written_in_file(),
-            Kind::PrometheusRemoteWrite(k) => k.secrets_written_in_file(),
-        };
+        let mut written = self.kind.settings().secrets_written_in_file();
         if let Some(redact) = &self.redact {
             written.key("redact.hmac_key", redact.hmac_key.as_ref());
         }
@@ -234,15 +244,6 @@ impl WrittenSecrets {
         if secret.is_some_and(|s| s.written_in_file) {
             self.in_keys.push(key.to_string());
         }
-    }
-}
-
-/// The keys only type `kind` takes, and whether `raw` sets each.
-fn own_keys(kind: DestinationKind, raw: &DestinationConfig) -> Vec<(&'static str, bool)> {
-    match kind {
-        DestinationKind::OtlpHttp => OtlpHttp::own_keys(raw),
-        DestinationKind::Cloudwatch => Cloudwatch::own_keys(raw),
-        DestinationKind::PrometheusRemoteWrite => RemoteWrite::own_keys(raw),
     }
 }
 

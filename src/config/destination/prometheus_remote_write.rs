@@ -6,11 +6,17 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::aws::SigV4;
-use super::{required_endpoint, Refusal, WrittenSecrets};
-use crate::config::schema::{DestinationConfig, DropLabelsGauges};
+use super::aws::{AwsAccess, SigV4};
+use super::{required_endpoint, Kind, Refusal, TypeRules, TypeSettings, WrittenSecrets};
+use crate::config::schema::{DestinationConfig, DestinationKind, DropLabelsGauges};
 use crate::config::values::Endpoint;
 use crate::otlp::Signal;
+
+pub(super) const RULES: TypeRules = TypeRules {
+    own_keys: RemoteWrite::own_keys,
+    check: RemoteWrite::check,
+    from_raw: |raw| RemoteWrite::from_raw(raw).map(Kind::PrometheusRemoteWrite),
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RemoteWrite {
@@ -35,7 +41,7 @@ pub struct DropLabels {
 
 impl RemoteWrite {
     /// The keys only this type takes, and whether `raw` sets each.
-    pub(super) fn own_keys(raw: &DestinationConfig) -> Vec<(&'static str, bool)> {
+    fn own_keys(raw: &DestinationConfig) -> Vec<(&'static str, bool)> {
         vec![
             ("external_labels", !raw.external_labels.is_empty()),
             ("stale_after", raw.stale_after.is_some()),
@@ -46,7 +52,7 @@ impl RemoteWrite {
 
     /// The rules this type adds to what its fields need: metrics only, no label the translation
     /// makes in `drop_labels`, no `drop_labels_gauges` without `drop_labels`, and AWS's.
-    pub(super) fn check(raw: &DestinationConfig) -> Result<(), Refusal> {
+    fn check(raw: &DestinationConfig) -> Result<(), Refusal> {
         if let Some(s) = raw.signals.iter().find(|s| **s != Signal::Metrics) {
             return Err((
                 "signals",
@@ -78,7 +84,7 @@ impl RemoteWrite {
 
     /// Refuses an external label name the exporter could not send (the one place this rule
     /// is checked: the exporter relies on it), and `drop_labels` without the gauge choice.
-    pub(super) fn from_raw(raw: &DestinationConfig) -> Result<RemoteWrite, Refusal> {
+    fn from_raw(raw: &DestinationConfig) -> Result<RemoteWrite, Refusal> {
         if let Some(name) = raw.external_labels.keys().find(|k| !valid_label_name(k)) {
             return Err((
                 "external_labels",
@@ -104,8 +110,14 @@ impl RemoteWrite {
             drop_labels,
         })
     }
+}
 
-    pub(super) fn write_raw(&self, raw: &mut DestinationConfig) {
+impl TypeSettings for RemoteWrite {
+    fn kind_name(&self) -> DestinationKind {
+        DestinationKind::PrometheusRemoteWrite
+    }
+
+    fn write_raw(&self, raw: &mut DestinationConfig) {
         raw.endpoint = self.endpoint.clone();
         if let Some(sigv4) = &self.sigv4 {
             sigv4.write_raw(raw);
@@ -118,8 +130,16 @@ impl RemoteWrite {
         }
     }
 
-    pub(super) fn secrets_written_in_file(&self) -> WrittenSecrets {
+    fn secrets_written_in_file(&self) -> WrittenSecrets {
         WrittenSecrets::of_signed_endpoint(&self.endpoint, self.sigv4.as_ref())
+    }
+
+    fn endpoint_display(&self) -> String {
+        self.endpoint.masked()
+    }
+
+    fn aws_access(&self) -> Option<AwsAccess<'_>> {
+        self.sigv4.as_ref().map(SigV4::access)
     }
 }
 
